@@ -1,0 +1,65 @@
+//! The boot-probe initramfs: busybox plus an /init that prints a marker, the number of online
+//! CPUs and /proc/uptime, then ends the VM the chosen way. Tests and the boot benchmark use it
+//! to check and time the VMM without the agent.
+
+use std::path::Path;
+
+use crate::{Archive, Error};
+
+/// Printed by the probe's init as soon as it runs (benchmarks time to this line).
+pub const MARKER: &str = "MICRODIB-PROBE: init reached";
+
+/// How the probe's init ends the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeExit {
+    /// `reboot -f`: with `reboot=k` the i8042 reset, the normal microVM shutdown.
+    Reboot,
+    /// init exits, so the kernel panics ("Attempted to kill init").
+    Panic,
+}
+
+/// The /init script.
+pub fn init_script(exit: ProbeExit) -> String {
+    let end = match exit {
+        ProbeExit::Reboot => "exec /bin/busybox reboot -f",
+        ProbeExit::Panic => "exit 1",
+    };
+    format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sysfs /sys\n\
+         echo '{MARKER}'\n\
+         echo \"MICRODIB-PROBE: nproc=$(/bin/busybox nproc)\"\n\
+         echo \"MICRODIB-PROBE: uptime=$(/bin/busybox cat /proc/uptime)\"\n\
+         {end}\n"
+    )
+}
+
+/// Builds the probe image around a statically linked busybox.
+pub fn archive(busybox: &Path, exit: ProbeExit) -> Result<Archive, Error> {
+    let mut a = Archive::new();
+    for d in ["bin", "dev", "proc", "sys", "tmp"] {
+        a.dir(d, 0o755)?;
+    }
+    // The kernel opens /dev/console for init's stdio before anything mounts devtmpfs.
+    a.char_device("dev/console", 0o600, 5, 1)?;
+    a.char_device("dev/null", 0o666, 1, 3)?;
+    a.host_file("bin/busybox", busybox)?;
+    a.symlink("bin/sh", "busybox")?;
+    a.file("init", 0o755, init_script(exit))?;
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_prints_marker_then_ends() {
+        let s = init_script(ProbeExit::Reboot);
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        assert!(s.contains(MARKER));
+        assert!(s.trim_end().ends_with("reboot -f"));
+        assert!(init_script(ProbeExit::Panic).trim_end().ends_with("exit 1"));
+    }
+}

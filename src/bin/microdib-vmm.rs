@@ -1,0 +1,163 @@
+//! `microdib-vmm`: boot a kernel + initramfs in a microVM directly, for people and benchmarks.
+//! microdib itself drives the same `vmm` crate.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status: 0 the guest reset or powered off (its normal end); 1 the VM could not be set up
+(no usable KVM, bad kernel, ...); 2 bad arguments; 3 the guest kernel panicked; 4 the guest
+triple-faulted; 5 KVM failed to run the guest; 6 --timeout ran out.";
+
+#[derive(Parser, Debug)]
+#[command(name = "microdib-vmm", version, about = "Boot a Linux kernel in a KVM microVM", after_help = EXIT_STATUS_HELP)]
+struct Args {
+    /// Kernel: a bzImage or an ELF vmlinux (64-bit boot protocol).
+    #[arg(long, required_unless_present = "check_kvm")]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio, optionally compressed in a format the kernel supports).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line (replaces the default).
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Appended to the command line.
+    #[arg(long)]
+    append: Option<String>,
+    /// Guest memory: a number of MiB, or with a K/M/G suffix (e.g. 512M, 2G).
+    #[arg(short = 'm', long, default_value = "512M", value_parser = parse_mib)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, visible_alias = "smp", default_value_t = 1)]
+    vcpus: u8,
+    /// Where the serial console goes: '-' for stdout, 'none', or a file.
+    #[arg(long, default_value = "-")]
+    console: String,
+    /// Stop the guest after this many seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Only check whether this host's KVM can run a Linux guest, and say why not.
+    #[arg(long)]
+    check_kvm: bool,
+    /// Print setup details on stderr.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+/// "512" (MiB), "512M", "2G", "2GiB", "1048576K".
+fn parse_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let (num, mult_kib) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1024),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024 * 1024),
+        Some('T' | 't') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
+        _ => (t, 1024),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size (try 512M or 2G)"))?;
+    let kib = n.checked_mul(mult_kib).ok_or_else(|| format!("'{s}' is too large"))?;
+    if kib % 1024 != 0 {
+        return Err(format!("'{s}' is not a whole number of MiB"));
+    }
+    Ok(kib / 1024)
+}
+
+fn exit_code(e: &GuestExit) -> u8 {
+    match e {
+        GuestExit::Reset | GuestExit::PowerOff => 0,
+        GuestExit::Panic | GuestExit::Crash => 3,
+        GuestExit::TripleFault { .. } => 4,
+        GuestExit::KvmFailure { .. } => 5,
+        GuestExit::Timeout(_) => 6,
+    }
+}
+
+fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
+    let host = KvmHost::open()?;
+    if args.check_kvm {
+        println!("KVM usable: {} ({:?}, up to {} vCPUs)", host.path.display(), host.backend, host.max_vcpus());
+        return Ok(0);
+    }
+    let kernel = args.kernel.context("--kernel is required")?;
+    let mut cmdline = args.cmdline;
+    if let Some(extra) = args.append {
+        cmdline.push(' ');
+        cmdline.push_str(&extra);
+    }
+    let console = match args.console.as_str() {
+        "-" => ConsoleOutput::Stdout,
+        "none" => ConsoleOutput::Null,
+        path => ConsoleOutput::File(PathBuf::from(path)),
+    };
+    let config = VmConfig { kernel, initramfs: args.initramfs, cmdline, memory_mib: args.memory, vcpus: args.vcpus, console };
+    let vm = Vm::build(&host, config)?;
+    tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);
+    let timeout = args.timeout.map(Duration::from_secs_f64);
+    let end = vm.run(timeout)?;
+    eprintln!("microdib-vmm: {end} after {:.2} s", started.elapsed().as_secs_f64());
+    Ok(exit_code(&end))
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let args = Args::parse();
+    let filter = if args.verbose { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MICRODIB_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(t) = args.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            eprintln!("microdib-vmm: error: --timeout must be a positive number of seconds");
+            return ExitCode::from(2);
+        }
+    }
+    match run(args, started) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                msg.push_str(": ");
+                msg.push_str(&cause.to_string());
+            }
+            eprintln!("microdib-vmm: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_mib("512"), Ok(512));
+        assert_eq!(parse_mib("512M"), Ok(512));
+        assert_eq!(parse_mib("2G"), Ok(2048));
+        assert_eq!(parse_mib("2GiB"), Ok(2048));
+        assert_eq!(parse_mib("1048576K"), Ok(1024));
+        assert!(parse_mib("1K").is_err());
+        assert!(parse_mib("lots").is_err());
+        assert!(parse_mib("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_for_failures() {
+        assert_eq!(exit_code(&GuestExit::Reset), 0);
+        assert_eq!(exit_code(&GuestExit::PowerOff), 0);
+        let codes = [
+            exit_code(&GuestExit::Panic),
+            exit_code(&GuestExit::TripleFault { vcpu: 0 }),
+            exit_code(&GuestExit::KvmFailure { vcpu: 0, reason: String::new() }),
+            exit_code(&GuestExit::Timeout(Duration::ZERO)),
+        ];
+        assert_eq!(codes, [3, 4, 5, 6]);
+    }
+}

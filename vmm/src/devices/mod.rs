@@ -1,0 +1,118 @@
+//! Emulated devices and the port-I/O bus the vCPU threads dispatch to.
+
+pub mod i8042;
+pub mod serial;
+
+use std::sync::{Arc, Mutex};
+
+/// A device on the x86 port-I/O bus. `offset` is relative to the device's base port; `data`
+/// is exactly as long as the guest's access (1, 2 or 4 bytes).
+pub trait PioDevice: Send {
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    fn write(&mut self, offset: u16, data: &[u8]);
+}
+
+struct PioRange {
+    base: u16,
+    len: u16,
+    device: Arc<Mutex<dyn PioDevice>>,
+}
+
+/// Port ranges to devices. Unclaimed ports read as all-ones (an empty ISA bus) and ignore writes.
+#[derive(Default)]
+pub struct PioBus {
+    ranges: Vec<PioRange>,
+}
+
+impl PioBus {
+    /// Claims `len` ports from `base`; returns false if they overlap an existing device.
+    pub fn insert(&mut self, base: u16, len: u16, device: Arc<Mutex<dyn PioDevice>>) -> bool {
+        let end = u32::from(base) + u32::from(len);
+        let overlaps = self.ranges.iter().any(|r| {
+            let r_end = u32::from(r.base) + u32::from(r.len);
+            u32::from(base) < r_end && u32::from(r.base) < end
+        });
+        if len == 0 || overlaps || end > 0x1_0000 {
+            return false;
+        }
+        self.ranges.push(PioRange { base, len, device });
+        true
+    }
+
+    fn find(&self, port: u16) -> Option<(&PioRange, u16)> {
+        self.ranges
+            .iter()
+            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base) + u32::from(r.len))
+            .map(|r| (r, port - r.base))
+    }
+
+    /// Dispatches a guest IN. Returns whether a device claimed the port.
+    pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
+        match self.find(port) {
+            Some((r, off)) => {
+                r.device.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Dispatches a guest OUT. Returns whether a device claimed the port.
+    pub fn write(&self, port: u16, data: &[u8]) -> bool {
+        match self.find(port) {
+            Some((r, off)) => {
+                r.device.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A vm-superio trigger that signals an eventfd (used as a KVM irqfd for device interrupts).
+pub struct EventFdTrigger(pub vmm_sys_util::eventfd::EventFd);
+
+impl vm_superio::Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Vec<(u16, Vec<u8>)>);
+    impl PioDevice for Recorder {
+        fn read(&mut self, offset: u16, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u16, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn routes_by_port_and_rejects_overlaps() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = PioBus::default();
+        assert!(bus.insert(0x3f8, 8, dev.clone()));
+        assert!(!bus.insert(0x3fc, 8, dev.clone()), "overlap");
+        assert!(!bus.insert(0xfffc, 8, dev.clone()), "past the last port");
+        assert!(!bus.insert(0x10, 0, dev.clone()), "empty range");
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x3fd, &mut b));
+        assert_eq!(b, [5]);
+        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(!bus.write(0x3f7, &[1]));
+        let mut w = [0u8; 4];
+        assert!(!bus.read(0x3000, &mut w));
+        assert_eq!(w, [0xff; 4]);
+        assert_eq!(dev.lock().unwrap().0, vec![(0, b"x".to_vec())]);
+    }
+}

@@ -1,0 +1,299 @@
+//! A whole microVM: KVM VM + guest RAM + boot state + legacy devices + vCPU threads. `Vm::build`
+//! does the setup in the order KVM needs (irqchip before vCPUs, CPUID before MSRs); `Vm::run`
+//! starts the vCPUs and waits for the first reason to stop.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::boot::layout::{CMDLINE_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::boot::{loader, mptable, paging, params, regs};
+use crate::devices::i8042::{ResetController, I8042_LEN, I8042_PORT};
+use crate::devices::serial::{ConsoleSink, ConsoleWatch, SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::{EventFdTrigger, PioBus};
+use crate::error::{Error, Result};
+use crate::host::KvmHost;
+use crate::memory::GuestRam;
+use crate::vcpu::{BootEntry, Vcpu};
+
+/// How the guest (or the VMM on its behalf) ended the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// ACPI-style power off (KVM system event).
+    PowerOff,
+    /// Reset through the i8042 or a KVM reset event: the normal end of a microVM.
+    Reset,
+    /// A triple fault: the guest crashed, or was booted with `reboot=t`.
+    TripleFault { vcpu: u8 },
+    /// The guest kernel panicked (seen on the console) and then rebooted.
+    Panic,
+    /// KVM reported a guest crash event.
+    Crash,
+    /// KVM could not run the vCPU.
+    KvmFailure { vcpu: u8, reason: String },
+    /// The VMM's own time limit ran out.
+    Timeout(Duration),
+}
+
+impl fmt::Display for GuestExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestExit::PowerOff => write!(f, "guest powered off"),
+            GuestExit::Reset => write!(f, "guest reset (normal shutdown)"),
+            GuestExit::TripleFault { vcpu } => write!(f, "guest triple-faulted on vCPU {vcpu}"),
+            GuestExit::Panic => write!(f, "guest kernel panicked"),
+            GuestExit::Crash => write!(f, "guest reported a crash"),
+            GuestExit::KvmFailure { vcpu, reason } => write!(f, "vCPU {vcpu} stopped: {reason}"),
+            GuestExit::Timeout(d) => write!(f, "guest still running after {:.1} s; stopped it", d.as_secs_f64()),
+        }
+    }
+}
+
+/// The first reason to stop wins; everyone else can poll or wait for it.
+#[derive(Default)]
+pub struct ExitLatch {
+    reason: Mutex<Option<GuestExit>>,
+    cond: Condvar,
+}
+
+impl ExitLatch {
+    pub fn set(&self, reason: GuestExit) {
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+            self.cond.notify_all();
+        }
+    }
+
+    pub fn get(&self) -> Option<GuestExit> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` (forever if None) for a reason.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<GuestExit> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        while r.is_none() {
+            match deadline {
+                None => r = self.cond.wait(r).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    r = self.cond.wait_timeout(r, d - now).unwrap_or_else(|p| p.into_inner()).0;
+                }
+            }
+        }
+        r.clone()
+    }
+}
+
+/// Where the guest console goes.
+pub enum ConsoleOutput {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+    Null,
+    Writer(Box<dyn Write + Send>),
+}
+
+/// What to boot and with how much.
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    pub console: ConsoleOutput,
+}
+
+/// The command line microdib boots with unless told otherwise: console on COM1, i8042 reset
+/// for reboot (ends the VM), reboot immediately on panic, quiet (each console byte is a VM exit).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+
+/// A built VM, ready to run.
+pub struct Vm {
+    _vm_fd: VmFd,
+    ram: GuestRam,
+    vcpus: Vec<Vcpu>,
+    latch: Arc<ExitLatch>,
+    serial: Arc<Mutex<SerialConsole>>,
+    watch: Arc<ConsoleWatch>,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal that interrupts KVM_RUN so a vCPU thread sees the VM is over.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<()> {
+    static ONCE: std::sync::OnceLock<std::result::Result<(), i32>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno()))
+        .map_err(|errno| Error::Os { what: "vCPU kick signal handler", source: std::io::Error::from_raw_os_error(errno) })
+}
+
+impl Vm {
+    pub fn build(host: &KvmHost, config: VmConfig) -> Result<Vm> {
+        let max = (host.max_vcpus() as u64).min(u64::from(mptable::MAX_CPUS));
+        if config.vcpus == 0 || u64::from(config.vcpus) > max {
+            return Err(Error::VcpuCount(u64::from(config.vcpus), max));
+        }
+        let ram = GuestRam::new(config.memory_mib)?;
+
+        let vm_fd = host.kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm_fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        for (slot, region) in ram.memory.iter().enumerate() {
+            let host_addr = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(Error::guest_write("memory slot"))?;
+            let mr = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host_addr as u64,
+            };
+            // SAFETY: the mapping belongs to `ram`, which the Vm owns and keeps alive until
+            // every vCPU thread has been joined (or leaks it if one cannot be stopped).
+            unsafe { vm_fd.set_user_memory_region(mr) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // Kernel, command line, initramfs, zero page, page tables, GDT, MP table.
+        let kernel = loader::load_kernel(&ram.memory, &config.kernel)?;
+        let cmdline_size = loader::write_cmdline(&ram.memory, &config.cmdline, &kernel)?;
+        let (initrd_addr, initrd_size) = match &config.initramfs {
+            Some(p) => loader::load_initrd(&ram.memory, p, ram.low_end, &kernel)?,
+            None => (0, 0),
+        };
+        let place = params::BootPlacement { cmdline_addr: CMDLINE_START, cmdline_size, initrd_addr, initrd_size };
+        let zero_page = params::build(kernel.header, &place, &params::e820_map(ram.low_end, ram.high_size))?;
+        params::write(&ram.memory, &zero_page)?;
+        let cr3 = paging::write_identity_page_tables(&ram.memory)?;
+        regs::write_descriptor_tables(&ram.memory)?;
+        mptable::write(&ram.memory, config.vcpus)?;
+
+        // Legacy devices.
+        let latch = Arc::new(ExitLatch::default());
+        let watch = Arc::new(ConsoleWatch::default());
+        let out: Box<dyn Write + Send> = match config.console {
+            ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+            ConsoleOutput::Stderr => Box::new(std::io::stderr()),
+            ConsoleOutput::Null => Box::new(std::io::sink()),
+            ConsoleOutput::Writer(w) => w,
+            ConsoleOutput::File(p) => Box::new(File::create(&p).map_err(|source| Error::ConsoleOpen { path: p, source })?),
+        };
+        let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Os { what: "serial interrupt eventfd", source })?;
+        vm_fd.register_irqfd(&com1_irq, COM1_GSI).map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(EventFdTrigger(com1_irq), ConsoleSink::new(out, watch.clone()))));
+        let mut bus = PioBus::default();
+        bus.insert(COM1_PORT, COM1_LEN, serial.clone());
+        bus.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(ResetController::new(latch.clone()))));
+        let bus = Arc::new(bus);
+
+        // vCPUs.
+        let supported = host
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let tsc_deadline = host.kvm.check_extension(Cap::TscDeadlineTimer);
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let fd = vm_fd.create_vcpu(u64::from(id)).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+            let vcpu = Vcpu::new(id, fd, bus.clone(), latch.clone());
+            let boot = (id == 0).then_some(BootEntry { rip: kernel.entry, cr3 });
+            vcpu.configure(&supported, config.vcpus, tsc_deadline, boot)?;
+            vcpus.push(vcpu);
+        }
+        install_kick_handler()?;
+        tracing::debug!(
+            entry = format_args!("{:#x}", kernel.entry),
+            initrd = format_args!("{initrd_addr:#x}+{initrd_size}"),
+            "VM built"
+        );
+        Ok(Vm { _vm_fd: vm_fd, ram, vcpus, latch, serial, watch })
+    }
+
+    /// Runs the guest until it ends (or `timeout` passes) and says how it ended.
+    pub fn run(mut self, timeout: Option<Duration>) -> Result<GuestExit> {
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            let id = vcpu.id;
+            let spawned = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || vcpu.run());
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(source) => {
+                    self.latch.set(GuestExit::KvmFailure { vcpu: id, reason: "thread start failed".into() });
+                    Self::stop(threads);
+                    return Err(Error::VcpuThread { id, source });
+                }
+            }
+        }
+        let reason = match self.latch.wait(timeout) {
+            Some(r) => r,
+            None => {
+                let t = timeout.unwrap_or_default();
+                self.latch.set(GuestExit::Timeout(t));
+                self.latch.get().unwrap_or(GuestExit::Timeout(t))
+            }
+        };
+        let all_stopped = Self::stop(threads);
+        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        if !all_stopped {
+            // A vCPU thread may still touch guest memory: never unmap it under it.
+            std::mem::forget(self.ram);
+        }
+        Ok(match reason {
+            GuestExit::Reset | GuestExit::TripleFault { .. } if self.watch.kernel_panicked() => GuestExit::Panic,
+            r => r,
+        })
+    }
+
+    /// Kicks every vCPU out of KVM_RUN until its thread ends; false if one would not stop.
+    fn stop(threads: Vec<JoinHandle<()>>) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut all = true;
+        for t in threads {
+            // The kick can arrive just before the thread enters KVM_RUN, so repeat it.
+            while !t.is_finished() && Instant::now() < deadline {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Guest-physical address of the zero page, for tests.
+    pub fn guest_memory(&self) -> &vm_memory::GuestMemoryMmap {
+        &self.ram.memory
+    }
+
+    /// Reads guest memory (tests and diagnostics).
+    pub fn read_guest(&self, addr: u64, buf: &mut [u8]) -> bool {
+        use vm_memory::Bytes;
+        self.ram.memory.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+}

@@ -1,8 +1,9 @@
 //! Model-specific registers every vCPU starts with (the values firmware would leave behind).
+//! The TSC is left alone: KVM starts all vCPUs' TSCs in sync, and writing it per vCPU at
+//! slightly different times made the guest mark its TSC unstable.
 
 use kvm_bindings::kvm_msr_entry;
 
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
 const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
@@ -30,7 +31,6 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
     ]

@@ -1,0 +1,200 @@
+//! End-to-end boot tests: the real guest kernel (hack/build-kernel) with the boot-probe
+//! initramfs, run by the `microdib-vmm` binary. Where this host's KVM can run Linux the binary
+//! runs directly; otherwise (PVM, no /dev/kvm) every test runs the same command through
+//! `hack/nested-run`. Nothing is skipped: a missing kernel, busybox or qemu fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use initramfs::probe::{self, ProbeExit, MARKER};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The guest kernel, built (or found in the cache) by hack/build-kernel.
+fn kernel() -> PathBuf {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        if let Some(k) = std::env::var_os("MICRODIB_KERNEL") {
+            return PathBuf::from(k);
+        }
+        let out = Command::new(workspace().join("hack/build-kernel"))
+            .output()
+            .expect("cannot run hack/build-kernel");
+        assert!(
+            out.status.success(),
+            "hack/build-kernel failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+fn static_busybox() -> PathBuf {
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        let p = Path::new(p);
+        // A dynamic busybox cannot run in an initramfs without its libraries.
+        let dynamic = Command::new("ldd").arg(p).output().map(|o| o.status.success()).unwrap_or(true);
+        if p.exists() && !dynamic {
+            return p.to_owned();
+        }
+    }
+    panic!("a statically linked busybox is needed: apt-get install busybox-static");
+}
+
+/// Writes the probe initramfs under target/ (inside the working directory, so nested-run
+/// shares it with the emulated machine).
+fn probe_initramfs(exit: ProbeExit) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(match exit {
+        ProbeExit::Reboot => "probe-reboot.cpio",
+        ProbeExit::Panic => "probe-panic.cpio",
+    });
+    let bytes = probe::archive(&static_busybox(), exit).unwrap().to_bytes().unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Whether microdib-vmm can run here directly; if not, the reason (printed by the tests).
+fn native_kvm() -> Result<(), String> {
+    vmm::KvmHost::open().map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Runs microdib-vmm with `args`, natively or through hack/nested-run.
+fn run_vmm(args: &[&str]) -> Output {
+    // Emulated machines run one at a time: several TCG machines on a 2-core host starve each
+    // other (and the guest timers inside them) far more than running them in turn costs.
+    static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let bin = env!("CARGO_BIN_EXE_microdib-vmm");
+    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut cmd = match native_kvm() {
+        Ok(()) => Command::new(bin),
+        Err(why) => {
+            eprintln!("native KVM unusable ({why}); running through hack/nested-run");
+            let mut c = Command::new(workspace().join("hack/nested-run"));
+            c.args(["--timeout", "600", "--"]).arg(bin);
+            c
+        }
+    };
+    cmd.current_dir(workspace()).args(args);
+    let out = cmd.output().expect("cannot start microdib-vmm");
+    eprintln!(
+        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn boots_two_vcpus_to_init_and_exits_cleanly() {
+    let kernel = kernel();
+    let initrd = probe_initramfs(ProbeExit::Reboot);
+    let out = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initramfs",
+        initrd.to_str().unwrap(),
+        "--vcpus",
+        "2",
+        "--memory",
+        "256M",
+        "--timeout",
+        "120",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains(MARKER), "init never ran");
+    assert!(stdout.contains("MICRODIB-PROBE: nproc=2"), "second vCPU did not come online");
+    let uptime_line = stdout.lines().find(|l| l.starts_with("MICRODIB-PROBE: uptime=")).expect("no uptime line");
+    let uptime: f64 = uptime_line
+        .trim_start_matches("MICRODIB-PROBE: uptime=")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("uptime is not a number");
+    assert!(uptime > 0.0 && uptime < 120.0, "implausible uptime {uptime}");
+    assert!(stderr.contains("guest reset (normal shutdown)"), "guest did not end by its own reset");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn elf_vmlinux_boots_too() {
+    let vmlinux = kernel().with_file_name("vmlinux");
+    let initrd = probe_initramfs(ProbeExit::Reboot);
+    let out = run_vmm(&[
+        "--kernel",
+        vmlinux.to_str().unwrap(),
+        "--initramfs",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "256M",
+        "--timeout",
+        "120",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MICRODIB-PROBE: nproc=1"));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn guest_kernel_panic_is_reported_as_a_failure() {
+    let kernel = kernel();
+    let initrd = probe_initramfs(ProbeExit::Panic);
+    let out = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initramfs",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "256M",
+        "--timeout",
+        "120",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Kernel panic - not syncing"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("guest kernel panicked"));
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn bad_inputs_are_refused_with_a_clear_message() {
+    let kernel = kernel();
+    let not_a_kernel = workspace().join("Cargo.toml");
+    let cases: [(Vec<&str>, &str); 3] = [
+        (vec!["--kernel", not_a_kernel.to_str().unwrap()], "neither a Linux bzImage nor an ELF vmlinux"),
+        (vec!["--kernel", "/nonexistent/bzImage"], "cannot read kernel /nonexistent/bzImage"),
+        (vec!["--kernel", kernel.to_str().unwrap(), "--memory", "16M"], "too little"),
+    ];
+    for (args, expected) in cases {
+        let out = run_vmm(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = stderr.lines().find(|l| l.starts_with("microdib-vmm: error:")).expect("no error line");
+        assert!(line.contains(expected), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn host_kvm_check_explains_itself() {
+    // Runs natively on purpose: this is the message users of a host without usable KVM see.
+    let out = Command::new(env!("CARGO_BIN_EXE_microdib-vmm")).arg("--check-kvm").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match native_kvm() {
+        Ok(()) => {
+            assert_eq!(out.status.code(), Some(0));
+            assert!(stdout.contains("KVM usable"));
+        }
+        Err(why) => {
+            assert_eq!(out.status.code(), Some(1));
+            assert_eq!(stderr.trim(), format!("microdib-vmm: error: {why}"));
+            if vmm::host::host_backend() == vmm::KvmBackend::Pvm {
+                assert!(why.contains("PVM"), "{why}");
+            }
+        }
+    }
+}

@@ -20,14 +20,8 @@ fn kernel() -> PathBuf {
         if let Some(k) = std::env::var_os("MICRODIB_KERNEL") {
             return PathBuf::from(k);
         }
-        let out = Command::new(workspace().join("hack/build-kernel"))
-            .output()
-            .expect("cannot run hack/build-kernel");
-        assert!(
-            out.status.success(),
-            "hack/build-kernel failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(workspace().join("hack/build-kernel")).output().expect("cannot run hack/build-kernel");
+        assert!(out.status.success(), "hack/build-kernel failed:\n{}", String::from_utf8_lossy(&out.stderr));
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
     .clone()

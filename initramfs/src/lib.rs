@@ -70,7 +70,11 @@ impl Archive {
         if u32::try_from(data.len()).is_err() {
             return Err(Error::TooLarge { path: path.to_owned(), size: data.len() as u64 });
         }
-        self.entries.push(Entry { path: check_path(path)?, mode: S_IFREG | (perm & 0o7777), content: Content::File(data) });
+        self.entries.push(Entry {
+            path: check_path(path)?,
+            mode: S_IFREG | (perm & 0o7777),
+            content: Content::File(data),
+        });
         Ok(self)
     }
 
@@ -84,7 +88,11 @@ impl Archive {
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self, Error> {
-        self.entries.push(Entry { path: check_path(path)?, mode: S_IFLNK | 0o777, content: Content::Symlink(target.to_owned()) });
+        self.entries.push(Entry {
+            path: check_path(path)?,
+            mode: S_IFLNK | 0o777,
+            content: Content::Symlink(target.to_owned()),
+        });
         Ok(self)
     }
 

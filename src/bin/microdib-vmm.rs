@@ -95,7 +95,8 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
         "none" => ConsoleOutput::Null,
         path => ConsoleOutput::File(PathBuf::from(path)),
     };
-    let config = VmConfig { kernel, initramfs: args.initramfs, cmdline, memory_mib: args.memory, vcpus: args.vcpus, console };
+    let config =
+        VmConfig { kernel, initramfs: args.initramfs, cmdline, memory_mib: args.memory, vcpus: args.vcpus, console };
     let vm = Vm::build(&host, config)?;
     tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);
     let timeout = args.timeout.map(Duration::from_secs_f64);

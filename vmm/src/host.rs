@@ -103,7 +103,8 @@ impl KvmHost {
 
     /// Opens the device without judging the backend (for ioctl-level tests on any KVM).
     pub fn open_device(path: &Path) -> Result<Kvm> {
-        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::KvmMissing { path: path.to_owned() })?;
+        let cpath =
+            CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::KvmMissing { path: path.to_owned() })?;
         Kvm::new_with_path(&cpath).map_err(|e| open_error(path, e.errno()))
     }
 

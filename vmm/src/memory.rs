@@ -1,7 +1,7 @@
 //! Guest RAM: one anonymous mapping below the 32-bit MMIO hole and, for large guests, a second
 //! one from 4 GiB up.
 
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::boot::layout::{MMIO_GAP_END, MMIO_GAP_START};
 use crate::error::{Error, Result};
@@ -43,6 +43,16 @@ impl GuestRam {
             ranges.push((GuestAddress(MMIO_GAP_END), high_size as usize));
         }
         let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| Error::GuestMemory { mib, source })?;
+        for region in memory.iter() {
+            if let Ok(addr) = region.get_host_address(MemoryRegionAddress(0)) {
+                // SAFETY: the range is exactly the mapping vm-memory just created and owns.
+                let rc = unsafe { libc::madvise(addr.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
+                // Hosts without transparent huge pages say EINVAL; 4 KiB pages still work.
+                if rc != 0 {
+                    tracing::debug!("MADV_HUGEPAGE: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
         Ok(GuestRam { memory, low_end, high_size })
     }
 }
@@ -50,7 +60,7 @@ impl GuestRam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend};
+    use vm_memory::Bytes;
 
     #[test]
     fn small_guest_is_one_region() {

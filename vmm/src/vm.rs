@@ -141,8 +141,9 @@ fn kick_signal() -> libc::c_int {
 
 fn install_kick_handler() -> Result<()> {
     static ONCE: std::sync::OnceLock<std::result::Result<(), i32>> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno()))
-        .map_err(|errno| Error::Os { what: "vCPU kick signal handler", source: std::io::Error::from_raw_os_error(errno) })
+    ONCE.get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno())).map_err(|errno| {
+        Error::Os { what: "vCPU kick signal handler", source: std::io::Error::from_raw_os_error(errno) }
+    })
 }
 
 impl Vm {
@@ -151,13 +152,13 @@ impl Vm {
         if config.vcpus == 0 || u64::from(config.vcpus) > max {
             return Err(Error::VcpuCount(u64::from(config.vcpus), max));
         }
+        let t0 = Instant::now();
         let ram = GuestRam::new(config.memory_mib)?;
+        tracing::debug!("guest RAM mapped in {:?}", t0.elapsed());
 
         let vm_fd = host.kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
         vm_fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm_fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS).map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
         vm_fd.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm_fd.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
@@ -177,8 +178,10 @@ impl Vm {
             unsafe { vm_fd.set_user_memory_region(mr) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
+        tracing::debug!("KVM VM created in {:?}", t0.elapsed());
         // Kernel, command line, initramfs, zero page, page tables, GDT, MP table.
         let kernel = loader::load_kernel(&ram.memory, &config.kernel)?;
+        tracing::debug!("kernel loaded in {:?}", t0.elapsed());
         let cmdline_size = loader::write_cmdline(&ram.memory, &config.cmdline, &kernel)?;
         let (initrd_addr, initrd_size) = match &config.initramfs {
             Some(p) => loader::load_initrd(&ram.memory, p, ram.low_end, &kernel)?,
@@ -190,6 +193,7 @@ impl Vm {
         let cr3 = paging::write_identity_page_tables(&ram.memory)?;
         regs::write_descriptor_tables(&ram.memory)?;
         mptable::write(&ram.memory, config.vcpus)?;
+        tracing::debug!("boot data written in {:?}", t0.elapsed());
 
         // Legacy devices.
         let latch = Arc::new(ExitLatch::default());
@@ -199,21 +203,23 @@ impl Vm {
             ConsoleOutput::Stderr => Box::new(std::io::stderr()),
             ConsoleOutput::Null => Box::new(std::io::sink()),
             ConsoleOutput::Writer(w) => w,
-            ConsoleOutput::File(p) => Box::new(File::create(&p).map_err(|source| Error::ConsoleOpen { path: p, source })?),
+            ConsoleOutput::File(p) => {
+                Box::new(File::create(&p).map_err(|source| Error::ConsoleOpen { path: p, source })?)
+            }
         };
-        let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Os { what: "serial interrupt eventfd", source })?;
+        let com1_irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|source| Error::Os { what: "serial interrupt eventfd", source })?;
         vm_fd.register_irqfd(&com1_irq, COM1_GSI).map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(EventFdTrigger(com1_irq), ConsoleSink::new(out, watch.clone()))));
+        let serial =
+            Arc::new(Mutex::new(SerialConsole::new(EventFdTrigger(com1_irq), ConsoleSink::new(out, watch.clone()))));
         let mut bus = PioBus::default();
         bus.insert(COM1_PORT, COM1_LEN, serial.clone());
         bus.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(ResetController::new(latch.clone()))));
         let bus = Arc::new(bus);
 
         // vCPUs.
-        let supported = host
-            .kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported =
+            host.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let tsc_deadline = host.kvm.check_extension(Cap::TscDeadlineTimer);
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
@@ -224,6 +230,7 @@ impl Vm {
             vcpus.push(vcpu);
         }
         install_kick_handler()?;
+        tracing::debug!("vCPUs configured in {:?}", t0.elapsed());
         tracing::debug!(
             entry = format_args!("{:#x}", kernel.entry),
             initrd = format_args!("{initrd_addr:#x}+{initrd_size}"),

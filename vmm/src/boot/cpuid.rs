@@ -44,10 +44,7 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], t: VcpuTopology) {
     for e in entries.iter_mut() {
         match e.function {
             LEAF_FEATURES => {
-                e.ebx = (e.ebx & 0xff)
-                    | (CLFLUSH_LINE_QWORDS << 8)
-                    | (count.min(255) << 16)
-                    | (id << 24);
+                e.ebx = (e.ebx & 0xff) | (CLFLUSH_LINE_QWORDS << 8) | (count.min(255) << 16) | (id << 24);
                 e.ecx |= ECX_HYPERVISOR;
                 // No nested virtualization: element scripts never need it, and a guest kernel
                 // with KVM built in spends ~0.2 s initialising it.
@@ -114,7 +111,15 @@ mod tests {
 
     #[test]
     fn per_vcpu_identity_and_topology() {
-        let mut e = vec![leaf(1, 0), leaf(0xb, 0), leaf(0xb, 1), leaf(0xb, 2), leaf(6, 0), leaf(0x8000_001e, 0), leaf(0x8000_0001, 0)];
+        let mut e = vec![
+            leaf(1, 0),
+            leaf(0xb, 0),
+            leaf(0xb, 1),
+            leaf(0xb, 2),
+            leaf(6, 0),
+            leaf(0x8000_001e, 0),
+            leaf(0x8000_0001, 0),
+        ];
         e[4].ecx = 0xf;
         e[0].ecx = ECX_VMX;
         e[6].ecx = ECX_SVM | 1;

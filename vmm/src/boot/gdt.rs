@@ -10,12 +10,7 @@ const TSS: u16 = 0x808b; // busy 64-bit TSS
 
 /// The boot GDT: NULL, code, data, TSS. Selectors are index * 8.
 pub fn boot_gdt() -> [u64; 4] {
-    [
-        0,
-        gdt_entry(CODE64, 0, 0xfffff),
-        gdt_entry(DATA, 0, 0xfffff),
-        gdt_entry(TSS, 0, 0xfffff),
-    ]
+    [0, gdt_entry(CODE64, 0, 0xfffff), gdt_entry(DATA, 0, 0xfffff), gdt_entry(TSS, 0, 0xfffff)]
 }
 
 /// Selector index of the code segment in [`boot_gdt`].
@@ -39,7 +34,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// Decodes a descriptor into the form KVM's `set_sregs` wants.
 pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With 4 KiB granularity the limit counts pages; KVM wants bytes.

@@ -43,6 +43,10 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Identity-map page KVM needs on Intel (`KVM_SET_IDENTITY_MAP_ADDR`), just below the TSS.
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
+// The stack grows down from just below the page tables and must not reach the zero page.
+const _: () = assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,8 +68,6 @@ mod tests {
         for w in areas.windows(2) {
             assert!(w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
         }
-        // The stack grows down from just below the page tables and must not hit the zero page.
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 
     #[test]
@@ -73,6 +75,5 @@ mod tests {
         for addr in [VIRTIO_MMIO_START, IOAPIC_START, LAPIC_START, KVM_TSS_ADDRESS, KVM_IDENTITY_MAP_ADDRESS] {
             assert!((MMIO_GAP_START..MMIO_GAP_END).contains(&addr));
         }
-        assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
     }
 }

@@ -58,10 +58,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     let n = read_up_to(&mut file, &mut head).map_err(read_err)?;
     head.truncate(n);
     let format = detect_format(&head).ok_or_else(|| Error::KernelFormat { path: path.to_owned() })?;
-    let load_err = |e: linux_loader::loader::Error| Error::KernelLoad {
-        path: path.to_owned(),
-        reason: describe_loader_error(&e),
-    };
+    let load_err =
+        |e: linux_loader::loader::Error| Error::KernelLoad { path: path.to_owned(), reason: describe_loader_error(&e) };
     match format {
         KernelFormat::BzImage => {
             let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
@@ -133,8 +131,7 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, low_ram_end: u64, kernel:
         size,
         limit: low_ram_end,
     })?;
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(Error::guest_write("initramfs"))?;
+    mem.write_slice(&data, GuestAddress(addr)).map_err(Error::guest_write("initramfs"))?;
     Ok((addr, size))
 }
 
@@ -153,8 +150,7 @@ pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, kernel: &LoadedKernel
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
-    mem.write_slice(&bytes, GuestAddress(CMDLINE_START))
-        .map_err(Error::guest_write("kernel command line"))?;
+    mem.write_slice(&bytes, GuestAddress(CMDLINE_START)).map_err(Error::guest_write("kernel command line"))?;
     Ok(bytes.len() as u32)
 }
 
@@ -203,7 +199,10 @@ mod tests {
         let mut buf = [0u8; 14];
         m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
-        assert!(matches!(write_cmdline(&m, "x".repeat(17).as_str(), &k), Err(Error::CmdlineTooLong { len: 17, max: 16 })));
+        assert!(matches!(
+            write_cmdline(&m, "x".repeat(17).as_str(), &k),
+            Err(Error::CmdlineTooLong { len: 17, max: 16 })
+        ));
         assert!(matches!(write_cmdline(&m, "a\0b", &k), Err(Error::CmdlineNul)));
     }
 

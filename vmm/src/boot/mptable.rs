@@ -116,8 +116,7 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<()> {
     let table = build(cpus)?;
     // The table must stay in the e820-reserved area below 1 MiB.
     debug_assert!(MPTABLE_START + table.len() as u64 <= HIMEM_START);
-    mem.write_slice(&table, GuestAddress(MPTABLE_START))
-        .map_err(Error::guest_write("MP table"))
+    mem.write_slice(&table, GuestAddress(MPTABLE_START)).map_err(Error::guest_write("MP table"))
 }
 
 #[cfg(test)]

@@ -12,12 +12,10 @@ const PAGE_SIZE_2M: u64 = 1 << 7;
 /// Writes PML4, PDPT and page directories; returns the value for CR3.
 pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<u64> {
     let w = Error::guest_write;
-    mem.write_obj(PDPT_START | PRESENT_WRITABLE, GuestAddress(PML4_START))
-        .map_err(w("PML4"))?;
+    mem.write_obj(PDPT_START | PRESENT_WRITABLE, GuestAddress(PML4_START)).map_err(w("PML4"))?;
     for gib in 0..IDENTITY_MAPPED_GIB {
         let pd = PD_START + gib * 0x1000;
-        mem.write_obj(pd | PRESENT_WRITABLE, GuestAddress(PDPT_START + gib * 8))
-            .map_err(w("PDPT"))?;
+        mem.write_obj(pd | PRESENT_WRITABLE, GuestAddress(PDPT_START + gib * 8)).map_err(w("PDPT"))?;
         let mut entries = [0u64; 512];
         for (i, e) in entries.iter_mut().enumerate() {
             let phys = (gib << 30) | ((i as u64) << 21);
@@ -36,15 +34,11 @@ pub fn translate(mem: &GuestMemoryMmap, cr3: u64, virt: u64) -> Option<u64> {
     if pml4e & 1 == 0 {
         return None;
     }
-    let pdpte: u64 = mem
-        .read_obj(GuestAddress((pml4e & !0xfff) + ((virt >> 30) & 0x1ff) * 8))
-        .ok()?;
+    let pdpte: u64 = mem.read_obj(GuestAddress((pml4e & !0xfff) + ((virt >> 30) & 0x1ff) * 8)).ok()?;
     if pdpte & 1 == 0 {
         return None;
     }
-    let pde: u64 = mem
-        .read_obj(GuestAddress((pdpte & !0xfff) + ((virt >> 21) & 0x1ff) * 8))
-        .ok()?;
+    let pde: u64 = mem.read_obj(GuestAddress((pdpte & !0xfff) + ((virt >> 21) & 0x1ff) * 8)).ok()?;
     if pde & 1 == 0 || pde & PAGE_SIZE_2M == 0 {
         return None;
     }

@@ -80,8 +80,7 @@ pub fn build(hdr: setup_header, place: &BootPlacement, e820: &[boot_e820_entry])
 
 /// Writes the zero page at its fixed address.
 pub fn write(mem: &GuestMemoryMmap, params: &boot_params) -> Result<()> {
-    mem.write_obj(*params, GuestAddress(ZERO_PAGE_START))
-        .map_err(Error::guest_write("zero page"))
+    mem.write_obj(*params, GuestAddress(ZERO_PAGE_START)).map_err(Error::guest_write("zero page"))
 }
 
 #[cfg(test)]
@@ -111,7 +110,8 @@ mod tests {
     #[test]
     fn zero_page_fields() {
         let hdr = elf_setup_header();
-        let place = BootPlacement { cmdline_addr: 0x20000, cmdline_size: 12, initrd_addr: 0x1f00_0000, initrd_size: 4096 };
+        let place =
+            BootPlacement { cmdline_addr: 0x20000, cmdline_size: 12, initrd_addr: 0x1f00_0000, initrd_size: 4096 };
         let p = build(hdr, &place, &e820_map(1 << 30, 0)).unwrap();
         let h = p.hdr;
         assert_eq!({ h.type_of_loader }, 0xff);

@@ -35,10 +35,8 @@ pub fn boot_fpu() -> kvm_fpu {
 pub fn write_descriptor_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let gdt = gdt::boot_gdt();
     let bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
-    mem.write_slice(&bytes, GuestAddress(GDT_START))
-        .map_err(Error::guest_write("GDT"))?;
-    mem.write_obj(0u64, GuestAddress(IDT_START))
-        .map_err(Error::guest_write("IDT"))
+    mem.write_slice(&bytes, GuestAddress(GDT_START)).map_err(Error::guest_write("GDT"))?;
+    mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(Error::guest_write("IDT"))
 }
 
 /// Turns the special registers KVM reported into 64-bit mode with paging rooted at `cr3`.

@@ -108,7 +108,7 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fd, &mut b));
         assert_eq!(b, [5]);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert!(!bus.write(0x3f7, &[1]));
         let mut w = [0u8; 4];
         assert!(!bus.read(0x3000, &mut w));

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_lapic_state, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_lapic_state, CpuId, Msrs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::{cpuid, msr, regs};
@@ -71,9 +73,7 @@ impl Vcpu {
             self.fd.set_regs(&regs::boot_regs(entry.rip)).map_err(Error::kvm("KVM_SET_REGS"))?;
             self.fd.set_fpu(&regs::boot_fpu()).map_err(Error::kvm("KVM_SET_FPU"))?;
             let sregs = self.fd.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-            self.fd
-                .set_sregs(&regs::long_mode_sregs(sregs, entry.cr3))
-                .map_err(Error::kvm("KVM_SET_SREGS"))?;
+            self.fd.set_sregs(&regs::long_mode_sregs(sregs, entry.cr3)).map_err(Error::kvm("KVM_SET_SREGS"))?;
         }
         Ok(())
     }
@@ -121,7 +121,9 @@ impl Vcpu {
                     vcpu: self.id,
                     reason: format!("VM entry failed (hardware reason {reason:#x}, host cpu {cpu})"),
                 }),
-                VcpuExit::InternalError => Some(GuestExit::KvmFailure { vcpu: self.id, reason: "KVM internal error".into() }),
+                VcpuExit::InternalError => {
+                    Some(GuestExit::KvmFailure { vcpu: self.id, reason: "KVM internal error".into() })
+                }
                 VcpuExit::Intr | VcpuExit::IrqWindowOpen => None,
                 other => Some(GuestExit::KvmFailure { vcpu: self.id, reason: format!("unexpected exit {other:?}") }),
             };
@@ -143,7 +145,9 @@ mod tests {
         l.regs[APIC_LVT0 + 2] = 1; // a set mask bit (16) must survive
         set_lvt(&mut l, APIC_LVT0, APIC_MODE_EXTINT);
         set_lvt(&mut l, APIC_LVT1, APIC_MODE_NMI);
-        let read = |o: usize| u32::from_le_bytes([l.regs[o] as u8, l.regs[o + 1] as u8, l.regs[o + 2] as u8, l.regs[o + 3] as u8]);
+        let read = |o: usize| {
+            u32::from_le_bytes([l.regs[o] as u8, l.regs[o + 1] as u8, l.regs[o + 2] as u8, l.regs[o + 3] as u8])
+        };
         assert_eq!(read(APIC_LVT0), 0x1_0700);
         assert_eq!(read(APIC_LVT1), 0x400);
     }

@@ -23,7 +23,8 @@ struct Args {
     /// Initramfs (cpio, optionally compressed in a format the kernel supports).
     #[arg(long)]
     initramfs: Option<PathBuf>,
-    /// Kernel command line (replaces the default).
+    /// Kernel command line (replaces the default; keep `reboot=k panic=-1` so the guest can end
+    /// the VM, or use --append to add to the default).
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Appended to the command line.
@@ -39,8 +40,8 @@ struct Args {
     #[arg(long, default_value = "-")]
     console: String,
     /// Stop the guest after this many seconds.
-    #[arg(long)]
-    timeout: Option<f64>,
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     /// Only check whether this host's KVM can run a Linux guest, and say why not.
     #[arg(long)]
     check_kvm: bool,
@@ -66,6 +67,25 @@ fn parse_mib(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is not a whole number of MiB"));
     }
     Ok(kib / 1024)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("'{s}' seconds is out of range"))
+}
+
+/// Warns about a replaced command line that would leave the VM unable to end or to talk.
+fn check_cmdline(cmdline: &str) {
+    let has = |p: &str| cmdline.split_whitespace().any(|w| w.starts_with(p));
+    if !has("reboot=") || !has("panic=") {
+        eprintln!("microdib-vmm: warning: the command line has no reboot=/panic=; a guest reboot or panic may hang instead of ending the VM (the default has 'reboot=k panic=-1')");
+    }
+    if !has("console=") {
+        eprintln!("microdib-vmm: warning: the command line has no console=; the guest console will be silent");
+    }
 }
 
 fn exit_code(e: &GuestExit) -> u8 {
@@ -95,12 +115,12 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
         "none" => ConsoleOutput::Null,
         path => ConsoleOutput::File(PathBuf::from(path)),
     };
+    check_cmdline(&cmdline);
     let config =
         VmConfig { kernel, initramfs: args.initramfs, cmdline, memory_mib: args.memory, vcpus: args.vcpus, console };
     let vm = Vm::build(&host, config)?;
     tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);
-    let timeout = args.timeout.map(Duration::from_secs_f64);
-    let end = vm.run(timeout)?;
+    let end = vm.run(args.timeout)?;
     eprintln!("microdib-vmm: {end} after {:.2} s", started.elapsed().as_secs_f64());
     Ok(exit_code(&end))
 }
@@ -113,12 +133,6 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MICRODIB_LOG").unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Some(t) = args.timeout {
-        if !(t.is_finite() && t > 0.0) {
-            eprintln!("microdib-vmm: error: --timeout must be a positive number of seconds");
-            return ExitCode::from(2);
-        }
-    }
     match run(args, started) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -147,6 +161,15 @@ mod tests {
         assert!(parse_mib("1K").is_err());
         assert!(parse_mib("lots").is_err());
         assert!(parse_mib("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-3").is_err());
+        assert!(parse_timeout("nan").is_err());
+        assert!(parse_timeout("1e300").is_err());
     }
 
     #[test]

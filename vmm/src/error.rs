@@ -67,7 +67,7 @@ pub enum Error {
     #[error("kernel {path} could not be loaded: {reason}")]
     KernelLoad { path: PathBuf, reason: String },
 
-    #[error("kernel {path} uses boot protocol {major}.{minor:02}; 2.12 or newer with 64-bit entry is needed")]
+    #[error("kernel {path} uses boot protocol {major}.{minor:02}; 2.12 or newer is needed")]
     KernelTooOld { path: PathBuf, major: u16, minor: u16 },
 
     #[error("cannot read initramfs {path}")]
@@ -77,8 +77,8 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("initramfs {path} ({size} bytes) does not fit in guest memory below {limit:#x}; give the VM more memory")]
-    InitramfsTooLarge { path: PathBuf, size: u64, limit: u64 },
+    #[error("initramfs {path} ({} MiB) does not fit between the kernel (up to {} MiB) and the initramfs limit ({} MiB); give the VM more memory", size >> 20, floor >> 20, limit >> 20)]
+    InitramfsTooLarge { path: PathBuf, size: u64, floor: u64, limit: u64 },
 
     #[error("kernel command line is {len} bytes; this kernel accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },
@@ -106,6 +106,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+
+    #[error("kernel {path} is not a 64-bit kernel (its setup header lacks the 64-bit entry point)")]
+    KernelNot64Bit { path: PathBuf },
 
     #[error("cannot start vCPU thread {id}")]
     VcpuThread {

@@ -117,7 +117,7 @@ impl KvmHost {
 /// Turns the errno of a failed open of the KVM device into the error a user can act on.
 fn open_error(path: &Path, errno: i32) -> Error {
     match errno {
-        libc::ENOENT | libc::ENXIO | libc::ENODEV => Error::KvmMissing { path: path.to_owned() },
+        libc::ENOENT => Error::KvmMissing { path: path.to_owned() },
         libc::EACCES | libc::EPERM => Error::KvmPermission { path: path.to_owned() },
         _ => Error::KvmOpen { path: path.to_owned(), source: std::io::Error::from_raw_os_error(errno) },
     }

@@ -19,7 +19,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::boot::layout::{CMDLINE_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::boot::{loader, mptable, paging, params, regs};
 use crate::devices::i8042::{ResetController, I8042_LEN, I8042_PORT};
-use crate::devices::serial::{ConsoleSink, ConsoleWatch, SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
+use crate::devices::serial::{ConsoleSink, ConsoleWatch, ConsoleWriter, SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
 use crate::devices::{EventFdTrigger, PioBus};
 use crate::error::{Error, Result};
 use crate::host::KvmHost;
@@ -81,7 +81,8 @@ impl ExitLatch {
 
     /// Waits up to `timeout` (forever if None) for a reason.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<GuestExit> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too large to represent is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         while r.is_none() {
             match deadline {
@@ -129,7 +130,18 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     latch: Arc<ExitLatch>,
     serial: Arc<Mutex<SerialConsole>>,
+    console_writer: ConsoleWriter,
     watch: Arc<ConsoleWatch>,
+}
+
+/// Ends the VM if a vCPU thread ends without saying why (it panicked): the first reason wins,
+/// so on every normal path this does nothing.
+struct VcpuThreadGuard(Arc<ExitLatch>, u8);
+
+impl Drop for VcpuThreadGuard {
+    fn drop(&mut self) {
+        self.0.set(GuestExit::KvmFailure { vcpu: self.1, reason: "vCPU thread ended unexpectedly".into() });
+    }
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -210,8 +222,9 @@ impl Vm {
         let com1_irq = EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|source| Error::Os { what: "serial interrupt eventfd", source })?;
         vm_fd.register_irqfd(&com1_irq, COM1_GSI).map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial =
-            Arc::new(Mutex::new(SerialConsole::new(EventFdTrigger(com1_irq), ConsoleSink::new(out, watch.clone()))));
+        let (sink, console_writer) = ConsoleSink::new(out, watch.clone())
+            .map_err(|source| Error::Os { what: "console writer thread", source })?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(EventFdTrigger(com1_irq), sink)));
         let mut bus = PioBus::default();
         bus.insert(COM1_PORT, COM1_LEN, serial.clone());
         bus.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(ResetController::new(latch.clone()))));
@@ -236,7 +249,7 @@ impl Vm {
             initrd = format_args!("{initrd_addr:#x}+{initrd_size}"),
             "VM built"
         );
-        Ok(Vm { _vm_fd: vm_fd, ram, vcpus, latch, serial, watch })
+        Ok(Vm { _vm_fd: vm_fd, ram, vcpus, latch, serial, console_writer, watch })
     }
 
     /// Runs the guest until it ends (or `timeout` passes) and says how it ended.
@@ -244,12 +257,18 @@ impl Vm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for vcpu in self.vcpus.drain(..) {
             let id = vcpu.id;
-            let spawned = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || vcpu.run());
+            let guard = VcpuThreadGuard(self.latch.clone(), id);
+            let spawned = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+                let _guard = guard;
+                vcpu.run()
+            });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(source) => {
                     self.latch.set(GuestExit::KvmFailure { vcpu: id, reason: "thread start failed".into() });
-                    Self::stop(threads);
+                    if !Self::stop(threads) {
+                        std::mem::forget(self.ram);
+                    }
                     return Err(Error::VcpuThread { id, source });
                 }
             }
@@ -263,7 +282,22 @@ impl Vm {
             }
         };
         let all_stopped = Self::stop(threads);
-        self.serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        // try_lock: a vCPU that would not stop might hold the UART; never wait on it.
+        let close_deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.serial.try_lock() {
+                Ok(mut s) => break s.close(),
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner().close(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < close_deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => break,
+            }
+        }
+        self.console_writer.finish(Duration::from_secs(2));
+        if self.watch.dropped_lines() > 0 {
+            tracing::warn!("the console output could not keep up; {} lines were dropped", self.watch.dropped_lines());
+        }
         if !all_stopped {
             // A vCPU thread may still touch guest memory: never unmap it under it.
             std::mem::forget(self.ram);

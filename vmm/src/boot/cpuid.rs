@@ -62,7 +62,7 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], t: VcpuTopology) {
                 // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1.
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { count - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
+                e.eax = (e.eax & 0x3fff) | (sharing.min(0xfff) << 14) | ((count - 1).min(0x3f) << 26);
             }
             LEAF_POWER => e.ecx &= !ECX_EPB,
             LEAF_EXT_FEATURES => e.ecx &= !ECX_SVM,
@@ -89,7 +89,7 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], t: VcpuTopology) {
             }
             LEAF_AMD_SIZES => {
                 // ECX[15:12]: APIC ID bits per package; ECX[7:0]: cores - 1.
-                e.ecx = (e.ecx & !0xf0ff) | (bits_for(count).max(1) << 12) | ((count - 1) & 0xff);
+                e.ecx = (e.ecx & !0xf0ff) | (bits_for(count).max(1) << 12) | (count - 1).min(0xff);
             }
             LEAF_AMD_TOPOLOGY => {
                 e.eax = id;

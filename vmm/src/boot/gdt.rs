@@ -8,17 +8,18 @@ const CODE64: u16 = 0xa09b; // L=1, execute/read, accessed
 const DATA: u16 = 0xc093; // 32-bit, read/write, accessed
 const TSS: u16 = 0x808b; // busy 64-bit TSS
 
-/// The boot GDT: NULL, code, data, TSS. Selectors are index * 8.
-pub fn boot_gdt() -> [u64; 4] {
-    [0, gdt_entry(CODE64, 0, 0xfffff), gdt_entry(DATA, 0, 0xfffff), gdt_entry(TSS, 0, 0xfffff)]
+/// The boot GDT with the selectors the boot protocol names (`__BOOT_CS` = 0x10, `__BOOT_DS` =
+/// 0x18): two NULL entries, code, data, then a 64-bit TSS, which takes two entries.
+pub fn boot_gdt() -> [u64; 6] {
+    [0, 0, gdt_entry(CODE64, 0, 0xfffff), gdt_entry(DATA, 0, 0xfffff), gdt_entry(TSS, 0, 0xfffff), 0]
 }
 
 /// Selector index of the code segment in [`boot_gdt`].
-pub const CODE_INDEX: u8 = 1;
+pub const CODE_INDEX: u8 = 2;
 /// Selector index of the data segment.
-pub const DATA_INDEX: u8 = 2;
+pub const DATA_INDEX: u8 = 3;
 /// Selector index of the TSS.
-pub const TSS_INDEX: u8 = 3;
+pub const TSS_INDEX: u8 = 4;
 
 /// Encodes one 8-byte segment descriptor.
 pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -72,11 +73,11 @@ mod tests {
         let gdt = boot_gdt();
         let cs = kvm_segment_from_gdt(gdt[CODE_INDEX as usize], CODE_INDEX);
         assert_eq!((cs.l, cs.db, cs.dpl, cs.present, cs.s), (1, 0, 0, 1, 1));
-        assert_eq!(cs.selector, 8);
+        assert_eq!(cs.selector, 0x10);
         assert_eq!(cs.limit, 0xffff_ffff);
         assert_eq!(cs.type_, 0xb);
         let ds = kvm_segment_from_gdt(gdt[DATA_INDEX as usize], DATA_INDEX);
-        assert_eq!((ds.l, ds.db, ds.type_, ds.selector), (0, 1, 3, 16));
+        assert_eq!((ds.l, ds.db, ds.type_, ds.selector), (0, 1, 3, 0x18));
         let tr = kvm_segment_from_gdt(gdt[TSS_INDEX as usize], TSS_INDEX);
         assert_eq!((tr.type_, tr.s, tr.unusable), (0xb, 0, 0));
     }

@@ -1,10 +1,10 @@
 //! Fixed guest-physical addresses of the x86_64 boot layout. Everything below 1 MiB that the
 //! VMM writes lives here so that overlaps are visible in one place (and tested below).
 
-/// Global descriptor table: NULL, 64-bit code, data, TSS.
+/// Global descriptor table (6 entries, see `gdt::boot_gdt`).
 pub const GDT_START: u64 = 0x500;
 /// Interrupt descriptor table: empty (limit 7) until the kernel installs its own.
-pub const IDT_START: u64 = 0x520;
+pub const IDT_START: u64 = 0x540;
 /// The Linux "zero page" (`struct boot_params`), passed in RSI.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer for the boot CPU (grows down, below the page tables).
@@ -55,7 +55,7 @@ mod tests {
     fn low_structures_do_not_overlap() {
         // (start, end) of every structure below 1 MiB.
         let mut areas = [
-            (GDT_START, GDT_START + 4 * 8),
+            (GDT_START, GDT_START + 6 * 8),
             (IDT_START, IDT_START + 8),
             (ZERO_PAGE_START, ZERO_PAGE_START + 0x1000),
             (PML4_START, PML4_START + 0x1000),

@@ -16,8 +16,6 @@ use crate::error::{Error, Result};
 /// Offset of the 64-bit entry point from the protected-mode load address of a bzImage.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 const XLF_KERNEL_64: u16 = 1;
-/// Where a non-KASLR x86_64 kernel decompresses itself (CONFIG_PHYSICAL_START default).
-const KERNEL_RUN_ADDRESS: u64 = 0x100_0000;
 
 /// The two kernel formats we boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,15 +64,20 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
             let hdr = r.setup_header.ok_or_else(|| Error::KernelFormat { path: path.to_owned() })?;
             let version = hdr.version;
             let xloadflags = hdr.xloadflags;
-            if version < 0x020c || xloadflags & XLF_KERNEL_64 == 0 {
+            if version < 0x020c {
                 return Err(Error::KernelTooOld { path: path.to_owned(), major: version >> 8, minor: version & 0xff });
             }
+            if xloadflags & XLF_KERNEL_64 == 0 {
+                return Err(Error::KernelNot64Bit { path: path.to_owned() });
+            }
+            // The kernel decompresses itself to pref_address and needs init_size bytes there.
             let init_size = u64::from(hdr.init_size);
+            let pref_address = hdr.pref_address;
             Ok(LoadedKernel {
                 format,
                 entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
                 end: r.kernel_end,
-                reserved_end: r.kernel_end.max(KERNEL_RUN_ADDRESS + init_size),
+                reserved_end: r.kernel_end.max(pref_address.saturating_add(init_size)),
                 header: hdr,
             })
         }
@@ -105,7 +108,8 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 fn describe_loader_error(e: &linux_loader::loader::Error) -> String {
     use linux_loader::loader::Error as E;
     match e {
-        E::MemoryOverflow | E::InvalidKernelStartAddress => "it does not fit in guest memory".into(),
+        E::MemoryOverflow => "it does not fit in guest memory".into(),
+        E::InvalidKernelStartAddress => "its load address is below 1 MiB".into(),
         other => format!("{other}"),
     }
 }
@@ -113,13 +117,16 @@ fn describe_loader_error(e: &linux_loader::loader::Error) -> String {
 /// Chooses where the initramfs goes: as high as possible in low RAM, page-aligned, below the
 /// kernel's `initrd_addr_max` and above everything the kernel still needs.
 pub fn place_initrd(low_ram_end: u64, size: u64, kernel: &LoadedKernel) -> Option<u64> {
-    let addr_max = match kernel.header.initrd_addr_max {
-        0 => u64::from(DEFAULT_INITRD_ADDR_MAX),
-        m => u64::from(m),
-    };
-    let top = low_ram_end.min(addr_max.saturating_add(1));
+    let top = low_ram_end.min(initrd_addr_max(kernel).saturating_add(1));
     let addr = top.checked_sub(size)? & !0xfff;
     (addr >= kernel.reserved_end).then_some(addr)
+}
+
+fn initrd_addr_max(kernel: &LoadedKernel) -> u64 {
+    match kernel.header.initrd_addr_max {
+        0 => u64::from(DEFAULT_INITRD_ADDR_MAX),
+        m => u64::from(m),
+    }
 }
 
 /// Loads the initramfs at `path`; returns (address, size).
@@ -129,7 +136,8 @@ pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, low_ram_end: u64, kernel:
     let addr = place_initrd(low_ram_end, size, kernel).ok_or_else(|| Error::InitramfsTooLarge {
         path: path.to_owned(),
         size,
-        limit: low_ram_end,
+        floor: kernel.reserved_end,
+        limit: low_ram_end.min(initrd_addr_max(kernel).saturating_add(1)),
     })?;
     mem.write_slice(&data, GuestAddress(addr)).map_err(Error::guest_write("initramfs"))?;
     Ok((addr, size))

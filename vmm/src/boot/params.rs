@@ -68,10 +68,7 @@ pub fn build(hdr: setup_header, place: &BootPlacement, e820: &[boot_e820_entry])
     params.hdr.ramdisk_size = place.initrd_size as u32;
     params.ext_ramdisk_size = (place.initrd_size >> 32) as u32;
     if e820.len() > params.e820_table.len() {
-        return Err(Error::KernelLoad {
-            path: Default::default(),
-            reason: format!("{} e820 entries do not fit the zero page", e820.len()),
-        });
+        return Err(Error::Internal("more e820 entries than the zero page holds"));
     }
     params.e820_table[..e820.len()].copy_from_slice(e820);
     params.e820_entries = e820.len() as u8;

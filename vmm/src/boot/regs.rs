@@ -75,8 +75,9 @@ mod tests {
         assert_ne!(s.cr0 & X86_CR0_PE, 0);
         assert_ne!(s.cr4 & X86_CR4_PAE, 0);
         assert_eq!(s.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
-        assert_eq!((s.cs.l, s.cs.selector), (1, 8));
-        assert_eq!((s.gdt.base, s.gdt.limit), (GDT_START, 31));
+        assert_eq!((s.cs.l, s.cs.selector), (1, 0x10));
+        assert_eq!((s.ds.selector, s.tr.selector), (0x18, 0x20));
+        assert_eq!((s.gdt.base, s.gdt.limit), (GDT_START, 47));
         let r = boot_regs(0x100200);
         assert_eq!((r.rip, r.rsi, r.rflags), (0x100200, ZERO_PAGE_START, 2));
     }
@@ -85,7 +86,7 @@ mod tests {
     fn descriptor_tables_land_in_memory() {
         let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         write_descriptor_tables(&m).unwrap();
-        let code: u64 = m.read_obj(GuestAddress(GDT_START + 8)).unwrap();
+        let code: u64 = m.read_obj(GuestAddress(GDT_START + 0x10)).unwrap();
         assert_eq!(code, 0x00af_9b00_0000_ffff);
     }
 }

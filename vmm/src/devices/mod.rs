@@ -6,7 +6,8 @@ pub mod serial;
 use std::sync::{Arc, Mutex};
 
 /// A device on the x86 port-I/O bus. `offset` is relative to the device's base port; `data`
-/// is exactly as long as the guest's access (1, 2 or 4 bytes).
+/// is the guest's access: 1, 2 or 4 bytes, or count x size bytes for string I/O (`rep outsb`),
+/// which our devices treat as a bad access. Any length must be handled without panicking.
 pub trait PioDevice: Send {
     fn read(&mut self, offset: u16, data: &mut [u8]);
     fn write(&mut self, offset: u16, data: &[u8]);

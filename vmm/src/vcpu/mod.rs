@@ -55,12 +55,16 @@ impl Vcpu {
         cpuid::patch(cpuid.as_mut_slice(), cpuid::VcpuTopology { id: self.id, count, tsc_deadline });
         self.fd.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
 
+        // KVM_SET_MSRS stops at the first MSR it refuses; skip that one and set the rest.
         let entries = msr::boot_msrs();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::KvmCapability("MSR list"))?;
-        let set = self.fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
-        if set != entries.len() {
-            let idx = entries.get(set).map(|e| e.index).unwrap_or_default();
-            tracing::warn!("KVM refused boot MSR {idx:#x}; continuing without it");
+        let mut rest = &entries[..];
+        while !rest.is_empty() {
+            let msrs = Msrs::from_entries(rest).map_err(|_| Error::Internal("boot MSR list too long"))?;
+            let set = self.fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
+            if let Some(refused) = rest.get(set) {
+                tracing::warn!("KVM refused boot MSR {:#x}; the guest starts without it", refused.index);
+            }
+            rest = rest.get(set + 1..).unwrap_or_default();
         }
 
         let mut lapic = self.fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;

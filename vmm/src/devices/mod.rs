@@ -116,4 +116,42 @@ mod tests {
         assert_eq!(w, [0xff; 4]);
         assert_eq!(dev.lock().unwrap().0, vec![(0, b"x".to_vec())]);
     }
+
+    /// Whatever ports, lengths and bytes a guest uses, the bus and every legacy device answer
+    /// without panicking (a small xorshift generator keeps the test deterministic).
+    #[test]
+    fn random_guest_port_io_never_panics() {
+        use crate::devices::i8042::{ResetController, I8042_LEN, I8042_PORT};
+        use crate::devices::serial::{ConsoleSink, ConsoleWatch, SerialConsole, COM1_LEN, COM1_PORT};
+        use crate::vm::ExitLatch;
+        use vmm_sys_util::eventfd::EventFd;
+
+        let (sink, _writer) = ConsoleSink::new(Box::new(std::io::sink()), Arc::new(ConsoleWatch::default())).unwrap();
+        let irq = EventFdTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let latch = Arc::new(ExitLatch::default());
+        let mut bus = PioBus::default();
+        assert!(bus.insert(COM1_PORT, COM1_LEN, Arc::new(Mutex::new(SerialConsole::new(irq, sink)))));
+        assert!(bus.insert(I8042_PORT, I8042_LEN, Arc::new(Mutex::new(ResetController::new(latch)))));
+
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let r = next();
+            // Mostly ports near the devices, sometimes anywhere.
+            let port = if r & 1 == 0 { 0x3f0 + (r >> 8) as u16 % 0x18 } else { (r >> 16) as u16 };
+            let len = [1usize, 2, 4, 0, 3, 8, 64][(r >> 40) as usize % 7];
+            let mut data = vec![(r >> 48) as u8; len];
+            if r & 2 == 0 {
+                bus.read(port, &mut data);
+            } else {
+                bus.write(port, &data);
+            }
+            let _ = bus.read(0x60 + (r >> 56) as u16 % 5, &mut [0u8]);
+        }
+    }
 }

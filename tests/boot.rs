@@ -192,3 +192,27 @@ fn host_kvm_check_explains_itself() {
         }
     }
 }
+
+#[test]
+fn virtio_rng_feeds_the_guest() {
+    let kernel = kernel();
+    let initrd = probe_initramfs(ProbeExit::Reboot);
+    let out = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initramfs",
+        initrd.to_str().unwrap(),
+        "--rng",
+        "--memory",
+        "256M",
+        "--timeout",
+        "120",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("MICRODIB-PROBE: virtio-device=0x0004"), "no virtio-rng device in the guest");
+    let hex =
+        stdout.lines().find_map(|l| l.strip_prefix("MICRODIB-PROBE: hwrng=")).expect("guest could not read /dev/hwrng");
+    assert_eq!(hex.trim().len(), 32, "16 random bytes as hex: {hex}");
+    assert_ne!(hex.trim(), "0".repeat(32));
+    assert_eq!(out.status.code(), Some(0));
+}

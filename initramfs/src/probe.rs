@@ -31,6 +31,9 @@ pub fn init_script(exit: ProbeExit) -> String {
          echo '{MARKER}'\n\
          echo \"MICRODIB-PROBE: nproc=$(/bin/busybox nproc)\"\n\
          echo \"MICRODIB-PROBE: uptime=$(/bin/busybox cat /proc/uptime)\"\n\
+         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         for d in /sys/bus/virtio/devices/*; do [ -e \"$d/device\" ] && echo \"MICRODIB-PROBE: virtio-device=$(/bin/busybox cat $d/device)\"; done\n\
+         [ -e /dev/hwrng ] && echo \"MICRODIB-PROBE: hwrng=$(/bin/busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \\n')\"\n\
          {end}\n"
     )
 }

@@ -42,6 +42,9 @@ struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Give the guest a virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
     /// Only check whether this host's KVM can run a Linux guest, and say why not.
     #[arg(long)]
     check_kvm: bool,
@@ -116,8 +119,19 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
         path => ConsoleOutput::File(PathBuf::from(path)),
     };
     check_cmdline(&cmdline);
-    let config =
-        VmConfig { kernel, initramfs: args.initramfs, cmdline, memory_mib: args.memory, vcpus: args.vcpus, console };
+    let mut virtio_devices: Vec<Box<dyn vmm::devices::virtio::VirtioDevice>> = Vec::new();
+    if args.rng {
+        virtio_devices.push(Box::new(vmm::devices::virtio::rng::Rng::default()));
+    }
+    let config = VmConfig {
+        kernel,
+        initramfs: args.initramfs,
+        cmdline,
+        memory_mib: args.memory,
+        vcpus: args.vcpus,
+        console,
+        virtio_devices,
+    };
     let vm = Vm::build(&host, config)?;
     tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);
     let end = vm.run(args.timeout)?;

@@ -107,6 +107,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{0} virtio devices asked for; at most 19 fit the interrupt lines")]
+    TooManyDevices(u32),
+
     #[error("internal error: {0}")]
     Internal(&'static str),
 

@@ -11,16 +11,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::boot::layout::{CMDLINE_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::boot::layout::{CMDLINE_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_START};
 use crate::boot::{loader, mptable, paging, params, regs};
 use crate::devices::i8042::{ResetController, I8042_LEN, I8042_PORT};
 use crate::devices::serial::{ConsoleSink, ConsoleWatch, ConsoleWriter, SerialConsole, COM1_GSI, COM1_LEN, COM1_PORT};
-use crate::devices::{EventFdTrigger, PioBus};
+use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::{EventFdTrigger, MmioBus, PioBus};
 use crate::error::{Error, Result};
 use crate::host::KvmHost;
 use crate::memory::GuestRam;
@@ -117,7 +119,14 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub vcpus: u8,
     pub console: ConsoleOutput,
+    /// virtio devices in the order the guest should see them (the first block device is vda).
+    pub virtio_devices: Vec<Box<dyn VirtioDevice>>,
 }
+
+/// First GSI for virtio devices (0-4 are the timer, keyboard, cascade and COM ports).
+const VIRTIO_FIRST_GSI: u32 = 5;
+/// GSIs the IOAPIC has.
+const IOAPIC_PINS: u32 = 24;
 
 /// The command line microdib boots with unless told otherwise: console on COM1, i8042 reset
 /// for reboot (ends the VM), reboot immediately on panic, quiet (each console byte is a VM exit).
@@ -191,10 +200,33 @@ impl Vm {
         }
 
         tracing::debug!("KVM VM created in {:?}", t0.elapsed());
+
+        // virtio devices: one MMIO window and one GSI each, announced on the command line.
+        let mut cmdline = config.cmdline.clone();
+        let mut mmio_bus = MmioBus::default();
+        let count = config.virtio_devices.len() as u32;
+        if count > IOAPIC_PINS - VIRTIO_FIRST_GSI {
+            return Err(Error::TooManyDevices(count));
+        }
+        for (i, device) in config.virtio_devices.into_iter().enumerate() {
+            let base = VIRTIO_MMIO_START + i as u64 * MMIO_WINDOW;
+            let gsi = VIRTIO_FIRST_GSI + i as u32;
+            let transport = MmioTransport::new(device, ram.memory.clone())
+                .map_err(|source| Error::Os { what: "virtio queue eventfds", source })?;
+            for (q, evt) in transport.queue_events().iter().enumerate() {
+                vm_fd
+                    .register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), q as u32)
+                    .map_err(Error::kvm("KVM_IOEVENTFD"))?;
+            }
+            vm_fd.register_irqfd(transport.interrupt().irqfd(), gsi).map_err(Error::kvm("KVM_IRQFD"))?;
+            mmio_bus.insert(base, MMIO_WINDOW, Arc::new(Mutex::new(transport)));
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{gsi}"));
+        }
+        let mmio_bus = Arc::new(mmio_bus);
         // Kernel, command line, initramfs, zero page, page tables, GDT, MP table.
         let kernel = loader::load_kernel(&ram.memory, &config.kernel)?;
         tracing::debug!("kernel loaded in {:?}", t0.elapsed());
-        let cmdline_size = loader::write_cmdline(&ram.memory, &config.cmdline, &kernel)?;
+        let cmdline_size = loader::write_cmdline(&ram.memory, &cmdline, &kernel)?;
         let (initrd_addr, initrd_size) = match &config.initramfs {
             Some(p) => loader::load_initrd(&ram.memory, p, ram.low_end, &kernel)?,
             None => (0, 0),
@@ -237,7 +269,7 @@ impl Vm {
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
             let fd = vm_fd.create_vcpu(u64::from(id)).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-            let vcpu = Vcpu::new(id, fd, bus.clone(), latch.clone());
+            let vcpu = Vcpu::new(id, fd, bus.clone(), mmio_bus.clone(), latch.clone());
             let boot = (id == 0).then_some(BootEntry { rip: kernel.entry, cr3 });
             vcpu.configure(&supported, config.vcpus, tsc_deadline, boot)?;
             vcpus.push(vcpu);

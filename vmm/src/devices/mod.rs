@@ -2,6 +2,7 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
@@ -64,6 +65,66 @@ impl PioBus {
     /// Dispatches a guest OUT. Returns whether a device claimed the port.
     pub fn write(&self, port: u16, data: &[u8]) -> bool {
         match self.find(port) {
+            Some((r, off)) => {
+                r.device.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A device in guest-physical MMIO space; `offset` is relative to its window, `data` as long
+/// as the guest's access (any length must be handled without panicking).
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+struct MmioRange {
+    base: u64,
+    len: u64,
+    device: Arc<Mutex<dyn MmioDevice>>,
+}
+
+/// Guest-physical windows to devices. Unclaimed addresses read as all-ones, writes are dropped.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: Vec<MmioRange>,
+}
+
+impl MmioBus {
+    /// Claims `[base, base + len)`; returns false on overlap or overflow.
+    pub fn insert(&mut self, base: u64, len: u64, device: Arc<Mutex<dyn MmioDevice>>) -> bool {
+        let Some(end) = base.checked_add(len) else { return false };
+        if len == 0 || self.ranges.iter().any(|r| base < r.base + r.len && r.base < end) {
+            return false;
+        }
+        self.ranges.push(MmioRange { base, len, device });
+        true
+    }
+
+    fn find(&self, addr: u64) -> Option<(&MmioRange, u64)> {
+        self.ranges.iter().find(|r| addr >= r.base && addr - r.base < r.len).map(|r| (r, addr - r.base))
+    }
+
+    /// Dispatches a guest MMIO read. Returns whether a device claimed the address.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr) {
+            Some((r, off)) => {
+                r.device.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Dispatches a guest MMIO write. Returns whether a device claimed the address.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr) {
             Some((r, off)) => {
                 r.device.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
                 true

@@ -9,7 +9,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::boot::{cpuid, msr, regs};
-use crate::devices::PioBus;
+use crate::devices::{MmioBus, PioBus};
 use crate::error::{Error, Result};
 use crate::vm::{ExitLatch, GuestExit};
 
@@ -30,6 +30,7 @@ pub struct Vcpu {
     pub id: u8,
     fd: VcpuFd,
     pio: Arc<PioBus>,
+    mmio: Arc<MmioBus>,
     latch: Arc<ExitLatch>,
 }
 
@@ -45,8 +46,8 @@ fn set_lvt(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
 }
 
 impl Vcpu {
-    pub fn new(id: u8, fd: VcpuFd, pio: Arc<PioBus>, latch: Arc<ExitLatch>) -> Self {
-        Vcpu { id, fd, pio, latch }
+    pub fn new(id: u8, fd: VcpuFd, pio: Arc<PioBus>, mmio: Arc<MmioBus>, latch: Arc<ExitLatch>) -> Self {
+        Vcpu { id, fd, pio, mmio, latch }
     }
 
     /// CPUID must be set before MSRs: KVM hides CPUID-dependent MSRs otherwise.
@@ -107,12 +108,16 @@ impl Vcpu {
                     self.pio.read(port, data);
                     None
                 }
-                // No MMIO devices are mapped yet: reads see an empty bus, writes are dropped.
-                VcpuExit::MmioRead(_, data) => {
-                    data.fill(0xff);
+                VcpuExit::MmioRead(addr, data) => {
+                    self.mmio.read(addr, data);
                     None
                 }
-                VcpuExit::MmioWrite(..) => None,
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !self.mmio.write(addr, data) {
+                        tracing::trace!("vcpu{}: unclaimed MMIO write {addr:#x}", self.id);
+                    }
+                    None
+                }
                 VcpuExit::Hlt => None,
                 VcpuExit::Shutdown => Some(GuestExit::TripleFault { vcpu: self.id }),
                 VcpuExit::SystemEvent(kind, _) => Some(match kind {

@@ -1,0 +1,70 @@
+//! The thread a device serves its queues on: it sleeps in epoll on the queues' eventfds (and
+//! the device's own sources) and stops when told to, at reset or VM end.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Token of the stop event in the worker's epoll set.
+const STOP_TOKEN: u64 = u64::MAX;
+
+/// A running device worker.
+pub struct Worker {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts `name`, calling `on_event(token)` whenever one of `sources` (fd, token) is readable.
+    /// `on_event` returns false to end the worker.
+    pub fn spawn<F>(name: &str, sources: Vec<(RawFd, u64)>, mut on_event: F) -> std::io::Result<Worker>
+    where
+        F: FnMut(u64) -> bool + Send + 'static,
+    {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(ControlOperation::Add, stop.as_raw_fd(), EpollEvent::new(EventSet::IN, STOP_TOKEN))?;
+        for (fd, token) in sources {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
+        }
+        let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let mut events = vec![EpollEvent::default(); 16];
+            loop {
+                let n = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!("device worker epoll failed: {e}");
+                        return;
+                    }
+                };
+                for ev in &events[..n] {
+                    if ev.data() == STOP_TOKEN || !on_event(ev.data()) {
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(Worker { stop, thread: Some(thread) })
+    }
+
+    /// Stops the worker and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

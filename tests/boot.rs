@@ -60,9 +60,6 @@ fn native_kvm() -> Result<(), String> {
 
 /// Runs microdib-vmm with `args`, natively or through hack/nested-run.
 fn run_vmm(args: &[&str]) -> Output {
-    // Emulated machines run one at a time: several TCG machines on a 2-core host starve each
-    // other (and the guest timers inside them) far more than running them in turn costs.
-    static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let bin = env!("CARGO_BIN_EXE_microdib-vmm");
     let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
     let mut cmd = match native_kvm() {
@@ -76,6 +73,37 @@ fn run_vmm(args: &[&str]) -> Output {
     };
     cmd.current_dir(workspace()).args(args);
     let out = cmd.output().expect("cannot start microdib-vmm");
+    eprintln!(
+        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Emulated machines run one at a time: several TCG machines on a 2-core host starve each
+/// other (and the guest timers inside them) far more than running them in turn costs.
+static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs a bash script where microdib-vmm can run (natively, or inside hack/nested-run), with
+/// `$VMM` set to the binary. For checks that need the disk files on a local file system.
+fn run_script(script: &str) -> Output {
+    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut cmd = match native_kvm() {
+        Ok(()) => Command::new("bash"),
+        Err(_) => {
+            let mut c = Command::new(workspace().join("hack/nested-run"));
+            c.args(["--timeout", "600", "--", "bash"]);
+            c
+        }
+    };
+    let out = cmd
+        .current_dir(workspace())
+        .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
+        .args(["-c", script])
+        .output()
+        .expect("cannot run bash");
     eprintln!(
         "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
@@ -215,4 +243,50 @@ fn virtio_rng_feeds_the_guest() {
     assert_eq!(hex.trim().len(), 32, "16 random bytes as hex: {hex}");
     assert_ne!(hex.trim(), "0".repeat(32));
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn virtio_blk_reads_writes_discards_and_honours_read_only() {
+    let kernel = kernel();
+    let initrd = probe_initramfs(ProbeExit::Reboot);
+    // The disks live in a temporary directory on a local file system (inside the emulated
+    // machine when nested), so hole punching is real and visible to du.
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+truncate -s 8M "$d/a.raw"
+printf HEAD-PATTERN-123 | dd of="$d/a.raw" conv=notrunc 2>/dev/null
+head -c 1048576 /dev/urandom | dd of="$d/a.raw" bs=1M seek=1 conv=notrunc 2>/dev/null
+truncate -s 1M "$d/b.raw"
+echo "host: before-kib=$(du -k "$d/a.raw" | cut -f1)"
+"$VMM" --kernel {kernel} --initramfs {initrd} --memory 256M --timeout 120 \
+  --disk "$d/a.raw,id=target-disk" --disk "$d/b.raw,ro"
+echo "host: after-kib=$(du -k "$d/a.raw" | cut -f1)"
+echo "host: at-4k=$(dd if="$d/a.raw" bs=1 skip=4096 count=17 2>/dev/null)"
+cmp -s <(dd if="$d/a.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576 /dev/zero) && echo "host: second-mib=zero"
+cmp -s "$d/b.raw" <(head -c 1048576 /dev/zero) && echo "host: read-only-disk=untouched"
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let out = run_script(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| -> String {
+        stdout.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} line")).trim().to_owned()
+    };
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout.matches("MICRODIB-PROBE: virtio-device=0x0002").count(), 2);
+    assert_eq!(value("MICRODIB-PROBE: vda-size="), "8388608");
+    assert_eq!(value("MICRODIB-PROBE: vda-serial="), "target-disk");
+    assert_eq!(value("MICRODIB-PROBE: vda-head="), "484541442d5041545445524e2d313233", "HEAD-PATTERN-123");
+    assert_eq!(value("MICRODIB-PROBE: vda-write="), "ok");
+    assert_eq!(value("MICRODIB-PROBE: vda-discard="), "ok");
+    assert_eq!(value("MICRODIB-PROBE: vdb-write="), "refused");
+    assert_eq!(value("host: at-4k="), "microdib-was-here");
+    assert_eq!(value("host: second-mib="), "zero");
+    assert_eq!(value("host: read-only-disk="), "untouched");
+    let before: u64 = value("host: before-kib=").parse().unwrap();
+    let after: u64 = value("host: after-kib=").parse().unwrap();
+    assert!(after + 512 < before, "discard did not punch a hole: {before} KiB -> {after} KiB");
 }

@@ -9,6 +9,21 @@ use crate::{Archive, Error};
 /// Printed by the probe's init as soon as it runs (benchmarks time to this line).
 pub const MARKER: &str = "MICRODIB-PROBE: init reached";
 
+/// Disk checks, run when the guest has /dev/vda (and /dev/vdb): size, serial, the first 16
+/// bytes, a write at 4 KiB, a discard of the second MiB; whether vdb accepts a write.
+const DISK_CHECKS: &str = "\
+B=/bin/busybox\n\
+if [ -b /dev/vda ]; then\n\
+  echo \"MICRODIB-PROBE: vda-size=$($B blockdev --getsize64 /dev/vda)\"\n\
+  echo \"MICRODIB-PROBE: vda-serial=$($B cat /sys/block/vda/serial)\"\n\
+  echo \"MICRODIB-PROBE: vda-head=$($B dd if=/dev/vda bs=16 count=1 2>/dev/null | $B xxd -p)\"\n\
+  echo -n microdib-was-here | $B dd of=/dev/vda bs=4096 seek=1 conv=notrunc 2>/dev/null && $B sync && echo 'MICRODIB-PROBE: vda-write=ok'\n\
+  $B blkdiscard -o 1048576 -l 1048576 /dev/vda && echo 'MICRODIB-PROBE: vda-discard=ok'\n\
+fi\n\
+if [ -b /dev/vdb ]; then\n\
+  if echo x | $B dd of=/dev/vdb conv=fsync 2>/dev/null; then echo 'MICRODIB-PROBE: vdb-write=accepted'; else echo 'MICRODIB-PROBE: vdb-write=refused'; fi\n\
+fi\n";
+
 /// How the probe's init ends the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeExit {
@@ -34,6 +49,7 @@ pub fn init_script(exit: ProbeExit) -> String {
          /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
          for d in /sys/bus/virtio/devices/*; do [ -e \"$d/device\" ] && echo \"MICRODIB-PROBE: virtio-device=$(/bin/busybox cat $d/device)\"; done\n\
          [ -e /dev/hwrng ] && echo \"MICRODIB-PROBE: hwrng=$(/bin/busybox dd if=/dev/hwrng bs=16 count=1 2>/dev/null | /bin/busybox od -An -tx1 | /bin/busybox tr -d ' \\n')\"\n\
+         {DISK_CHECKS}\
          {end}\n"
     )
 }

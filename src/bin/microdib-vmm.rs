@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use vmm::devices::virtio::block::{Block, DiskConfig};
 use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
 
 const EXIT_STATUS_HELP: &str = "\
@@ -42,6 +43,9 @@ struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
+    /// Attach a disk (virtio-blk; the first is /dev/vda): PATH[,ro][,id=SERIAL]. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro][,id=SERIAL]", value_parser = parse_disk)]
+    disks: Vec<DiskConfig>,
     /// Give the guest a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -70,6 +74,25 @@ fn parse_mib(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is not a whole number of MiB"));
     }
     Ok(kib / 1024)
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut parts = s.split(',');
+    let path = PathBuf::from(parts.next().filter(|p| !p.is_empty()).ok_or("a disk needs a path")?);
+    let mut disk = DiskConfig {
+        id: path.file_name().map(|n| n.to_string_lossy().chars().take(20).collect()).unwrap_or_default(),
+        path,
+        read_only: false,
+    };
+    for opt in parts {
+        match opt.split_once('=') {
+            None if opt == "ro" => disk.read_only = true,
+            Some(("id", id)) if id.len() <= 20 => disk.id = id.to_owned(),
+            Some(("id", _)) => return Err("a disk id is at most 20 bytes".into()),
+            _ => return Err(format!("unknown disk option '{opt}' (known: ro, id=SERIAL)")),
+        }
+    }
+    Ok(disk)
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -120,6 +143,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
     };
     check_cmdline(&cmdline);
     let mut virtio_devices: Vec<Box<dyn vmm::devices::virtio::VirtioDevice>> = Vec::new();
+    for disk in &args.disks {
+        virtio_devices.push(Box::new(Block::new(disk)?));
+    }
     if args.rng {
         virtio_devices.push(Box::new(vmm::devices::virtio::rng::Rng::default()));
     }
@@ -175,6 +201,18 @@ mod tests {
         assert!(parse_mib("1K").is_err());
         assert!(parse_mib("lots").is_err());
         assert!(parse_mib("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn disk_options() {
+        let d = parse_disk("/x/target.raw").unwrap();
+        assert_eq!((d.path.to_str(), d.read_only, d.id.as_str()), (Some("/x/target.raw"), false, "target.raw"));
+        let d = parse_disk("a.img,ro,id=helper").unwrap();
+        assert!(d.read_only);
+        assert_eq!(d.id, "helper");
+        assert!(parse_disk("").is_err());
+        assert!(parse_disk("a,rw").unwrap_err().contains("unknown disk option"));
+        assert!(parse_disk("a,id=012345678901234567890").is_err());
     }
 
     #[test]

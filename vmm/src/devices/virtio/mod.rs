@@ -6,6 +6,7 @@
 //! queue is guest-controlled: devices go through `virtio-queue`'s bounds-checked chains and
 //! never trust a length or an address.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 pub mod worker;

@@ -1,36 +1,254 @@
-//! microdib's guest PID 1. So far it only brings up the pseudo file systems, announces itself on
-//! the console and ends the VM; the vsock command protocol is the next step (issue 3).
+//! microdib's guest PID 1. It brings up the pseudo file systems, announces itself on the
+//! console and serves the agent protocol (`microdib-proto`) on vsock: each connection is one
+//! conversation, served on its own thread, so several commands can run at once. Nothing a host
+//! sends may kill it (a PID 1 panic is a kernel panic): every failure becomes a protocol error.
 
-use std::ffi::CString;
-use std::io::Write;
+use std::ffi::{CString, OsStr};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
-/// Printed on the console once the guest userland is up.
-const BANNER: &str = "microdib-agent: ready";
+use microdib_proto::{
+    read_frame, write_frame, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION, READY_BANNER,
+};
 
-fn mount(source: &str, target: &str, fstype: &str) {
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> std::io::Result<()> {
     let _ = std::fs::create_dir_all(target);
-    let (Ok(s), Ok(t), Ok(f)) = (CString::new(source), CString::new(target), CString::new(fstype)) else {
-        return;
-    };
+    let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    let (s, t, f) = (c(source)?, c(target)?, c(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        eprintln!("microdib-agent: mount {fstype} on {target}: {}", std::io::Error::last_os_error());
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, std::ptr::null()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
-fn main() {
-    mount("proc", "/proc", "proc");
-    mount("sysfs", "/sys", "sysfs");
-    mount("devtmpfs", "/dev", "devtmpfs");
-    mount("tmpfs", "/run", "tmpfs");
-    mount("tmpfs", "/tmp", "tmpfs");
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{BANNER}");
-    let _ = out.flush();
-    // SAFETY: sync and reboot take no pointers; as PID 1 ending the VM is the intent.
+fn setup_pid1() {
+    for (src, dir, fs) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+    ] {
+        if let Err(e) = mount(src, dir, fs, 0) {
+            eprintln!("microdib-agent: mount {fs} on {dir}: {e}");
+        }
+    }
+}
+
+/// A listening AF_VSOCK stream socket on `port`, any CID.
+fn vsock_listen(port: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zeroed is a valid starting value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
+    if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_vm).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen on a bound socket we own.
+    if unsafe { libc::listen(fd, 64) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+fn accept(listener: &OwnedFd) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: accept4 on our listening socket; peer address not requested.
+        let fd = unsafe {
+            libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if fd >= 0 {
+            // SAFETY: fd is a fresh connected stream socket we own; UnixStream only reads/writes it.
+            return Ok(unsafe { UnixStream::from_raw_fd(fd) });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+type Sink = Arc<Mutex<UnixStream>>;
+
+fn send(sink: &Sink, msg: &Response) -> bool {
+    let mut s = sink.lock().unwrap_or_else(|p| p.into_inner());
+    write_frame(&mut *s, msg).is_ok()
+}
+
+fn run_command(
+    sink: &Sink,
+    argv: Vec<Vec<u8>>,
+    env: Vec<(Vec<u8>, Vec<u8>)>,
+    cwd: Option<Vec<u8>>,
+    chroot: Option<Vec<u8>>,
+    stdin: Vec<u8>,
+) -> Response {
+    let Some((prog, args)) = argv.split_first() else {
+        return Response::Error("empty argv".into());
+    };
+    let mut cmd = Command::new(OsStr::from_bytes(prog));
+    cmd.args(args.iter().map(|a| OsStr::from_bytes(a)));
+    cmd.env_clear();
+    cmd.envs(env.iter().map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))));
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    match chroot {
+        None => {
+            if let Some(dir) = &cwd {
+                cmd.current_dir(OsStr::from_bytes(dir));
+            }
+        }
+        Some(root) => {
+            let root_str = String::from_utf8_lossy(&root).into_owned();
+            for (src, fs) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs")] {
+                let target = format!("{root_str}{src}");
+                if let Err(e) = mount(src, &target, fs, libc::MS_BIND | libc::MS_REC) {
+                    return Response::Error(format!("cannot bind-mount {src} into {root_str}: {e}"));
+                }
+            }
+            let (Ok(root_c), Ok(cwd_c)) = (CString::new(root), CString::new(cwd.unwrap_or_else(|| b"/".to_vec())))
+            else {
+                return Response::Error("chroot or cwd contains a NUL byte".into());
+            };
+            // SAFETY: only async-signal-safe calls (chroot, chdir) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(cwd_c.as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Response::Error(format!("cannot run {}: {e}", String::from_utf8_lossy(prog))),
+    };
+    let mut readers = Vec::new();
+    for (is_err, pipe) in [
+        (false, child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        (true, child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+    ] {
+        let Some(mut pipe) = pipe else { continue };
+        let sink = sink.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        if !send(&sink, &if is_err { Response::Stderr(data) } else { Response::Stdout(data) }) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    if let Some(mut input) = child.stdin.take() {
+        std::thread::spawn(move || {
+            let _ = input.write_all(&stdin);
+        });
+    }
+    let status = child.wait();
+    for r in readers {
+        let _ = r.join();
+    }
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Response::Exited(c),
+            (None, Some(sig)) => Response::Signaled(sig),
+            _ => Response::Error("unknown exit status".into()),
+        },
+        Err(e) => Response::Error(format!("wait failed: {e}")),
+    }
+}
+
+fn serve(stream: UnixStream) {
+    let Ok(writer) = stream.try_clone() else { return };
+    let sink: Sink = Arc::new(Mutex::new(writer));
+    let mut reader = stream;
+    loop {
+        let req: Request = match read_frame(&mut reader) {
+            Ok(r) => r,
+            Err(ProtoError::Closed) => return,
+            Err(e) => {
+                send(&sink, &Response::Error(format!("bad request: {e}")));
+                return;
+            }
+        };
+        let answer = match req {
+            Request::Hello { .. } => Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: format!("microdib-agent {}", env!("CARGO_PKG_VERSION")),
+            },
+            Request::Ping => Response::Pong,
+            Request::Run { argv, env, cwd, chroot, stdin } => run_command(&sink, argv, env, cwd, chroot, stdin),
+            Request::PowerOff => {
+                send(&sink, &Response::Bye);
+                power_off();
+            }
+        };
+        if !send(&sink, &answer) {
+            return;
+        }
+    }
+}
+
+fn power_off() -> ! {
+    // SAFETY: sync and reboot take no pointers; ending the VM is the intent. With the kernel's
+    // reboot=k the VMM sees the i8042 reset and exits.
     unsafe {
         libc::sync();
         libc::reboot(libc::RB_AUTOBOOT);
+    }
+    std::process::exit(0)
+}
+
+fn main() {
+    if std::process::id() == 1 {
+        setup_pid1();
+    }
+    let listener = match vsock_listen(AGENT_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("microdib-agent: cannot listen on vsock port {AGENT_PORT}: {e}");
+            power_off();
+        }
+    };
+    println!("{READY_BANNER}");
+    let _ = std::io::stdout().flush();
+    loop {
+        match accept(&listener) {
+            Ok(conn) => {
+                let _ = std::thread::Builder::new().name("conn".into()).spawn(move || serve(conn));
+            }
+            Err(e) => {
+                eprintln!("microdib-agent: accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
     }
 }

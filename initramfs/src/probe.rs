@@ -69,6 +69,21 @@ pub fn archive(busybox: &Path, exit: ProbeExit) -> Result<Archive, Error> {
     Ok(a)
 }
 
+/// A minimal appliance for testing the agent: the agent as /init, plus busybox for commands.
+pub fn agent_archive(agent: &Path, busybox: &Path) -> Result<Archive, Error> {
+    let mut a = Archive::new();
+    for d in ["bin", "dev", "proc", "sys", "tmp", "run"] {
+        a.dir(d, 0o755)?;
+    }
+    a.char_device("dev/console", 0o600, 5, 1)?;
+    a.host_file("init", agent)?;
+    a.host_file("bin/busybox", busybox)?;
+    for applet in ["sh", "cat", "echo", "sleep", "kill", "ls", "dd", "sync", "mkdir", "sha256sum", "mount", "umount"] {
+        a.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    Ok(a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

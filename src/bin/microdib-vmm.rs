@@ -46,6 +46,10 @@ struct Args {
     /// Attach a disk (virtio-blk; the first is /dev/vda): PATH[,ro][,id=SERIAL]. Repeatable.
     #[arg(long = "disk", value_name = "PATH[,ro][,id=SERIAL]", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
+    /// Give the guest a vsock device (CID 3) whose host side is the Unix socket PATH: host
+    /// programs connect and send `CONNECT <port>\n`; guest connections to port P go to PATH_P.
+    #[arg(long, value_name = "PATH")]
+    vsock: Option<PathBuf>,
     /// Give the guest a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
@@ -145,6 +149,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
     let mut virtio_devices: Vec<Box<dyn vmm::devices::virtio::VirtioDevice>> = Vec::new();
     for disk in &args.disks {
         virtio_devices.push(Box::new(Block::new(disk)?));
+    }
+    if let Some(path) = &args.vsock {
+        virtio_devices.push(Box::new(vmm::devices::virtio::vsock::Vsock::new(3, path)?));
     }
     if args.rng {
         virtio_devices.push(Box::new(vmm::devices::virtio::rng::Rng::default()));

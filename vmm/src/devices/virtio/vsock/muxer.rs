@@ -1,0 +1,553 @@
+//! The host side of virtio-vsock, in userspace: guest stream connections become AF_UNIX stream
+//! connections on the host ("hybrid" vsock).
+//!
+//! - A host program connects to the Unix socket at `uds_path` and writes `CONNECT <port>\n`;
+//!   the guest sees a connection from the host to `<port>`, and the host program reads
+//!   `OK <local port>\n` once the guest accepts (or the socket is closed if it refuses).
+//! - A guest connection to the host (CID 2) on port P is connected to `<uds_path>_P`.
+//!
+//! Every packet the guest sends is checked (CIDs, type, length, connection state) and anything
+//! wrong is answered with RST, never trusted. Credit-based flow control limits what each side
+//! may have in flight; host sockets are non-blocking and edge-triggered, so nothing here waits.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::packet::*;
+use crate::devices::virtio::{Interrupt, INT_USED_RING};
+
+/// Receive buffer we advertise per connection (bytes from the guest not yet given to the host).
+pub const BUF_ALLOC: u32 = 256 * 1024;
+/// Largest payload we accept in one packet from the guest.
+const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// Send a credit update once this much has been forwarded since the last one.
+const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 4;
+/// Host-initiated ports are allocated from here up (as Firecracker does, to stay clear of the
+/// guest's ephemeral range).
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Cap on simultaneous connections (including ones still saying CONNECT).
+const MAX_CONNECTIONS: usize = 1024;
+/// The CONNECT line is short; more without a newline is a protocol error.
+const MAX_CONNECT_LINE: usize = 32;
+
+/// Epoll tokens below this are fixed sources; above, `TOKEN_FD_BASE + fd`.
+pub const TOKEN_LISTENER: u64 = 1;
+pub const TOKEN_FD_BASE: u64 = 1 << 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The host asked, the guest has not answered.
+    HostRequested,
+    Established,
+}
+
+/// (local port on the host side, port on the guest side).
+type Key = (u32, u32);
+
+struct Conn {
+    stream: UnixStream,
+    state: State,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Bytes we have sent to the guest.
+    tx_cnt: u32,
+    /// Bytes from the guest we have written to the host socket.
+    fwd_cnt: u32,
+    last_fwd_cnt_sent: u32,
+    /// Guest data the host socket did not take yet (at most BUF_ALLOC).
+    to_host: VecDeque<u8>,
+    /// The host socket may have data for the guest.
+    host_readable: bool,
+    host_eof: bool,
+    /// The guest will send no more: half-close the host side once `to_host` drains.
+    guest_done_sending: bool,
+    /// Bytes the host client wrote after its CONNECT line, before the guest accepted.
+    early: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, state: State, peer: &Header) -> Conn {
+        Conn {
+            stream,
+            state,
+            peer_buf_alloc: peer.buf_alloc,
+            peer_fwd_cnt: peer.fwd_cnt,
+            tx_cnt: 0,
+            fwd_cnt: 0,
+            last_fwd_cnt_sent: 0,
+            to_host: VecDeque::new(),
+            host_readable: false,
+            host_eof: false,
+            guest_done_sending: false,
+            early: Vec::new(),
+        }
+    }
+
+    /// Bytes the guest can still take.
+    fn peer_credit(&self) -> u32 {
+        self.peer_buf_alloc.saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
+    }
+
+    /// Writes as much of `to_host` as the socket takes.
+    fn flush_to_host(&mut self) -> std::io::Result<()> {
+        while !self.to_host.is_empty() {
+            let (a, _) = self.to_host.as_slices();
+            match self.stream.write(a) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.to_host.drain(..n);
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.guest_done_sending {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+        Ok(())
+    }
+}
+
+/// A host client that has connected but not yet sent its CONNECT line.
+struct Pending {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// The host end of the device: the guest's CID, the listening socket and its path, and the
+/// epoll set the device thread waits on.
+pub struct HostSide {
+    pub guest_cid: u64,
+    pub listener: UnixListener,
+    pub uds_path: PathBuf,
+    pub epoll: Epoll,
+}
+
+/// Connection multiplexer and the three queues.
+pub struct Muxer {
+    mem: GuestMemoryMmap,
+    rxq: Queue,
+    txq: Queue,
+    interrupt: Arc<Interrupt>,
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    conns: HashMap<Key, Conn>,
+    by_fd: HashMap<RawFd, Key>,
+    pending: HashMap<RawFd, Pending>,
+    /// Control packets (no payload) waiting for RX buffers.
+    control: VecDeque<Header>,
+    next_local_port: u32,
+}
+
+impl Muxer {
+    pub fn new(
+        mem: GuestMemoryMmap,
+        rxq: Queue,
+        txq: Queue,
+        interrupt: Arc<Interrupt>,
+        host: HostSide,
+    ) -> std::io::Result<Muxer> {
+        let HostSide { guest_cid, listener, uds_path, epoll } = host;
+        listener.set_nonblocking(true)?;
+        epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_LISTENER))?;
+        Ok(Muxer {
+            mem,
+            rxq,
+            txq,
+            interrupt,
+            guest_cid,
+            uds_path,
+            listener,
+            epoll,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            pending: HashMap::new(),
+            control: VecDeque::new(),
+            next_local_port: FIRST_LOCAL_PORT,
+        })
+    }
+
+    pub fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
+        let fwd_cnt = self.conns.get(&key).map(|c| c.fwd_cnt).unwrap_or(0);
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: key.0,
+            dst_port: key.1,
+            len,
+            kind: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt,
+        }
+    }
+
+    fn send_control(&mut self, key: Key, op: u16, flags: u32) {
+        let h = self.header(key, op, flags, 0);
+        self.control.push_back(h);
+    }
+
+    fn watch(&self, fd: RawFd) {
+        let ev = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        let _ = self.epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(ev, TOKEN_FD_BASE + fd as u64));
+    }
+
+    fn unwatch(&self, fd: RawFd) {
+        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            let fd = c.stream.as_raw_fd();
+            self.unwatch(fd);
+            self.by_fd.remove(&fd);
+        }
+    }
+
+    /// Drops the connection and tells the guest.
+    fn reset(&mut self, key: Key) {
+        self.remove(key);
+        self.send_control(key, OP_RST, 0);
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.len() + self.pending.len()
+    }
+
+    // ---- guest -> host -------------------------------------------------------------------
+
+    /// Handles every packet the guest queued on TX.
+    pub fn process_tx(&mut self) {
+        let mut used = false;
+        while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let parsed = Reader::new(&self.mem, chain).ok().and_then(|mut r| {
+                let mut hb = [0u8; HDR_LEN];
+                r.read_exact(&mut hb).ok()?;
+                let h = Header::decode(&hb);
+                let len = h.len as usize;
+                if len > MAX_PKT_PAYLOAD || len > r.available_bytes() {
+                    return Some((h, None));
+                }
+                let mut payload = vec![0u8; len];
+                r.read_exact(&mut payload).ok()?;
+                Some((h, Some(payload)))
+            });
+            if self.txq.add_used(&self.mem, head, 0).is_err() {
+                break;
+            }
+            used = true;
+            match parsed {
+                Some((h, Some(payload))) => self.handle_guest_packet(h, payload),
+                Some((h, None)) => self.reject(&h),
+                None => {}
+            }
+        }
+        if used {
+            self.notify_guest();
+        }
+    }
+
+    /// Answers a malformed or unacceptable packet with RST (unless it was an RST itself).
+    fn reject(&mut self, h: &Header) {
+        let key = (h.dst_port, h.src_port);
+        self.remove(key);
+        if h.op != OP_RST {
+            self.send_control(key, OP_RST, 0);
+        }
+    }
+
+    fn handle_guest_packet(&mut self, h: Header, payload: Vec<u8>) {
+        if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID || h.kind != TYPE_STREAM {
+            return self.reject(&h);
+        }
+        let key = (h.dst_port, h.src_port);
+        if h.op == OP_REQUEST {
+            return self.guest_connect(key, &h);
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return self.reject(&h);
+        };
+        conn.peer_buf_alloc = h.buf_alloc;
+        conn.peer_fwd_cnt = h.fwd_cnt;
+        match (h.op, conn.state) {
+            (OP_RESPONSE, State::HostRequested) => {
+                conn.state = State::Established;
+                let ok = format!("OK {}\n", key.0);
+                // The client is waiting for exactly this line; a short write means it is gone.
+                if conn.stream.write_all(ok.as_bytes()).is_err() {
+                    return self.reset(key);
+                }
+                conn.host_readable = true; // deliver anything it sent early, and what follows
+            }
+            (OP_RW, State::Established) => {
+                if conn.to_host.len() + payload.len() > BUF_ALLOC as usize {
+                    // The guest ignored our credit.
+                    return self.reset(key);
+                }
+                conn.to_host.extend(payload);
+                if conn.flush_to_host().is_err() {
+                    return self.reset(key);
+                }
+                if conn.fwd_cnt.wrapping_sub(conn.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD {
+                    conn.last_fwd_cnt_sent = conn.fwd_cnt;
+                    self.send_control(key, OP_CREDIT_UPDATE, 0);
+                }
+            }
+            (OP_CREDIT_UPDATE, _) => {}
+            (OP_CREDIT_REQUEST, _) => {
+                conn.last_fwd_cnt_sent = conn.fwd_cnt;
+                self.send_control(key, OP_CREDIT_UPDATE, 0);
+            }
+            (OP_SHUTDOWN, State::Established) => {
+                if h.flags & SHUTDOWN_SEND != 0 {
+                    conn.guest_done_sending = true;
+                    if conn.flush_to_host().is_err() {
+                        return self.reset(key);
+                    }
+                }
+                if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV {
+                    // Both directions closed: the connection is over.
+                    self.reset(key);
+                }
+            }
+            (OP_RST, _) => self.remove(key),
+            _ => self.reset(key),
+        }
+    }
+
+    /// The guest connects to host port `key.0`: connect to `<uds_path>_<port>`.
+    fn guest_connect(&mut self, key: Key, h: &Header) {
+        if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
+            return self.send_control(key, OP_RST, 0);
+        }
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", key.0));
+        let stream = match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+            Ok(s) => s,
+            Err(_) => return self.send_control(key, OP_RST, 0),
+        };
+        let fd = stream.as_raw_fd();
+        self.conns.insert(key, Conn::new(stream, State::Established, h));
+        self.by_fd.insert(fd, key);
+        self.watch(fd);
+        self.send_control(key, OP_RESPONSE, 0);
+    }
+
+    // ---- host -> guest -------------------------------------------------------------------
+
+    /// Accepts host clients waiting on the listener.
+    pub fn accept_host_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.connection_count() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
+                        continue; // dropping it closes it
+                    }
+                    let fd = stream.as_raw_fd();
+                    self.watch(fd);
+                    self.pending.insert(fd, Pending { stream, line: Vec::new() });
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads a pending client's CONNECT line; on success asks the guest to accept.
+    fn read_connect_line(&mut self, fd: RawFd) {
+        let Some(p) = self.pending.get_mut(&fd) else { return };
+        let mut buf = [0u8; MAX_CONNECT_LINE];
+        let mut closed = false;
+        loop {
+            match p.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => p.line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => break, // WouldBlock, or an error we treat the same: wait
+            }
+            if p.line.contains(&b'\n') || p.line.len() > MAX_CONNECT_LINE {
+                break;
+            }
+        }
+        let Some(nl) = p.line.iter().position(|&b| b == b'\n') else {
+            if closed || p.line.len() > MAX_CONNECT_LINE {
+                self.unwatch(fd);
+                self.pending.remove(&fd);
+            }
+            return;
+        };
+        let Some(p) = self.pending.remove(&fd) else { return };
+        let port = std::str::from_utf8(&p.line[..nl]).ok().and_then(|l| {
+            let mut w = l.trim_end_matches('\r').split(' ');
+            match (w.next(), w.next(), w.next()) {
+                (Some(c), Some(port), None) if c.eq_ignore_ascii_case("connect") => port.parse::<u32>().ok(),
+                _ => None,
+            }
+        });
+        let Some(peer_port) = port else {
+            self.unwatch(fd);
+            return; // dropping the stream closes it
+        };
+        let local = self.allocate_local_port();
+        let key = (local, peer_port);
+        let mut conn = Conn::new(p.stream, State::HostRequested, &Header::default());
+        conn.early = p.line[nl + 1..].to_vec();
+        self.conns.insert(key, conn);
+        self.by_fd.insert(fd, key);
+        self.send_control(key, OP_REQUEST, 0);
+    }
+
+    fn allocate_local_port(&mut self) -> u32 {
+        loop {
+            let p = self.next_local_port;
+            self.next_local_port = self.next_local_port.checked_add(1).unwrap_or(FIRST_LOCAL_PORT);
+            if !self.conns.keys().any(|k| k.0 == p) {
+                return p;
+            }
+        }
+    }
+
+    /// An epoll event on a host socket.
+    pub fn host_socket_event(&mut self, fd: RawFd, events: EventSet) {
+        if self.pending.contains_key(&fd) {
+            return self.read_connect_line(fd);
+        }
+        let Some(&key) = self.by_fd.get(&fd) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
+            conn.host_readable = true;
+        }
+        if events.contains(EventSet::OUT) && conn.flush_to_host().is_err() {
+            return self.reset(key);
+        }
+        if conn.fwd_cnt.wrapping_sub(conn.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD {
+            conn.last_fwd_cnt_sent = conn.fwd_cnt;
+            self.send_control(key, OP_CREDIT_UPDATE, 0);
+        }
+    }
+
+    /// Fills RX buffers: control packets first, then data from readable host sockets within
+    /// the guest's credit. Returns when out of buffers or of things to send.
+    pub fn process_rx(&mut self) {
+        let mut used = false;
+        while let Some(h) = self.control.front().copied() {
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { break };
+            let head = chain.head_index();
+            let ok = Writer::new(&self.mem, chain).map(|mut w| w.write_all(&h.encode()).is_ok()).unwrap_or(false);
+            let _ = self.rxq.add_used(&self.mem, head, if ok { HDR_LEN as u32 } else { 0 });
+            used = true;
+            self.control.pop_front();
+        }
+        if self.control.is_empty() {
+            let keys: Vec<Key> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state == State::Established && c.host_readable && !c.host_eof)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in keys {
+                if !self.send_host_data(key, &mut used) {
+                    break;
+                }
+            }
+        }
+        if used {
+            self.notify_guest();
+        }
+    }
+
+    /// Moves data from one host socket to the guest; false when RX buffers ran out.
+    fn send_host_data(&mut self, key: Key, used: &mut bool) -> bool {
+        loop {
+            let Some(conn) = self.conns.get_mut(&key) else { return true };
+            let credit = conn.peer_credit() as usize;
+            if credit == 0 {
+                return true;
+            }
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { return false };
+            let head = chain.head_index();
+            let Ok(mut w) = Writer::new(&self.mem, chain) else {
+                let _ = self.rxq.add_used(&self.mem, head, 0);
+                *used = true;
+                continue;
+            };
+            let room = w.available_bytes().saturating_sub(HDR_LEN).min(credit).min(MAX_PKT_PAYLOAD);
+            if room == 0 {
+                let _ = self.rxq.add_used(&self.mem, head, 0);
+                *used = true;
+                continue;
+            }
+            let mut data = vec![0u8; room];
+            let n = if conn.early.is_empty() {
+                loop {
+                    match conn.stream.read(&mut data) {
+                        Ok(n) => break Some(n),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                        Err(_) => break Some(0),
+                    }
+                }
+            } else {
+                let n = conn.early.len().min(room);
+                data[..n].copy_from_slice(&conn.early[..n]);
+                conn.early.drain(..n);
+                Some(n)
+            };
+            match n {
+                None => {
+                    // Nothing to read after all: give the buffer back for later.
+                    conn.host_readable = false;
+                    self.rxq.go_to_previous_position();
+                    return true;
+                }
+                Some(0) => {
+                    conn.host_eof = true;
+                    self.rxq.go_to_previous_position();
+                    self.send_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    return true;
+                }
+                Some(n) => {
+                    conn.tx_cnt = conn.tx_cnt.wrapping_add(n as u32);
+                    let h = self.header(key, OP_RW, 0, n as u32);
+                    let ok = w.write_all(&h.encode()).is_ok() && w.write_all(&data[..n]).is_ok();
+                    let _ = self.rxq.add_used(&self.mem, head, if ok { (HDR_LEN + n) as u32 } else { 0 });
+                    *used = true;
+                }
+            }
+        }
+    }
+
+    fn notify_guest(&mut self) {
+        let rx = self.rxq.needs_notification(&self.mem).unwrap_or(true);
+        let tx = self.txq.needs_notification(&self.mem).unwrap_or(true);
+        if rx || tx {
+            self.interrupt.signal(INT_USED_RING);
+        }
+    }
+
+    /// Number of open connections (for tests and diagnostics).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}

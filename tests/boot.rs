@@ -89,6 +89,10 @@ static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs a bash script where microdib-vmm can run (natively, or inside hack/nested-run), with
 /// `$VMM` set to the binary. For checks that need the disk files on a local file system.
 fn run_script(script: &str) -> Output {
+    run_script_with_env(script, &[])
+}
+
+fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
     let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
     let mut cmd = match native_kvm() {
         Ok(()) => Command::new("bash"),
@@ -101,6 +105,7 @@ fn run_script(script: &str) -> Output {
     let out = cmd
         .current_dir(workspace())
         .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
+        .envs(env.iter().copied())
         .args(["-c", script])
         .output()
         .expect("cannot run bash");
@@ -289,4 +294,81 @@ cmp -s "$d/b.raw" <(head -c 1048576 /dev/zero) && echo "host: read-only-disk=unt
     let before: u64 = value("host: before-kib=").parse().unwrap();
     let after: u64 = value("host: after-kib=").parse().unwrap();
     assert!(after + 512 < before, "discard did not punch a hole: {before} KiB -> {after} KiB");
+}
+
+/// The agent built for the guest: a static musl binary (its own target directory, so this
+/// cargo does not wait on the one running the tests).
+fn guest_agent() -> PathBuf {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let target_dir = workspace().join("target/guest");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["build", "--quiet", "--release", "-p", "microdib-agent", "--target", "x86_64-unknown-linux-musl"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .expect("cannot run cargo");
+        assert!(
+            status.success(),
+            "building the agent for x86_64-unknown-linux-musl failed (rustup target add x86_64-unknown-linux-musl)"
+        );
+        target_dir.join("x86_64-unknown-linux-musl/release/microdib-agent")
+    })
+    .clone()
+}
+
+#[test]
+fn agent_runs_commands_over_vsock() {
+    let kernel = kernel();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = dir.join("agent.cpio");
+    let bytes = initramfs::probe::agent_archive(&guest_agent(), &static_busybox()).unwrap().to_bytes().unwrap();
+    std::fs::write(&initrd, bytes).unwrap();
+    // The socket lives in a local temporary directory (sockets do not cross a 9p share).
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+"$VMM" --kernel {kernel} --initramfs {initrd} --vsock "$d/vsock" --vcpus 2 --memory 256M --timeout 120 > "$d/console" &
+vmm=$!
+ctl() {{ "$CTL" --uds "$d/vsock" --wait 60 "$@"; }}
+ctl ping || echo "ping failed"
+# stdout and stderr arrive while the command runs: the first line comes before the sleep ends.
+ctl run --env GREETING=hello -- sh -c 'echo "out $GREETING"; echo err >&2; sleep 2; echo late; exit 7' | while IFS= read -r l; do echo "$(date +%s.%N) $l"; done
+echo "host: end=$(date +%s.%N)"
+ctl run -- sh -c 'echo "env: $(env | sort | tr "\n" " ")"'
+ctl run -- sh -c 'kill -9 $$'; echo "host: killed-status=$?"
+ctl run -- /no/such/program; echo "host: missing-status=$?"
+# Two commands at once on two connections.
+ctl run -- sh -c 'sleep 1; echo first-done' > "$d/a" & ctl run -- sh -c 'echo second-done' > "$d/b"; wait $!
+echo "host: concurrent=$(cat "$d/b" "$d/a" | tr "\n" " ")"
+ctl poweroff
+wait $vmm; echo "host: vmm-status=$?"
+grep -q "microdib-agent: ready" "$d/console" && echo "host: banner=seen"
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("microdib-agent 0.1.0 answered"), "no ping answer");
+    assert!(stderr.contains("err"), "stderr of the command did not come back");
+    // Streaming: "out hello" arrived at least a second before "late".
+    let stamp = |tag: &str| -> f64 {
+        stdout
+            .lines()
+            .find(|l| l.ends_with(tag))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no line ending in {tag}"))
+    };
+    assert!(stamp("late") - stamp("out hello") >= 1.0, "output only arrived at exit");
+    assert!(!stdout.contains("env: GREETING="), "environment leaked between commands");
+    assert!(stdout.contains("host: killed-status=137"), "SIGKILL not reported as signal 9");
+    assert!(stdout.contains("host: missing-status=1"));
+    assert!(stderr.contains("cannot run /no/such/program"));
+    assert!(stdout.contains("host: concurrent=second-done first-done"));
+    assert!(stdout.contains("host: vmm-status=0"), "VM did not end cleanly after poweroff");
+    assert!(stdout.contains("host: banner=seen"));
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use microdib_proto::{
-    read_frame, write_frame, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION, READY_BANNER,
+    read_frame, write_frame, Input, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION, READY_BANNER,
 };
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> std::io::Result<()> {
@@ -94,14 +94,17 @@ fn send(sink: &Sink, msg: &Response) -> bool {
     write_frame(&mut *s, msg).is_ok()
 }
 
-fn run_command(
-    sink: &Sink,
+/// A command to run, as the host described it.
+struct Job {
     argv: Vec<Vec<u8>>,
     env: Vec<(Vec<u8>, Vec<u8>)>,
     cwd: Option<Vec<u8>>,
     chroot: Option<Vec<u8>>,
-    stdin: Vec<u8>,
-) -> Response {
+    stdin: Input,
+}
+
+fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
+    let Job { argv, env, cwd, chroot, stdin } = job;
     let Some((prog, args)) = argv.split_first() else {
         return Response::Error("empty argv".into());
     };
@@ -167,11 +170,36 @@ fn run_command(
             }
         }));
     }
-    if let Some(mut input) = child.stdin.take() {
-        std::thread::spawn(move || {
-            let _ = input.write_all(&stdin);
-        });
+    let mut input = child.stdin.take();
+    match stdin {
+        Input::Bytes(bytes) => {
+            if let Some(mut input) = input.take() {
+                std::thread::spawn(move || {
+                    let _ = input.write_all(&bytes);
+                });
+            }
+        }
+        Input::Stream => loop {
+            match read_frame(requests) {
+                Ok(Request::Stdin(data)) => {
+                    // A command that stopped reading just loses the rest of its input.
+                    if input.as_mut().is_some_and(|i| i.write_all(&data).is_err()) {
+                        input = None;
+                    }
+                }
+                Ok(Request::StdinEnd) => {
+                    input = None;
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Response::Error("the host stopped sending the command's input".into());
+                }
+            }
+        },
     }
+    drop(input);
     let status = child.wait();
     for r in readers {
         let _ = r.join();
@@ -205,7 +233,17 @@ fn serve(stream: UnixStream) {
                 agent: format!("microdib-agent {}", env!("CARGO_PKG_VERSION")),
             },
             Request::Ping => Response::Pong,
-            Request::Run { argv, env, cwd, chroot, stdin } => run_command(&sink, argv, env, cwd, chroot, stdin),
+            Request::Run { argv, env, cwd, chroot, stdin } => {
+                run_command(&sink, &mut reader, Job { argv, env, cwd, chroot, stdin })
+            }
+            Request::TarIn { dir } => match std::fs::create_dir_all(OsStr::from_bytes(&dir)) {
+                Ok(()) => run_command(&sink, &mut reader, tar_job(true, dir)),
+                Err(e) => Response::Error(format!("cannot create {}: {e}", String::from_utf8_lossy(&dir))),
+            },
+            Request::TarOut { dir } => run_command(&sink, &mut reader, tar_job(false, dir)),
+            Request::ReadFile { path } => read_file(&path),
+            Request::WriteFile { path, mode, data } => write_file(&path, mode, &data),
+            Request::Stdin(_) | Request::StdinEnd => Response::Error("no command is reading input".into()),
             Request::PowerOff => {
                 send(&sink, &Response::Bye);
                 power_off();
@@ -214,6 +252,74 @@ fn serve(stream: UnixStream) {
         if !send(&sink, &answer) {
             return;
         }
+    }
+}
+
+const PATH: &[u8] = b"/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// GNU tar (the appliance's) keeps xattrs, ACLs and sparse files; busybox tar (minimal test
+/// images) gets the options it understands.
+fn gnu_tar() -> bool {
+    static GNU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GNU.get_or_init(|| {
+        Command::new("tar")
+            .arg("--version")
+            .env_clear()
+            .env("PATH", OsStr::from_bytes(PATH))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("GNU tar"))
+            .unwrap_or(false)
+    })
+}
+
+fn tar_job(extract: bool, dir: Vec<u8>) -> Job {
+    let mut argv: Vec<&[u8]> = vec![b"tar", if extract { b"-x" } else { b"-c" }, b"-f", b"-", b"-C", &dir];
+    if gnu_tar() {
+        argv.extend_from_slice(&[b"--numeric-owner".as_slice(), b"--xattrs", b"--xattrs-include=*", b"--acls"]);
+        argv.push(if extract { b"--same-permissions".as_slice() } else { b"--sparse".as_slice() });
+    } else if extract {
+        argv.push(b"-p");
+    }
+    if !extract {
+        argv.push(b".");
+    }
+    Job {
+        argv: argv.into_iter().map(<[u8]>::to_vec).collect(),
+        env: vec![(b"PATH".to_vec(), PATH.to_vec())],
+        cwd: None,
+        chroot: None,
+        stdin: if extract { Input::Stream } else { Input::Bytes(Vec::new()) },
+    }
+}
+
+fn read_file(path: &[u8]) -> Response {
+    let path = std::path::Path::new(OsStr::from_bytes(path));
+    let limit = u64::from(microdib_proto::MAX_FRAME) - 1024;
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > limit => {
+            Response::Error(format!("{} is {} bytes; use TarOut for files over {limit}", path.display(), m.len()))
+        }
+        Ok(_) => match std::fs::read(path) {
+            Ok(data) => Response::File(data),
+            Err(e) => Response::Error(format!("cannot read {}: {e}", path.display())),
+        },
+        Err(e) => Response::Error(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn write_file(path: &[u8], mode: u32, data: &[u8]) -> Response {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = std::path::Path::new(OsStr::from_bytes(path));
+    let result =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode & 0o7777).open(path).and_then(
+            |mut f| {
+                f.write_all(data)?;
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+            },
+        );
+    match result {
+        Ok(()) => Response::Done,
+        Err(e) => Response::Error(format!("cannot write {}: {e}", path.display())),
     }
 }
 

@@ -78,7 +78,24 @@ pub fn agent_archive(agent: &Path, busybox: &Path) -> Result<Archive, Error> {
     a.char_device("dev/console", 0o600, 5, 1)?;
     a.host_file("init", agent)?;
     a.host_file("bin/busybox", busybox)?;
-    for applet in ["sh", "cat", "echo", "sleep", "kill", "ls", "dd", "sync", "mkdir", "sha256sum", "mount", "umount"] {
+    for applet in [
+        "sh",
+        "cat",
+        "echo",
+        "sleep",
+        "kill",
+        "ls",
+        "dd",
+        "sync",
+        "mkdir",
+        "sha256sum",
+        "mount",
+        "umount",
+        "tar",
+        "find",
+        "stat",
+        "env",
+    ] {
         a.symlink(&format!("bin/{applet}"), "busybox")?;
     }
     Ok(a)

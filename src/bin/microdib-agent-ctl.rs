@@ -1,6 +1,10 @@
 //! `microdib-agent-ctl --uds PATH [--wait SECS] COMMAND`: talk to a guest agent through the
-//! VMM's vsock socket. COMMAND is `ping`, `poweroff`, or `run [--env K=V]... [--cwd DIR] -- ARGV...`
-//! (output streams through; the exit status is the command's, 128+N for signal N).
+//! VMM's vsock socket. COMMAND is one of
+//!   `ping`, `poweroff`,
+//!   `run [--env K=V]... [--cwd DIR] -- ARGV...` (stdin goes to the command, output streams back;
+//!   the exit status is the command's, 128+N for signal N),
+//!   `put DIR` (unpack the tar stream on stdin into DIR), `get DIR` (DIR as a tar stream on stdout),
+//!   `cat PATH`, `write PATH [MODE]` (stdin becomes the file).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +53,33 @@ fn main() -> ExitCode {
             0
         }),
         "poweroff" => client.power_off().map(|_| 0),
+        "put" | "get" | "cat" | "write" => {
+            let Some(path) = args.get(i + 1) else { return usage(&format!("{command} needs a guest path")) };
+            let stderr = |d: &[u8]| {
+                let _ = std::io::stderr().write_all(d);
+            };
+            let code = |s: ExitStatus| match s {
+                ExitStatus::Code(c) => c.clamp(0, 255) as u8,
+                ExitStatus::Signal(n) => (128 + n).clamp(0, 255) as u8,
+            };
+            match command.as_str() {
+                "put" => client.tar_in(path, std::io::stdin(), |_, d| stderr(d)).map(code),
+                "get" => client.tar_out(path, &mut std::io::stdout().lock(), stderr).map(code),
+                "cat" => client.read_file(path).and_then(|d| Ok(std::io::stdout().write_all(&d).map(|_| 0)?)),
+                _ => {
+                    let mode = match args.get(i + 2).map(|m| u32::from_str_radix(m, 8)) {
+                        None => 0o644,
+                        Some(Ok(m)) => m,
+                        Some(Err(_)) => return usage("write MODE is octal"),
+                    };
+                    let mut data = Vec::new();
+                    match std::io::Read::read_to_end(&mut std::io::stdin(), &mut data) {
+                        Ok(_) => client.write_file(path, mode, &data).map(|_| 0),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+            }
+        }
         "run" => {
             let mut env = Vec::new();
             let mut cwd = None;
@@ -66,7 +97,7 @@ fn main() -> ExitCode {
                 return usage("run needs -- ARGV...");
             }
             client
-                .run(&argv, &env, cwd, |is_err, data| {
+                .run_with_input(&argv, &env, cwd, std::io::stdin(), |is_err, data| {
                     let _ = if is_err { std::io::stderr().write_all(data) } else { std::io::stdout().write_all(data) };
                     let _ = std::io::stdout().flush();
                 })

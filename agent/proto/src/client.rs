@@ -1,11 +1,18 @@
 //! The host side: connect to the agent through the VMM's vsock Unix socket and talk to it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::{read_frame, write_frame, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION};
+use crate::{read_frame, write_frame, Input, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION};
+
+/// Size of the Stdin frames we send.
+const STDIN_CHUNK: usize = 256 * 1024;
+
+fn unexpected(r: Response) -> ProtoError {
+    ProtoError::Io(std::io::Error::other(format!("unexpected answer {r:?}")))
+}
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +77,127 @@ impl AgentClient {
         argv: &[&str],
         env: &[(&str, &str)],
         cwd: Option<&str>,
-        mut on_output: impl FnMut(bool, &[u8]),
+        on_output: impl FnMut(bool, &[u8]),
     ) -> Result<ExitStatus, ProtoError> {
         let req = Request::Run {
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
             env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
             cwd: cwd.map(|c| c.as_bytes().to_vec()),
             chroot: None,
-            stdin: Vec::new(),
+            stdin: Input::Bytes(Vec::new()),
         };
         write_frame(&mut self.stream, &req)?;
+        self.collect(on_output)
+    }
+
+    /// Like `run`, feeding the command's standard input from `input` while it runs.
+    pub fn run_with_input<R: Read + Send>(
+        &mut self,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&str>,
+        input: R,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExitStatus, ProtoError> {
+        let req = Request::Run {
+            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+            env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+            cwd: cwd.map(|c| c.as_bytes().to_vec()),
+            chroot: None,
+            stdin: Input::Stream,
+        };
+        self.streamed(&req, input, on_output)
+    }
+
+    /// Unpacks the tar stream `input` into the guest directory `dir`.
+    pub fn tar_in<R: Read + Send>(
+        &mut self,
+        dir: &str,
+        input: R,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExitStatus, ProtoError> {
+        self.streamed(&Request::TarIn { dir: dir.as_bytes().to_vec() }, input, on_output)
+    }
+
+    /// Packs the guest directory `dir` into a tar stream written to `out`; `on_stderr` sees tar's
+    /// messages.
+    pub fn tar_out<W: Write>(
+        &mut self,
+        dir: &str,
+        out: &mut W,
+        mut on_stderr: impl FnMut(&[u8]),
+    ) -> Result<ExitStatus, ProtoError> {
+        write_frame(&mut self.stream, &Request::TarOut { dir: dir.as_bytes().to_vec() })?;
+        let mut write_err = None;
+        let status = self.collect(|is_err, data| {
+            if is_err {
+                on_stderr(data)
+            } else if write_err.is_none() {
+                if let Err(e) = out.write_all(data) {
+                    write_err = Some(e);
+                }
+            }
+        })?;
+        match write_err {
+            Some(e) => Err(e.into()),
+            None => Ok(status),
+        }
+    }
+
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ProtoError> {
+        write_frame(&mut self.stream, &Request::ReadFile { path: path.as_bytes().to_vec() })?;
+        match read_frame(&mut self.stream)? {
+            Response::File(d) => Ok(d),
+            Response::Error(e) => Err(ProtoError::Io(std::io::Error::other(e))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn write_file(&mut self, path: &str, mode: u32, data: &[u8]) -> Result<(), ProtoError> {
+        write_frame(
+            &mut self.stream,
+            &Request::WriteFile { path: path.as_bytes().to_vec(), mode, data: data.to_vec() },
+        )?;
+        match read_frame(&mut self.stream)? {
+            Response::Done => Ok(()),
+            Response::Error(e) => Err(ProtoError::Io(std::io::Error::other(e))),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `req`, then `input` as Stdin frames from a second thread while this one collects
+    /// the answers (so a command that writes while it reads never deadlocks us).
+    fn streamed<R: Read + Send>(
+        &mut self,
+        req: &Request,
+        mut input: R,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExitStatus, ProtoError> {
+        write_frame(&mut self.stream, req)?;
+        let mut writer = self.stream.try_clone()?;
+        std::thread::scope(|scope| {
+            let feeder = scope.spawn(move || -> Result<(), ProtoError> {
+                let mut buf = vec![0u8; STDIN_CHUNK];
+                loop {
+                    let n = match input.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e.into()),
+                    };
+                    write_frame(&mut writer, &Request::Stdin(buf[..n].to_vec()))?;
+                }
+                write_frame(&mut writer, &Request::StdinEnd)
+            });
+            let status = self.collect(on_output);
+            let fed = feeder.join().unwrap_or_else(|_| Err(ProtoError::Closed));
+            let status = status?;
+            fed.map(|()| status)
+        })
+    }
+
+    /// Reads output frames until the command's end.
+    fn collect(&mut self, mut on_output: impl FnMut(bool, &[u8])) -> Result<ExitStatus, ProtoError> {
         loop {
             match read_frame(&mut self.stream)? {
                 Response::Stdout(d) => on_output(false, &d),
@@ -87,7 +205,7 @@ impl AgentClient {
                 Response::Exited(c) => return Ok(ExitStatus::Code(c)),
                 Response::Signaled(s) => return Ok(ExitStatus::Signal(s)),
                 Response::Error(e) => return Err(ProtoError::Io(std::io::Error::other(e))),
-                other => return Err(ProtoError::Io(std::io::Error::other(format!("unexpected answer {other:?}")))),
+                other => return Err(unexpected(other)),
             }
         }
     }

@@ -28,16 +28,49 @@ pub enum Request {
     },
     Ping,
     /// Run a program. `env` is the whole environment (nothing is inherited). `chroot` runs it
-    /// inside that directory with /proc, /sys and /dev bind-mounted. `stdin` is its whole input.
+    /// inside that directory with /proc, /sys and /dev bind-mounted. Answered with output
+    /// frames as they come, then `Exited`/`Signaled` (or `Error` if it could not start).
     Run {
         argv: Vec<Vec<u8>>,
         env: Vec<(Vec<u8>, Vec<u8>)>,
         cwd: Option<Vec<u8>>,
         chroot: Option<Vec<u8>>,
-        stdin: Vec<u8>,
+        stdin: Input,
+    },
+    /// A piece of the running command's standard input (after `Run` with `Input::Stream`).
+    Stdin(Vec<u8>),
+    /// End of the running command's standard input.
+    StdinEnd,
+    /// Unpack a tar stream (sent as `Stdin` frames) into `dir`, keeping owners, modes, links,
+    /// device nodes, sparse files and xattrs where the guest's tar can. Answered like `Run`.
+    TarIn {
+        dir: Vec<u8>,
+    },
+    /// Pack `dir` into a tar stream, sent back as `Stdout` frames. Answered like `Run`.
+    TarOut {
+        dir: Vec<u8>,
+    },
+    /// Read a whole (small) file: answered with `File`.
+    ReadFile {
+        path: Vec<u8>,
+    },
+    /// Create or replace a file with `data` and permission bits `mode`: answered with `Done`.
+    WriteFile {
+        path: Vec<u8>,
+        mode: u32,
+        data: Vec<u8>,
     },
     /// Flush file systems and end the VM.
     PowerOff,
+}
+
+/// Where a command's standard input comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// These bytes, then end of file.
+    Bytes(Vec<u8>),
+    /// `Stdin` frames from the host until `StdinEnd`.
+    Stream,
 }
 
 /// Guest to host.
@@ -56,6 +89,10 @@ pub enum Response {
     Error(String),
     /// PowerOff accepted; the VM is going down.
     Bye,
+    /// The contents asked for with `ReadFile`.
+    File(Vec<u8>),
+    /// A request without other results succeeded.
+    Done,
 }
 
 /// Protocol-level failures.
@@ -118,7 +155,7 @@ mod tests {
                 env: vec![(b"PATH".to_vec(), b"/bin".to_vec())],
                 cwd: Some(b"/".to_vec()),
                 chroot: None,
-                stdin: vec![],
+                stdin: Input::Bytes(vec![]),
             },
             Request::PowerOff,
         ];

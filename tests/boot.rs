@@ -49,7 +49,10 @@ fn probe_initramfs(exit: ProbeExit) -> PathBuf {
         ProbeExit::Panic => "probe-panic.cpio",
     });
     let bytes = probe::archive(&static_busybox(), exit).unwrap().to_bytes().unwrap();
-    std::fs::write(&path, bytes).unwrap();
+    // Tests run in parallel: write aside and rename, so no VM ever reads a half-written file.
+    let tmp = path.with_extension(format!("{:?}.tmp", std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path
 }
 
@@ -320,11 +323,7 @@ fn guest_agent() -> PathBuf {
 #[test]
 fn agent_runs_commands_over_vsock() {
     let kernel = kernel();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
-    std::fs::create_dir_all(&dir).unwrap();
-    let initrd = dir.join("agent.cpio");
-    let bytes = initramfs::probe::agent_archive(&guest_agent(), &static_busybox()).unwrap().to_bytes().unwrap();
-    std::fs::write(&initrd, bytes).unwrap();
+    let initrd = agent_initramfs();
     // The socket lives in a local temporary directory (sockets do not cross a 9p share).
     let script = format!(
         r#"d=$(mktemp -d)
@@ -339,6 +338,10 @@ echo "host: end=$(date +%s.%N)"
 ctl run -- sh -c 'echo "env: $(env | sort | tr "\n" " ")"'
 ctl run -- sh -c 'kill -9 $$'; echo "host: killed-status=$?"
 ctl run -- /no/such/program; echo "host: missing-status=$?"
+# A command that leaves a daemon holding its output still ends (the daemon is stopped).
+start=$(date +%s)
+ctl run -- sh -c 'sleep 100 & echo daemon-started'
+echo "host: daemon-seconds=$(( $(date +%s) - start ))"
 # Two commands at once on two connections.
 ctl run -- sh -c 'sleep 1; echo first-done' > "$d/a" & ctl run -- sh -c 'echo second-done' > "$d/b"; wait $!
 echo "host: concurrent=$(cat "$d/b" "$d/a" | tr "\n" " ")"
@@ -371,4 +374,66 @@ grep -q "microdib-agent: ready" "$d/console" && echo "host: banner=seen"
     assert!(stdout.contains("host: concurrent=second-done first-done"));
     assert!(stdout.contains("host: vmm-status=0"), "VM did not end cleanly after poweroff");
     assert!(stdout.contains("host: banner=seen"));
+    assert!(stdout.contains("daemon-started"));
+    let daemon_secs: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("host: daemon-seconds="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("no daemon timing");
+    assert!(daemon_secs < 30, "a background process kept the command from ending ({daemon_secs} s)");
+}
+
+/// Writes the agent test appliance (agent as /init, busybox) and returns its path.
+fn agent_initramfs() -> PathBuf {
+    static I: OnceLock<PathBuf> = OnceLock::new();
+    I.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boot-test");
+        std::fs::create_dir_all(&dir).unwrap();
+        let initrd = dir.join("agent.cpio");
+        let bytes = initramfs::probe::agent_archive(&guest_agent(), &static_busybox()).unwrap().to_bytes().unwrap();
+        std::fs::write(&initrd, bytes).unwrap();
+        initrd
+    })
+    .clone()
+}
+
+#[test]
+fn agent_moves_trees_and_files_both_ways() {
+    let kernel = kernel();
+    let initrd = agent_initramfs();
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/src/sub/deep"
+echo hello > "$d/src/a.txt"
+head -c 5000000 /dev/urandom > "$d/src/sub/big.bin"
+chmod 751 "$d/src/sub/big.bin"
+ln -s a.txt "$d/src/link"
+ln "$d/src/a.txt" "$d/src/hard"
+"$VMM" --kernel {kernel} --initramfs {initrd} --vsock "$d/vsock" --memory 256M --timeout 120 > /dev/null &
+ctl() {{ "$CTL" --uds "$d/vsock" --wait 60 "$@"; }}
+tar -C "$d/src" -cf - . | ctl put /tmp/tree
+printf 'file-body' | ctl write /tmp/tree/new 600
+echo "host: cat=$(ctl cat /tmp/tree/new)"
+ctl cat /dev/zero || echo "host: cat-device=refused"
+mkdir "$d/back"
+ctl get /tmp/tree | tar -C "$d/back" -xf -
+(cd "$d/src" && find . -type f | sort | xargs sha256sum) > "$d/s1"
+(cd "$d/back" && find . -type f ! -name new | sort | xargs sha256sum) > "$d/s2"
+cmp "$d/s1" "$d/s2" && echo "host: contents=identical"
+echo "host: big=$(stat -c %a "$d/back/sub/big.bin") link=$(readlink "$d/back/link") hard-links=$(stat -c %h "$d/back/hard") new=$(stat -c %a "$d/back/new")"
+ctl poweroff
+wait
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout.contains("host: cat=file-body"));
+    assert!(stdout.contains("host: cat-device=refused"), "reading a device must be refused, not hang or eat memory");
+    assert!(stdout.contains("host: contents=identical"));
+    assert!(stdout.contains("host: big=751 link=a.txt hard-links=2 new=600"));
 }

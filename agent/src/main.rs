@@ -113,6 +113,9 @@ fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
     cmd.env_clear();
     cmd.envs(env.iter().map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))));
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Its own process group, so everything it starts can be stopped with it.
+    cmd.process_group(0);
+    let chroot_dir = chroot.as_ref().map(|r| String::from_utf8_lossy(r).into_owned());
     match chroot {
         None => {
             if let Some(dir) = &cwd {
@@ -192,7 +195,7 @@ fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
                     break;
                 }
                 Ok(_) | Err(_) => {
-                    let _ = child.kill();
+                    kill_group(child.id());
                     let _ = child.wait();
                     return Response::Error("the host stopped sending the command's input".into());
                 }
@@ -201,8 +204,25 @@ fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
     }
     drop(input);
     let status = child.wait();
+    // Something it left running in the background may still hold its output open: give the
+    // readers a moment, then stop the whole process group so the answer can be sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while readers.iter().any(|r| !r.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if readers.iter().any(|r| !r.is_finished()) {
+        kill_group(child.id());
+    }
     for r in readers {
         let _ = r.join();
+    }
+    if let Some(root) = &chroot_dir {
+        for sub in ["/dev", "/sys", "/proc"] {
+            if let Ok(target) = CString::new(format!("{root}{sub}")) {
+                // SAFETY: umount2 with a valid path; a failure only leaves a mount behind.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
     }
     match status {
         Ok(s) => match (s.code(), s.signal()) {
@@ -293,16 +313,25 @@ fn tar_job(extract: bool, dir: Vec<u8>) -> Job {
 }
 
 fn read_file(path: &[u8]) -> Response {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = std::path::Path::new(OsStr::from_bytes(path));
     let limit = u64::from(microdib_proto::MAX_FRAME) - 1024;
-    match std::fs::metadata(path) {
-        Ok(m) if m.len() > limit => {
-            Response::Error(format!("{} is {} bytes; use TarOut for files over {limit}", path.display(), m.len()))
+    // Only regular files, opened without blocking (a FIFO must not hang us), and never more than
+    // the limit read (a /proc file reports size 0 whatever it holds).
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path);
+    let result = file.and_then(|f| {
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
         }
-        Ok(_) => match std::fs::read(path) {
-            Ok(data) => Response::File(data),
-            Err(e) => Response::Error(format!("cannot read {}: {e}", path.display())),
-        },
+        let mut data = Vec::new();
+        f.take(limit + 1).read_to_end(&mut data)?;
+        Ok(data)
+    });
+    match result {
+        Ok(data) if data.len() as u64 > limit => {
+            Response::Error(format!("{} is over {limit} bytes; use TarOut", path.display()))
+        }
+        Ok(data) => Response::File(data),
         Err(e) => Response::Error(format!("cannot read {}: {e}", path.display())),
     }
 }
@@ -323,6 +352,40 @@ fn write_file(path: &[u8], mode: u32, data: &[u8]) -> Response {
     }
 }
 
+/// SIGKILL to a command's whole process group.
+fn kill_group(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) on a process group we created; no memory is involved.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+}
+
+/// As PID 1: run the server in a child process and reap every process that ends up ours
+/// (orphans of element scripts included); if the server itself dies, end the VM.
+fn supervise() {
+    // SAFETY: fork before any thread exists; the child continues as a normal process.
+    let server = unsafe { libc::fork() };
+    if server < 0 {
+        eprintln!("microdib-agent: fork: {}", std::io::Error::last_os_error());
+        return; // serve from PID 1 itself, without a reaper
+    }
+    if server == 0 {
+        return; // the child serves
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == server {
+            eprintln!("microdib-agent: the server process ended (status {status}); powering off");
+            power_off();
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers; ending the VM is the intent. With the kernel's
     // reboot=k the VMM sees the i8042 reset and exits.
@@ -336,6 +399,7 @@ fn power_off() -> ! {
 fn main() {
     if std::process::id() == 1 {
         setup_pid1();
+        supervise();
     }
     let listener = match vsock_listen(AGENT_PORT) {
         Ok(l) => l,

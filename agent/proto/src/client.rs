@@ -190,7 +190,7 @@ impl AgentClient {
                 write_frame(&mut writer, &Request::StdinEnd)
             });
             let status = self.collect(on_output);
-            let fed = feeder.join().unwrap_or_else(|_| Err(ProtoError::Closed));
+            let fed = feeder.join().unwrap_or(Err(ProtoError::Closed));
             let status = status?;
             fed.map(|()| status)
         })

@@ -113,6 +113,11 @@ fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
             }
         }
         muxer.process_rx();
+        // TX left waiting for room in the control queue: RX just made some.
+        while muxer.tx_stalled() {
+            muxer.process_tx();
+            muxer.process_rx();
+        }
     }
 }
 

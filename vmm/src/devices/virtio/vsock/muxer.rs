@@ -37,6 +37,9 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const MAX_CONNECTIONS: usize = 1024;
 /// The CONNECT line is short; more without a newline is a protocol error.
 const MAX_CONNECT_LINE: usize = 32;
+/// Control packets waiting for RX buffers. Past this, guest TX is left in its queue until
+/// the guest gives RX buffers: a guest cannot make us queue answers without bound.
+const MAX_CONTROL: usize = 512;
 
 /// Epoll tokens below this are fixed sources; above, `TOKEN_FD_BASE + fd`.
 pub const TOKEN_LISTENER: u64 = 1;
@@ -47,6 +50,8 @@ enum State {
     /// The host asked, the guest has not answered.
     HostRequested,
     Established,
+    /// The guest closed; what it sent is still being written to the host socket.
+    Draining,
 }
 
 /// (local port on the host side, port on the guest side).
@@ -118,6 +123,36 @@ impl Conn {
     }
 }
 
+/// Connects to a host Unix socket without blocking: a listener whose backlog is full refuses
+/// (EAGAIN) instead of making us wait.
+fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the descriptor is owned by the UnixStream right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+    if unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
+
 /// A host client that has connected but not yet sent its CONNECT line.
 struct Pending {
     stream: UnixStream,
@@ -149,6 +184,8 @@ pub struct Muxer {
     /// Control packets (no payload) waiting for RX buffers.
     control: VecDeque<Header>,
     next_local_port: u32,
+    /// TX processing stopped because `control` was full.
+    tx_stalled: bool,
 }
 
 impl Muxer {
@@ -176,6 +213,7 @@ impl Muxer {
             pending: HashMap::new(),
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
+            tx_stalled: false,
         })
     }
 
@@ -233,10 +271,16 @@ impl Muxer {
 
     // ---- guest -> host -------------------------------------------------------------------
 
-    /// Handles every packet the guest queued on TX.
+    /// Handles every packet the guest queued on TX (or as many as the control queue allows).
     pub fn process_tx(&mut self) {
         let mut used = false;
-        while let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) {
+        self.tx_stalled = false;
+        loop {
+            if self.control.len() >= MAX_CONTROL {
+                self.tx_stalled = true;
+                break;
+            }
+            let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) else { break };
             let head = chain.head_index();
             let parsed = Reader::new(&self.mem, chain).ok().and_then(|mut r| {
                 let mut hb = [0u8; HDR_LEN];
@@ -324,10 +368,17 @@ impl Muxer {
                     }
                 }
                 if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV {
-                    // Both directions closed: the connection is over.
-                    self.reset(key);
+                    // Both directions closed: the connection is over for the guest. What it sent
+                    // still reaches the host before the socket closes.
+                    if conn.to_host.is_empty() {
+                        self.reset(key);
+                    } else {
+                        conn.state = State::Draining;
+                        self.send_control(key, OP_RST, 0);
+                    }
                 }
             }
+            (_, State::Draining) => {}
             (OP_RST, _) => self.remove(key),
             _ => self.reset(key),
         }
@@ -340,7 +391,9 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
+        // Non-blocking: a host service with a full backlog gets the guest an RST, and never
+        // stalls the device thread.
+        let stream = match connect_nonblocking(std::path::Path::new(&path)) {
             Ok(s) => s,
             Err(_) => return self.send_control(key, OP_RST, 0),
         };
@@ -435,11 +488,21 @@ impl Muxer {
         }
         let Some(&key) = self.by_fd.get(&fd) else { return };
         let Some(conn) = self.conns.get_mut(&key) else { return };
+        if conn.state == State::HostRequested && events.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP) {
+            // The client gave up before the guest answered.
+            return self.reset(key);
+        }
         if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
             conn.host_readable = true;
         }
         if events.contains(EventSet::OUT) && conn.flush_to_host().is_err() {
             return self.reset(key);
+        }
+        if conn.state == State::Draining {
+            if conn.to_host.is_empty() || events.contains(EventSet::HANG_UP) {
+                self.remove(key);
+            }
+            return;
         }
         if conn.fwd_cnt.wrapping_sub(conn.last_fwd_cnt_sent) >= CREDIT_UPDATE_THRESHOLD {
             conn.last_fwd_cnt_sent = conn.fwd_cnt;
@@ -451,14 +514,7 @@ impl Muxer {
     /// the guest's credit. Returns when out of buffers or of things to send.
     pub fn process_rx(&mut self) {
         let mut used = false;
-        while let Some(h) = self.control.front().copied() {
-            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { break };
-            let head = chain.head_index();
-            let ok = Writer::new(&self.mem, chain).map(|mut w| w.write_all(&h.encode()).is_ok()).unwrap_or(false);
-            let _ = self.rxq.add_used(&self.mem, head, if ok { HDR_LEN as u32 } else { 0 });
-            used = true;
-            self.control.pop_front();
-        }
+        self.flush_control(&mut used);
         if self.control.is_empty() {
             let keys: Vec<Key> = self
                 .conns
@@ -471,10 +527,29 @@ impl Muxer {
                     break;
                 }
             }
+            // Reading may have found an end of stream (SHUTDOWN) to tell the guest right away.
+            self.flush_control(&mut used);
         }
         if used {
             self.notify_guest();
         }
+    }
+
+    /// Sends queued control packets while there are RX buffers.
+    fn flush_control(&mut self, used: &mut bool) {
+        while let Some(h) = self.control.front().copied() {
+            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { break };
+            let head = chain.head_index();
+            let ok = Writer::new(&self.mem, chain).map(|mut w| w.write_all(&h.encode()).is_ok()).unwrap_or(false);
+            let _ = self.rxq.add_used(&self.mem, head, if ok { HDR_LEN as u32 } else { 0 });
+            *used = true;
+            self.control.pop_front();
+        }
+    }
+
+    /// Whether TX processing is waiting for room in the control queue (which RX frees).
+    pub fn tx_stalled(&self) -> bool {
+        self.tx_stalled && self.control.len() < MAX_CONTROL
     }
 
     /// Moves data from one host socket to the guest; false when RX buffers ran out.
@@ -505,7 +580,7 @@ impl Muxer {
                         Ok(n) => break Some(n),
                         Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
-                        Err(_) => break Some(0),
+                        Err(_) => break Some(usize::MAX),
                     }
                 }
             } else {
@@ -522,9 +597,16 @@ impl Muxer {
                     return true;
                 }
                 Some(0) => {
+                    // The host will send nothing more; it may still read the guest's answer.
                     conn.host_eof = true;
                     self.rxq.go_to_previous_position();
-                    self.send_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
+                    self.send_control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
+                    return true;
+                }
+                Some(usize::MAX) => {
+                    // A broken host socket: the connection cannot go on.
+                    self.rxq.go_to_previous_position();
+                    self.reset(key);
                     return true;
                 }
                 Some(n) => {

@@ -437,3 +437,37 @@ wait
     assert!(stdout.contains("host: contents=identical"));
     assert!(stdout.contains("host: big=751 link=a.txt hard-links=2 new=600"));
 }
+
+#[test]
+fn sigterm_mid_command_stops_everything_and_cleans_up() {
+    let kernel = kernel();
+    let initrd = agent_initramfs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+"$VMM" --kernel {kernel} --initramfs {initrd} --vsock "$d/vsock" --memory 256M --timeout 120 > /dev/null 2> "$d/vmm.err" &
+vmm=$!
+"$CTL" --uds "$d/vsock" --wait 60 ping > /dev/null
+"$CTL" --uds "$d/vsock" run -- sh -c 'echo running; sleep 100' > "$d/out" 2>&1 &
+ctl=$!
+for i in $(seq 100); do grep -q running "$d/out" 2>/dev/null && break; sleep 0.1; done
+kill -TERM $vmm
+wait $vmm; echo "host: vmm-status=$?"
+wait $ctl; echo "host: client-status=$?"
+[ -e "$d/vsock" ] && echo "host: socket=left" || echo "host: socket=removed"
+kill -0 $vmm 2>/dev/null && echo "host: vmm=alive" || echo "host: vmm=gone"
+ls "$d" | tr '\n' ' ' | sed 's/^/host: files=/'; echo
+cat "$d/vmm.err"
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("host: vmm-status=143"), "SIGTERM should end the VMM with 128+15");
+    assert!(stdout.contains("stopped the guest on signal 15"));
+    assert!(stdout.contains("host: client-status=1"), "the client must see the connection end");
+    assert!(stdout.contains("host: socket=removed"));
+    assert!(stdout.contains("host: vmm=gone"));
+    assert!(stdout.contains("host: files=out vmm.err \n") || stdout.contains("host: files=out vmm.err"), "stray files");
+}

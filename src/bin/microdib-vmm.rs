@@ -13,7 +13,8 @@ use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
 const EXIT_STATUS_HELP: &str = "\
 Exit status: 0 the guest reset or powered off (its normal end); 1 the VM could not be set up
 (no usable KVM, bad kernel, ...); 2 bad arguments; 3 the guest kernel panicked; 4 the guest
-triple-faulted; 5 KVM failed to run the guest; 6 --timeout ran out.";
+triple-faulted; 5 KVM failed to run the guest; 6 --timeout ran out; 128+N stopped by signal N
+(SIGINT, SIGTERM, SIGHUP stop the guest and clean up).";
 
 #[derive(Parser, Debug)]
 #[command(name = "microdib-vmm", version, about = "Boot a Linux kernel in a KVM microVM", after_help = EXIT_STATUS_HELP)]
@@ -125,7 +126,34 @@ fn exit_code(e: &GuestExit) -> u8 {
         GuestExit::TripleFault { .. } => 4,
         GuestExit::KvmFailure { .. } => 5,
         GuestExit::Timeout(_) => 6,
+        GuestExit::Interrupted(sig) => (128 + sig).clamp(0, 255) as u8,
     }
+}
+
+/// SIGINT, SIGTERM and SIGHUP stop the VM cleanly (devices dropped, the vsock socket removed)
+/// instead of killing the process. They are blocked in every thread and taken by one waiter.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset before use, and
+    // pthread_sigmask only changes this thread's mask (inherited by threads spawned later).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn stop_on_signals(set: libc::sigset_t, latch: std::sync::Arc<vmm::vm::ExitLatch>) {
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigwait with a valid set and output pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            latch.set(GuestExit::Interrupted(sig));
+        }
+    });
 }
 
 fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
@@ -165,7 +193,9 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
         console,
         virtio_devices,
     };
+    let signals = block_stop_signals();
     let vm = Vm::build(&host, config)?;
+    stop_on_signals(signals, vm.exit_latch());
     tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);
     let end = vm.run(args.timeout)?;
     eprintln!("microdib-vmm: {end} after {:.2} s", started.elapsed().as_secs_f64());

@@ -45,6 +45,8 @@ pub enum GuestExit {
     KvmFailure { vcpu: u8, reason: String },
     /// The VMM's own time limit ran out.
     Timeout(Duration),
+    /// The VMM was asked to stop (a signal such as SIGINT or SIGTERM).
+    Interrupted(i32),
 }
 
 impl fmt::Display for GuestExit {
@@ -57,6 +59,7 @@ impl fmt::Display for GuestExit {
             GuestExit::Crash => write!(f, "guest reported a crash"),
             GuestExit::KvmFailure { vcpu, reason } => write!(f, "vCPU {vcpu} stopped: {reason}"),
             GuestExit::Timeout(d) => write!(f, "guest still running after {:.1} s; stopped it", d.as_secs_f64()),
+            GuestExit::Interrupted(sig) => write!(f, "stopped the guest on signal {sig}"),
         }
     }
 }
@@ -282,6 +285,11 @@ impl Vm {
             "VM built"
         );
         Ok(Vm { _vm_fd: vm_fd, ram, vcpus, latch, serial, console_writer, watch })
+    }
+
+    /// Setting a reason on this latch stops the VM (for signal handlers and supervisors).
+    pub fn exit_latch(&self) -> Arc<ExitLatch> {
+        self.latch.clone()
     }
 
     /// Runs the guest until it ends (or `timeout` passes) and says how it ended.

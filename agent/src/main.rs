@@ -17,11 +17,23 @@ use microdib_proto::{
 };
 
 fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> std::io::Result<()> {
+    mount_with(source, target, fstype, flags, None)
+}
+
+fn mount_with(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> std::io::Result<()> {
     let _ = std::fs::create_dir_all(target);
     let c = |s: &str| CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
     let (s, t, f) = (c(source)?, c(target)?, c(fstype)?);
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, std::ptr::null()) };
+    let d = data.map(c).transpose()?;
+    let dp = d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
+    // SAFETY: all pointers are valid NUL-terminated strings (or null data) during the call.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, dp) };
     if rc == 0 {
         Ok(())
     } else {
@@ -41,6 +53,43 @@ fn setup_pid1() {
             eprintln!("microdib-agent: mount {fs} on {dir}: {e}");
         }
     }
+}
+
+/// The block device carrying the appliance root, found by its serial number.
+fn appliance_disk() -> Option<String> {
+    let entries = std::fs::read_dir("/sys/block").ok()?;
+    entries.flatten().find_map(|e| {
+        let serial = std::fs::read_to_string(e.path().join("serial")).ok()?;
+        (serial.trim() == microdib_proto::APPLIANCE_DISK_SERIAL)
+            .then(|| format!("/dev/{}", e.file_name().to_string_lossy()))
+    })
+}
+
+/// Makes the appliance's squashfs, under a tmpfs overlay, the root file system: the agent keeps
+/// running (it is static) and everything it starts sees the appliance's tools.
+fn switch_to_appliance_root(disk: &str) -> std::io::Result<()> {
+    mount(disk, "/sysroot/ro", "squashfs", libc::MS_RDONLY)?;
+    mount("tmpfs", "/sysroot/rw", "tmpfs", 0)?;
+    std::fs::create_dir_all("/sysroot/rw/upper")?;
+    std::fs::create_dir_all("/sysroot/rw/work")?;
+    mount_with(
+        "overlay",
+        "/sysroot/root",
+        "overlay",
+        0,
+        Some("lowerdir=/sysroot/ro,upperdir=/sysroot/rw/upper,workdir=/sysroot/rw/work"),
+    )?;
+    for d in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        mount(d, &format!("/sysroot/root{d}"), "", libc::MS_MOVE)?;
+    }
+    std::env::set_current_dir("/sysroot/root")?;
+    mount(".", "/", "", libc::MS_MOVE)?;
+    let dot = CString::new(".").map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: chroot with a valid path; the process is PID 1 before any thread exists.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::env::set_current_dir("/")
 }
 
 /// A listening AF_VSOCK stream socket on `port`, any CID.
@@ -399,6 +448,12 @@ fn power_off() -> ! {
 fn main() {
     if std::process::id() == 1 {
         setup_pid1();
+        if let Some(disk) = appliance_disk() {
+            if let Err(e) = switch_to_appliance_root(&disk) {
+                eprintln!("microdib-agent: cannot switch to the appliance root on {disk}: {e}");
+                power_off();
+            }
+        }
         supervise();
     }
     let listener = match vsock_listen(AGENT_PORT) {

@@ -1,6 +1,7 @@
 //! Guest initramfs images: an in-memory list of entries written out as a newc cpio archive (the
 //! format the kernel unpacks), plus the boot-probe image used by tests and benchmarks.
 
+pub mod appliance;
 pub mod probe;
 
 use std::io::Write;

@@ -17,6 +17,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const AGENT_PORT: u32 = 1024;
 /// Largest frame either side accepts.
 pub const MAX_FRAME: u32 = 16 << 20;
+/// Serial number of the appliance's root disk (squashfs); the agent mounts the disk that has it.
+pub const APPLIANCE_DISK_SERIAL: &str = "microdib-appliance";
 /// Printed on the serial console when the agent is ready.
 pub const READY_BANNER: &str = "microdib-agent: ready";
 

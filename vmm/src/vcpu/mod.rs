@@ -85,10 +85,16 @@ impl Vcpu {
 
     /// Runs until the guest (or the VMM) ends the VM; records why in the latch.
     pub fn run(mut self) {
+        let mut exits: u64 = 0;
         loop {
             if self.latch.get().is_some() {
+                // Where a vCPU was when the VM was stopped from outside (timeouts, signals).
+                if let Ok(regs) = self.fd.get_regs() {
+                    tracing::debug!("vcpu{} stopped at rip {:#x} after {exits} exits", self.id, regs.rip);
+                }
                 return;
             }
+            exits += 1;
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,

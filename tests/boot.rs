@@ -471,3 +471,54 @@ cat "$d/vmm.err"
     assert!(stdout.contains("host: vmm=gone"));
     assert!(stdout.contains("host: files=out vmm.err \n") || stdout.contains("host: files=out vmm.err"), "stray files");
 }
+
+/// The appliance (host packages in a squashfs, the agent as init), built or found in the cache.
+fn appliance() -> initramfs::appliance::ApplianceFiles {
+    static A: OnceLock<initramfs::appliance::ApplianceFiles> = OnceLock::new();
+    A.get_or_init(|| {
+        let cache = initramfs::appliance::default_cache_dir();
+        initramfs::appliance::build_or_cached(&guest_agent(), &cache, |m| eprintln!("{m}")).expect("appliance build failed")
+    })
+    .clone()
+}
+
+#[test]
+fn appliance_makes_a_file_system_on_a_sparse_target_disk() {
+    let kernel = kernel();
+    let a = appliance();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+truncate -s 1G "$d/target.raw"
+"$VMM" --kernel {kernel} --initramfs {initrd} --disk "$d/target.raw,id=target" --disk {root},ro,id=microdib-appliance \
+  --vsock "$d/vsock" --vcpus 2 --memory 512M --timeout 300 > "$d/console" &
+vmm=$!
+ctl() {{ "$CTL" --uds "$d/vsock" --wait 120 "$@"; }}
+ctl run --env PATH=/usr/sbin:/usr/bin:/sbin:/bin -- sh -c '
+  mkfs.ext4 -q -L test /dev/vda && mkdir -p /mnt/t && mount /dev/vda /mnt/t &&
+  echo "written by microdib" > /mnt/t/FILE && umount /mnt/t && echo "guest: fs=ok"
+  python3 -c "print(\"guest: python=ok\")"; tar --version | head -1; awk "BEGIN {{ print \"guest: awk=ok\" }}"'
+ctl poweroff
+wait $vmm; echo "host: vmm-status=$?"
+echo "host: file=$(debugfs -R 'cat /FILE' "$d/target.raw" 2>/dev/null)"
+echo "host: label=$(e2label "$d/target.raw" 2>/dev/null || dumpe2fs -h "$d/target.raw" 2>/dev/null | sed -n 's/^Filesystem volume name: *//p')"
+echo "host: allocated-kib=$(du -k "$d/target.raw" | cut -f1)"
+"#,
+        kernel = kernel.display(),
+        initrd = a.initrd.display(),
+        root = a.root.display()
+    );
+    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("guest: fs=ok"), "mkfs/mount/write/umount in the guest failed");
+    assert!(stdout.contains("guest: python=ok") && stdout.contains("guest: awk=ok") && stdout.contains("GNU tar"));
+    assert!(stdout.contains("host: vmm-status=0"));
+    assert!(stdout.contains("host: file=written by microdib"), "the host cannot read the guest's file");
+    assert!(stdout.contains("host: label=test"));
+    let kib: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("host: allocated-kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("no allocation figure");
+    assert!(kib < 64 * 1024, "the 1 GiB target is no longer sparse: {kib} KiB allocated");
+}

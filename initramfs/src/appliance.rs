@@ -119,8 +119,13 @@ fn parse_depends(field: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Installed packages and which installed package provides each virtual name.
-fn installed_packages() -> Result<(HashMap<String, Package>, HashMap<String, String>), ApplianceError> {
+/// Installed packages, and which installed package provides each virtual name.
+struct Installed {
+    pkgs: HashMap<String, Package>,
+    provides: HashMap<String, String>,
+}
+
+fn installed_packages() -> Result<Installed, ApplianceError> {
     let out = run(
         Command::new("dpkg-query").args([
             "-W",
@@ -146,12 +151,12 @@ fn installed_packages() -> Result<(HashMap<String, Package>, HashMap<String, Str
         }
         pkgs.insert(name, Package { version: f[1].to_owned(), depends: parse_depends(f[3]) });
     }
-    Ok((pkgs, provides))
+    Ok(Installed { pkgs, provides })
 }
 
 /// Expands `wanted` with every installed dependency.
 pub fn resolve(wanted: &[String]) -> Result<Resolved, ApplianceError> {
-    let (pkgs, provides) = installed_packages()?;
+    let Installed { pkgs, provides } = installed_packages()?;
     let lookup = |n: &str| -> Option<String> {
         if pkgs.contains_key(n) {
             Some(n.to_owned())

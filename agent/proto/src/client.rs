@@ -10,6 +10,16 @@ use crate::{read_frame, write_frame, Input, ProtoError, Request, Response, AGENT
 /// Size of the Stdin frames we send.
 const STDIN_CHUNK: usize = 256 * 1024;
 
+fn run_request(argv: &[&str], env: &[(&str, &str)], cwd: Option<&str>, stdin: Input) -> Request {
+    Request::Run {
+        argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
+        env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+        cwd: cwd.map(|c| c.as_bytes().to_vec()),
+        chroot: None,
+        stdin,
+    }
+}
+
 fn unexpected(r: Response) -> ProtoError {
     ProtoError::Io(std::io::Error::other(format!("unexpected answer {r:?}")))
 }
@@ -79,14 +89,7 @@ impl AgentClient {
         cwd: Option<&str>,
         on_output: impl FnMut(bool, &[u8]),
     ) -> Result<ExitStatus, ProtoError> {
-        let req = Request::Run {
-            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
-            cwd: cwd.map(|c| c.as_bytes().to_vec()),
-            chroot: None,
-            stdin: Input::Bytes(Vec::new()),
-        };
-        write_frame(&mut self.stream, &req)?;
+        write_frame(&mut self.stream, &run_request(argv, env, cwd, Input::Bytes(Vec::new())))?;
         self.collect(on_output)
     }
 
@@ -99,14 +102,7 @@ impl AgentClient {
         input: R,
         on_output: impl FnMut(bool, &[u8]),
     ) -> Result<ExitStatus, ProtoError> {
-        let req = Request::Run {
-            argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
-            env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
-            cwd: cwd.map(|c| c.as_bytes().to_vec()),
-            chroot: None,
-            stdin: Input::Stream,
-        };
-        self.streamed(&req, input, on_output)
+        self.streamed(&run_request(argv, env, cwd, Input::Stream), input, on_output)
     }
 
     /// Unpacks the tar stream `input` into the guest directory `dir`.

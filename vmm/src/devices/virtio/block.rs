@@ -13,8 +13,8 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::worker::Worker;
-use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, INT_USED_RING};
+use super::worker::{spawn_single_queue, Worker};
+use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice};
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -293,23 +293,10 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, q: ActiveQueues) -> Result<(), ActivateError> {
-        let ActiveQueues { mem, mut queues, events, interrupt } = q;
-        let (Some(mut queue), Some(event)) = (queues.pop(), events.into_iter().next()) else {
-            return Err(ActivateError::BadQueues);
-        };
-        let id = self.id;
-        let fd = event.as_raw_fd();
-        let worker_disk = self.disk.clone();
+        let (disk, id) = (self.disk.clone(), self.id);
         let mut buf = vec![0u8; CHUNK];
-        let worker = Worker::spawn("virtio-blk", vec![(fd, 0)], move |_| {
-            let _ = event.read();
-            if serve(&worker_disk, &id, &mut queue, &mem, &mut buf) && queue.needs_notification(&mem).unwrap_or(true) {
-                interrupt.signal(INT_USED_RING);
-            }
-            true
-        })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
+        self.worker =
+            Some(spawn_single_queue("virtio-blk", q, move |queue, mem| serve(&disk, &id, queue, mem, &mut buf))?);
         Ok(())
     }
 

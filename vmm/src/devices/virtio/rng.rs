@@ -1,12 +1,10 @@
 //! virtio-rng: fills the guest's buffers from the host's getrandom(2).
 
-use std::os::fd::AsRawFd;
-
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::worker::Worker;
-use super::{ActivateError, ActiveQueues, VirtioDevice, INT_USED_RING};
+use super::worker::{spawn_single_queue, Worker};
+use super::{ActivateError, ActiveQueues, VirtioDevice};
 
 const VIRTIO_ID_RNG: u32 = 4;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -78,20 +76,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, q: ActiveQueues) -> Result<(), ActivateError> {
-        let ActiveQueues { mem, mut queues, events, interrupt } = q;
-        let (Some(mut queue), Some(event)) = (queues.pop(), events.into_iter().next()) else {
-            return Err(ActivateError::BadQueues);
-        };
-        let fd = event.as_raw_fd();
-        let worker = Worker::spawn("virtio-rng", vec![(fd, 0)], move |_| {
-            let _ = event.read();
-            if serve(&mut queue, &mem) && queue.needs_notification(&mem).unwrap_or(true) {
-                interrupt.signal(INT_USED_RING);
-            }
-            true
-        })
-        .map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
+        self.worker = Some(spawn_single_queue("virtio-rng", q, serve)?);
         Ok(())
     }
 

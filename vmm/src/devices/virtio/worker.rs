@@ -7,6 +7,32 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{ActivateError, ActiveQueues, INT_USED_RING};
+
+/// Starts the worker of a one-queue device: on each notification `serve` handles the queue
+/// (returning whether it completed anything) and the guest is interrupted if it wants to be.
+pub fn spawn_single_queue<F>(name: &str, active: ActiveQueues, mut serve: F) -> Result<Worker, ActivateError>
+where
+    F: FnMut(&mut Queue, &GuestMemoryMmap) -> bool + Send + 'static,
+{
+    let ActiveQueues { mem, mut queues, events, interrupt } = active;
+    let (Some(mut queue), Some(event)) = (queues.pop(), events.into_iter().next()) else {
+        return Err(ActivateError::BadQueues);
+    };
+    let fd = event.as_raw_fd();
+    Worker::spawn(name, vec![(fd, 0)], move |_| {
+        let _ = event.read();
+        if serve(&mut queue, &mem) && queue.needs_notification(&mem).unwrap_or(true) {
+            interrupt.signal(INT_USED_RING);
+        }
+        true
+    })
+    .map_err(ActivateError::Worker)
+}
+
 /// Token of the stop event in the worker's epoll set.
 const STOP_TOKEN: u64 = u64::MAX;
 

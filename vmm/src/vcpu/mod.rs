@@ -87,10 +87,15 @@ impl Vcpu {
     pub fn run(mut self) {
         let mut exits: u64 = 0;
         loop {
-            if self.latch.get().is_some() {
-                // Where a vCPU was when the VM was stopped from outside (timeouts, signals).
+            if let Some(reason) = self.latch.get() {
+                // Where a vCPU was when the VM was stopped from outside: for a guest that hung,
+                // this is the first clue.
                 if let Ok(regs) = self.fd.get_regs() {
-                    tracing::debug!("vcpu{} stopped at rip {:#x} after {exits} exits", self.id, regs.rip);
+                    if matches!(reason, GuestExit::Timeout(_)) {
+                        tracing::warn!("vcpu{} was at rip {:#x} after {exits} exits", self.id, regs.rip);
+                    } else {
+                        tracing::debug!("vcpu{} stopped at rip {:#x} after {exits} exits", self.id, regs.rip);
+                    }
                 }
                 return;
             }

@@ -10,11 +10,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Reader, Writer};
+use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::worker::{spawn_single_queue, Worker};
-use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice};
+use super::{read_config_bytes, serve_chains, ActivateError, ActiveQueues, VirtioDevice};
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -266,16 +266,7 @@ fn handle_request(
 
 /// Serves every available request; returns whether any was completed.
 pub fn serve(disk: &RawDisk, id: &[u8; ID_BYTES], queue: &mut Queue, mem: &GuestMemoryMmap, buf: &mut [u8]) -> bool {
-    let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
-        let len = handle_request(disk, id, mem, chain, buf);
-        if queue.add_used(mem, head, len).is_err() {
-            break;
-        }
-        used = true;
-    }
-    used
+    serve_chains(queue, mem, |chain| handle_request(disk, id, mem, chain, buf))
 }
 
 impl VirtioDevice for Block {

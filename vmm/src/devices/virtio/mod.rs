@@ -101,6 +101,26 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Completes every chain available on `queue`: `handle` serves one and says how many bytes it
+/// wrote into the guest's buffers. Returns whether any chain was completed.
+pub fn serve_chains(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut handle: impl FnMut(virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    use virtio_queue::QueueT;
+    let mut used = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let len = handle(chain);
+        if queue.add_used(mem, head, len).is_err() {
+            break;
+        }
+        used = true;
+    }
+    used
+}
+
 /// Copies `config[offset..]` into `data`, zero-filling what lies outside `config`.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);

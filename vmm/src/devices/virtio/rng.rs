@@ -1,10 +1,9 @@
 //! virtio-rng: fills the guest's buffers from the host's getrandom(2).
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::worker::{spawn_single_queue, Worker};
-use super::{ActivateError, ActiveQueues, VirtioDevice};
+use super::{serve_chains, ActivateError, ActiveQueues, VirtioDevice};
 
 const VIRTIO_ID_RNG: u32 = 4;
 const QUEUE_SIZES: &[u16] = &[256];
@@ -35,9 +34,7 @@ fn fill_random(buf: &mut [u8]) -> bool {
 
 /// Serves every available request on `queue`; returns whether any was completed.
 pub fn serve(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
-    let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
+    serve_chains(queue, mem, |chain| {
         let mut written: u32 = 0;
         let mut budget = MAX_REQUEST;
         let mut buf = Vec::new();
@@ -53,12 +50,8 @@ pub fn serve(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
             written += len as u32;
             budget -= len;
         }
-        if queue.add_used(mem, head, written).is_err() {
-            break;
-        }
-        used = true;
-    }
-    used
+        written
+    })
 }
 
 impl VirtioDevice for Rng {

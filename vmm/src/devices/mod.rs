@@ -14,45 +14,61 @@ pub trait PioDevice: Send {
     fn write(&mut self, offset: u16, data: &[u8]);
 }
 
-struct PioRange {
-    base: u16,
-    len: u16,
-    device: Arc<Mutex<dyn PioDevice>>,
+/// A device in guest-physical MMIO space; `offset` is relative to its window, `data` as long
+/// as the guest's access (any length must be handled without panicking).
+pub trait MmioDevice: Send {
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// Non-overlapping address ranges to devices; the one lookup both buses share.
+struct RangeMap<D: ?Sized> {
+    ranges: Vec<(u64, u64, Arc<Mutex<D>>)>,
+}
+
+impl<D: ?Sized> Default for RangeMap<D> {
+    fn default() -> Self {
+        RangeMap { ranges: Vec::new() }
+    }
+}
+
+impl<D: ?Sized> RangeMap<D> {
+    /// Claims `[base, base + len)` if it is not empty, ends at or below `limit` and overlaps
+    /// nothing already claimed.
+    fn insert(&mut self, base: u64, len: u64, limit: u64, device: Arc<Mutex<D>>) -> bool {
+        let Some(end) = base.checked_add(len) else { return false };
+        if len == 0 || end > limit || self.ranges.iter().any(|(b, l, _)| base < b + l && *b < end) {
+            return false;
+        }
+        self.ranges.push((base, len, device));
+        true
+    }
+
+    /// The device claiming `addr`, locked, and the offset into its range.
+    fn find(&self, addr: u64) -> Option<(std::sync::MutexGuard<'_, D>, u64)> {
+        let (base, _, dev) = self.ranges.iter().find(|(b, l, _)| addr >= *b && addr - b < *l)?;
+        Some((dev.lock().unwrap_or_else(|p| p.into_inner()), addr - base))
+    }
 }
 
 /// Port ranges to devices. Unclaimed ports read as all-ones (an empty ISA bus) and ignore writes.
 #[derive(Default)]
 pub struct PioBus {
-    ranges: Vec<PioRange>,
+    map: RangeMap<dyn PioDevice>,
 }
 
 impl PioBus {
     /// Claims `len` ports from `base`; returns false if they overlap an existing device.
     pub fn insert(&mut self, base: u16, len: u16, device: Arc<Mutex<dyn PioDevice>>) -> bool {
-        let end = u32::from(base) + u32::from(len);
-        let overlaps = self.ranges.iter().any(|r| {
-            let r_end = u32::from(r.base) + u32::from(r.len);
-            u32::from(base) < r_end && u32::from(r.base) < end
-        });
-        if len == 0 || overlaps || end > 0x1_0000 {
-            return false;
-        }
-        self.ranges.push(PioRange { base, len, device });
-        true
-    }
-
-    fn find(&self, port: u16) -> Option<(&PioRange, u16)> {
-        self.ranges
-            .iter()
-            .find(|r| port >= r.base && u32::from(port) < u32::from(r.base) + u32::from(r.len))
-            .map(|r| (r, port - r.base))
+        self.map.insert(base.into(), len.into(), 0x1_0000, device)
     }
 
     /// Dispatches a guest IN. Returns whether a device claimed the port.
     pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
-        match self.find(port) {
-            Some((r, off)) => {
-                r.device.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+        match self.map.find(port.into()) {
+            // Offsets stay below 0x10000: ranges end at or below the 16-bit port space.
+            Some((mut dev, off)) => {
+                dev.read(off as u16, data);
                 true
             }
             None => {
@@ -64,55 +80,27 @@ impl PioBus {
 
     /// Dispatches a guest OUT. Returns whether a device claimed the port.
     pub fn write(&self, port: u16, data: &[u8]) -> bool {
-        match self.find(port) {
-            Some((r, off)) => {
-                r.device.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
-                true
-            }
-            None => false,
-        }
+        self.map.find(port.into()).map(|(mut dev, off)| dev.write(off as u16, data)).is_some()
     }
-}
-
-/// A device in guest-physical MMIO space; `offset` is relative to its window, `data` as long
-/// as the guest's access (any length must be handled without panicking).
-pub trait MmioDevice: Send {
-    fn read(&mut self, offset: u64, data: &mut [u8]);
-    fn write(&mut self, offset: u64, data: &[u8]);
-}
-
-struct MmioRange {
-    base: u64,
-    len: u64,
-    device: Arc<Mutex<dyn MmioDevice>>,
 }
 
 /// Guest-physical windows to devices. Unclaimed addresses read as all-ones, writes are dropped.
 #[derive(Default)]
 pub struct MmioBus {
-    ranges: Vec<MmioRange>,
+    map: RangeMap<dyn MmioDevice>,
 }
 
 impl MmioBus {
     /// Claims `[base, base + len)`; returns false on overlap or overflow.
     pub fn insert(&mut self, base: u64, len: u64, device: Arc<Mutex<dyn MmioDevice>>) -> bool {
-        let Some(end) = base.checked_add(len) else { return false };
-        if len == 0 || self.ranges.iter().any(|r| base < r.base + r.len && r.base < end) {
-            return false;
-        }
-        self.ranges.push(MmioRange { base, len, device });
-        true
-    }
-
-    fn find(&self, addr: u64) -> Option<(&MmioRange, u64)> {
-        self.ranges.iter().find(|r| addr >= r.base && addr - r.base < r.len).map(|r| (r, addr - r.base))
+        self.map.insert(base, len, u64::MAX, device)
     }
 
     /// Dispatches a guest MMIO read. Returns whether a device claimed the address.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr) {
-            Some((r, off)) => {
-                r.device.lock().unwrap_or_else(|p| p.into_inner()).read(off, data);
+        match self.map.find(addr) {
+            Some((mut dev, off)) => {
+                dev.read(off, data);
                 true
             }
             None => {
@@ -124,13 +112,7 @@ impl MmioBus {
 
     /// Dispatches a guest MMIO write. Returns whether a device claimed the address.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr) {
-            Some((r, off)) => {
-                r.device.lock().unwrap_or_else(|p| p.into_inner()).write(off, data);
-                true
-            }
-            None => false,
-        }
+        self.map.find(addr).map(|(mut dev, off)| dev.write(off, data)).is_some()
     }
 }
 

@@ -121,22 +121,19 @@ fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Boots `kernel` with the probe initramfs, 256 MiB and a 120 s limit, plus `extra` arguments.
+fn boot_probe(kernel: &Path, exit: ProbeExit, extra: &[&str]) -> Output {
+    let initrd = probe_initramfs(exit);
+    let mut args = vec!["--kernel", kernel.to_str().unwrap(), "--initramfs", initrd.to_str().unwrap()];
+    args.extend(["--memory", "256M", "--timeout", "120"]);
+    args.extend(extra);
+    run_vmm(&args)
+}
+
 #[test]
 fn boots_two_vcpus_to_init_and_exits_cleanly() {
     let kernel = kernel();
-    let initrd = probe_initramfs(ProbeExit::Reboot);
-    let out = run_vmm(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initramfs",
-        initrd.to_str().unwrap(),
-        "--vcpus",
-        "2",
-        "--memory",
-        "256M",
-        "--timeout",
-        "120",
-    ]);
+    let out = boot_probe(&kernel, ProbeExit::Reboot, &["--vcpus", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains(MARKER), "init never ran");
@@ -156,17 +153,7 @@ fn boots_two_vcpus_to_init_and_exits_cleanly() {
 #[test]
 fn elf_vmlinux_boots_too() {
     let vmlinux = kernel().with_file_name("vmlinux");
-    let initrd = probe_initramfs(ProbeExit::Reboot);
-    let out = run_vmm(&[
-        "--kernel",
-        vmlinux.to_str().unwrap(),
-        "--initramfs",
-        initrd.to_str().unwrap(),
-        "--memory",
-        "256M",
-        "--timeout",
-        "120",
-    ]);
+    let out = boot_probe(&vmlinux, ProbeExit::Reboot, &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("MICRODIB-PROBE: nproc=1"));
     assert_eq!(out.status.code(), Some(0));
 }
@@ -174,17 +161,7 @@ fn elf_vmlinux_boots_too() {
 #[test]
 fn guest_kernel_panic_is_reported_as_a_failure() {
     let kernel = kernel();
-    let initrd = probe_initramfs(ProbeExit::Panic);
-    let out = run_vmm(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initramfs",
-        initrd.to_str().unwrap(),
-        "--memory",
-        "256M",
-        "--timeout",
-        "120",
-    ]);
+    let out = boot_probe(&kernel, ProbeExit::Panic, &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Kernel panic - not syncing"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("guest kernel panicked"));
     assert_eq!(out.status.code(), Some(3));
@@ -232,18 +209,7 @@ fn host_kvm_check_explains_itself() {
 #[test]
 fn virtio_rng_feeds_the_guest() {
     let kernel = kernel();
-    let initrd = probe_initramfs(ProbeExit::Reboot);
-    let out = run_vmm(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initramfs",
-        initrd.to_str().unwrap(),
-        "--rng",
-        "--memory",
-        "256M",
-        "--timeout",
-        "120",
-    ]);
+    let out = boot_probe(&kernel, ProbeExit::Reboot, &["--rng"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("MICRODIB-PROBE: virtio-device=0x0004"), "no virtio-rng device in the guest");
     let hex =

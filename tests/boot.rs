@@ -265,6 +265,46 @@ cmp -s "$d/b.raw" <(head -c 1048576 /dev/zero) && echo "host: read-only-disk=unt
     assert!(after + 512 < before, "discard did not punch a hole: {before} KiB -> {after} KiB");
 }
 
+/// The helper drive may be qcow2 (virt-dib's --drive-format): the guest sees its virtual
+/// contents, and what it writes and discards leaves an image qemu-img accepts.
+#[test]
+fn virtio_blk_serves_a_qcow2_disk() {
+    let kernel = kernel();
+    let initrd = probe_initramfs(ProbeExit::Reboot);
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+truncate -s 8M "$d/a.raw"
+printf QCOW-PATTERN-456 | dd of="$d/a.raw" conv=notrunc 2>/dev/null
+head -c 1048576 /dev/urandom | dd of="$d/a.raw" bs=1M seek=1 conv=notrunc 2>/dev/null
+qemu-img convert -f raw -O qcow2 "$d/a.raw" "$d/a.qcow2"
+"$VMM" --kernel {kernel} --initramfs {initrd} --memory 256M --timeout 120 --disk "$d/a.qcow2,format=qcow2,id=helper"
+qemu-img check -q "$d/a.qcow2" && echo "host: check=clean"
+qemu-img convert -f qcow2 -O raw "$d/a.qcow2" "$d/back.raw"
+echo "host: at-4k=$(dd if="$d/back.raw" bs=1 skip=4096 count=17 2>/dev/null)"
+cmp -s <(dd if="$d/back.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576 /dev/zero) && echo "host: second-mib=zero"
+"#,
+        kernel = kernel.display(),
+        initrd = initrd.display()
+    );
+    let out = run_script(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for line in [
+        "MICRODIB-PROBE: vda-size=8388608",
+        "MICRODIB-PROBE: vda-serial=helper",
+        "MICRODIB-PROBE: vda-head=51434f572d5041545445524e2d343536",
+        "MICRODIB-PROBE: vda-write=ok",
+        "MICRODIB-PROBE: vda-discard=ok",
+        "host: check=clean",
+        "host: at-4k=microdib-was-here",
+        "host: second-mib=zero",
+    ] {
+        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
+    }
+}
+
 /// The agent built for the guest: a static musl binary (its own target directory, so this
 /// cargo does not wait on the one running the tests).
 fn guest_agent() -> PathBuf {

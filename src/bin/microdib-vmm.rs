@@ -44,7 +44,7 @@ struct Args {
     /// Stop the guest after this many seconds.
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<Duration>,
-    /// Attach a disk (virtio-blk; the first is /dev/vda): PATH[,ro][,id=SERIAL]. Repeatable.
+    /// Attach a disk (virtio-blk; the first is /dev/vda): PATH[,ro][,id=SERIAL][,format=raw|qcow2]. Repeatable.
     #[arg(long = "disk", value_name = "PATH[,ro][,id=SERIAL]", value_parser = parse_disk)]
     disks: Vec<DiskConfig>,
     /// Give the guest a vsock device (CID 3) whose host side is the Unix socket PATH: host
@@ -87,6 +87,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let mut disk = DiskConfig {
         id: path.file_name().map(|n| n.to_string_lossy().chars().take(20).collect()).unwrap_or_default(),
         path,
+        format: Default::default(),
         read_only: false,
     };
     for opt in parts {
@@ -94,7 +95,8 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
             None if opt == "ro" => disk.read_only = true,
             Some(("id", id)) if id.len() <= 20 => disk.id = id.to_owned(),
             Some(("id", _)) => return Err("a disk id is at most 20 bytes".into()),
-            _ => return Err(format!("unknown disk option '{opt}' (known: ro, id=SERIAL)")),
+            Some(("format", f)) => disk.format = f.parse()?,
+            _ => return Err(format!("unknown disk option '{opt}' (known: ro, id=SERIAL, format=raw|qcow2)")),
         }
     }
     Ok(disk)

@@ -83,7 +83,12 @@ impl Drop for Vsock {
 fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
     let mut ready = vec![EpollEvent::default(); 64];
     loop {
-        let n = match muxer.epoll().wait(-1, &mut ready) {
+        // Sleep until something happens or the next handshake deadline.
+        let timeout = muxer.next_deadline().map_or(-1, |d| {
+            let ms = d.saturating_duration_since(std::time::Instant::now()).as_millis();
+            i32::try_from(ms + 1).unwrap_or(i32::MAX)
+        });
+        let n = match muxer.epoll().wait(timeout, &mut ready) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -112,6 +117,7 @@ fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
                 _ => {}
             }
         }
+        muxer.expire_handshakes(std::time::Instant::now());
         muxer.process_rx();
         // TX left waiting for room in the control queue: RX just made some.
         while muxer.tx_stalled() {

@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -40,6 +41,9 @@ const MAX_CONNECT_LINE: usize = 32;
 /// Control packets waiting for RX buffers. Past this, guest TX is left in its queue until
 /// the guest gives RX buffers: a guest cannot make us queue answers without bound.
 const MAX_CONTROL: usize = 512;
+/// A host client must send its CONNECT line, and the guest must answer the request it makes,
+/// within this time; otherwise the slot is freed and the client's socket closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Epoll tokens below this are fixed sources; above, `TOKEN_FD_BASE + fd`.
 pub const TOKEN_LISTENER: u64 = 1;
@@ -76,6 +80,8 @@ struct Conn {
     guest_done_sending: bool,
     /// Bytes the host client wrote after its CONNECT line, before the guest accepted.
     early: Vec<u8>,
+    /// For HostRequested: when the guest must have answered.
+    deadline: Instant,
 }
 
 impl Conn {
@@ -93,6 +99,7 @@ impl Conn {
             host_eof: false,
             guest_done_sending: false,
             early: Vec::new(),
+            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -157,6 +164,7 @@ fn connect_nonblocking(path: &std::path::Path) -> std::io::Result<UnixStream> {
 struct Pending {
     stream: UnixStream,
     line: Vec<u8>,
+    deadline: Instant,
 }
 
 /// The host end of the device: the guest's CID, the listening socket and its path, and the
@@ -416,7 +424,8 @@ impl Muxer {
                     }
                     let fd = stream.as_raw_fd();
                     self.watch(fd);
-                    self.pending.insert(fd, Pending { stream, line: Vec::new() });
+                    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+                    self.pending.insert(fd, Pending { stream, line: Vec::new(), deadline });
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -469,6 +478,32 @@ impl Muxer {
         self.conns.insert(key, conn);
         self.by_fd.insert(fd, key);
         self.send_control(key, OP_REQUEST, 0);
+    }
+
+    /// The earliest handshake deadline, if any handshake is under way.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let pending = self.pending.values().map(|p| p.deadline);
+        let requested = self.conns.values().filter(|c| c.state == State::HostRequested).map(|c| c.deadline);
+        pending.chain(requested).min()
+    }
+
+    /// Drops handshakes past their deadline: silent clients are closed, and a request the
+    /// guest never answered is reset on both sides.
+    pub fn expire_handshakes(&mut self, now: Instant) {
+        let silent: Vec<RawFd> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(fd, _)| *fd).collect();
+        for fd in silent {
+            self.unwatch(fd);
+            self.pending.remove(&fd);
+        }
+        let unanswered: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::HostRequested && c.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unanswered {
+            self.reset(key);
+        }
     }
 
     fn allocate_local_port(&mut self) -> u32 {
@@ -631,5 +666,59 @@ impl Muxer {
     /// Number of open connections (for tests and diagnostics).
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    fn muxer(dir: &std::path::Path) -> (Muxer, PathBuf) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let rxq = MockSplitQueue::create(&mem, GuestAddress(0), 16).create_queue().unwrap();
+        let txq = MockSplitQueue::create(&mem, GuestAddress(0x10000), 16).create_queue().unwrap();
+        let path = dir.join("v");
+        let listener = UnixListener::bind(&path).unwrap();
+        let host = HostSide { guest_cid: 3, listener, uds_path: path.clone(), epoll: Epoll::new().unwrap() };
+        (Muxer::new(mem, rxq, txq, Arc::new(Interrupt::new().unwrap()), host).unwrap(), path)
+    }
+
+    fn closed_by_peer(s: &mut UnixStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        matches!(s.read(&mut [0u8; 8]), Ok(0))
+    }
+
+    #[test]
+    fn silent_clients_and_unanswered_requests_time_out() {
+        let dir = std::env::temp_dir().join(format!("vsock-mux-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut m, path) = muxer(&dir);
+        assert_eq!(m.next_deadline(), None);
+
+        // A client that never says CONNECT.
+        let mut silent = UnixStream::connect(&path).unwrap();
+        // A client whose request the guest never answers (no RX buffers, no reply).
+        let mut asking = UnixStream::connect(&path).unwrap();
+        m.accept_host_clients();
+        assert_eq!(m.pending.len(), 2);
+        asking.write_all(b"CONNECT 1024\n").unwrap();
+        for fd in m.pending.keys().copied().collect::<Vec<_>>() {
+            m.host_socket_event(fd, EventSet::IN);
+        }
+        assert_eq!(m.pending.len(), 1);
+        assert_eq!(m.connections(), 1);
+        let deadline = m.next_deadline().unwrap();
+        assert!(deadline > Instant::now() + HANDSHAKE_TIMEOUT / 2);
+
+        // Before the deadline nothing changes; after it both are gone and the guest gets an RST.
+        m.expire_handshakes(Instant::now());
+        assert_eq!((m.pending.len(), m.connections()), (1, 1));
+        m.expire_handshakes(deadline + Duration::from_millis(1));
+        assert_eq!((m.pending.len(), m.connections(), m.next_deadline()), (0, 0, None));
+        assert_eq!(m.control.back().map(|h| h.op), Some(OP_RST));
+        assert!(closed_by_peer(&mut silent) && closed_by_peer(&mut asking));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,24 +1,25 @@
-//! virtio-blk over a host file: read, write, flush, get-id, discard and write-zeroes (both punch
-//! holes, so the host file stays sparse), read-only attachment. Requests are served on the
+//! virtio-blk over a raw file or a qcow2 image (`disk`): read, write, flush, get-id, discard and
+//! write-zeroes (both free storage, so a raw file stays sparse), read-only attachment. Requests are served on the
 //! device's worker thread through a fixed-size bounce buffer, so no guest-chosen length ever
 //! sizes an allocation, and every sector range is checked against the disk size.
 
-use std::fs::{File, OpenOptions};
+pub mod disk;
+
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+
+use disk::SECTOR;
+pub use disk::{DiskError, DiskFormat, DiskImage};
 
 use super::worker::{spawn_single_queue, Worker};
 use super::{read_config_bytes, serve_chains, ActivateError, ActiveQueues, VirtioDevice};
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZES: &[u16] = &[256];
-const SECTOR: u64 = 512;
 
 const F_SEG_MAX: u64 = 1 << 2;
 const F_RO: u64 = 1 << 5;
@@ -50,75 +51,32 @@ const MAX_SEGMENT_SECTORS: u32 = u32::MAX / 2;
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    /// The image format, as named by the user (never guessed from the contents).
+    pub format: DiskFormat,
     pub read_only: bool,
     /// Serial number the guest sees (GET_ID, /sys/block/vdX/serial); at most 20 bytes.
     pub id: String,
 }
 
-/// Why a disk could not be attached.
-#[derive(Debug, thiserror::Error)]
-pub enum DiskError {
-    #[error("cannot open disk {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("disk {path} is {size} bytes, not a whole number of 512-byte sectors")]
-    Unaligned { path: PathBuf, size: u64 },
-}
-
-/// The backing file of a disk.
-pub struct RawDisk {
-    file: File,
+/// A disk's image and its size, checked once at open.
+struct Disk {
+    image: Box<dyn DiskImage>,
     size: u64,
     read_only: bool,
 }
 
-impl RawDisk {
-    pub fn open(path: &Path, read_only: bool) -> Result<Self, DiskError> {
-        let open_err = |source| DiskError::Open { path: path.to_owned(), source };
-        let file = OpenOptions::new().read(true).write(!read_only).open(path).map_err(open_err)?;
-        let size = file.metadata().map_err(open_err)?.len();
-        if size % SECTOR != 0 {
-            return Err(DiskError::Unaligned { path: path.to_owned(), size });
-        }
-        Ok(RawDisk { file, size, read_only })
-    }
-
+impl Disk {
     /// The byte range of `sectors` sectors from `sector`, if it lies inside the disk.
     fn range(&self, sector: u64, bytes: u64) -> Option<u64> {
         let start = sector.checked_mul(SECTOR)?;
         let end = start.checked_add(bytes)?;
         (end <= self.size).then_some(start)
     }
-
-    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
-            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        // SAFETY: fallocate on a file descriptor we own, with range values checked above.
-        let rc = unsafe {
-            libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len)
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        // File systems without hole punching: write zeros instead.
-        let zeros = vec![0u8; CHUNK.min(len as usize)];
-        let mut done = 0u64;
-        while done < len as u64 {
-            let n = (len as u64 - done).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
-    }
 }
 
 /// The block device.
 pub struct Block {
-    disk: Arc<RawDisk>,
+    disk: Arc<Disk>,
     config: [u8; 60],
     features: u64,
     id: [u8; ID_BYTES],
@@ -127,7 +85,8 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &DiskConfig) -> Result<Self, DiskError> {
-        let disk = RawDisk::open(&cfg.path, cfg.read_only)?;
+        let image = disk::open(&cfg.path, cfg.format, cfg.read_only)?;
+        let disk = Disk { size: image.size(), read_only: image.read_only(), image };
         let mut config = [0u8; 60];
         config[0..8].copy_from_slice(&(disk.size / SECTOR).to_le_bytes());
         // seg_max: a request may use all but the header and status descriptors.
@@ -167,13 +126,13 @@ fn io_status(r: std::io::Result<()>) -> u8 {
     }
 }
 
-fn handle_in(disk: &RawDisk, sector: u64, data: &mut Writer<'_>, buf: &mut [u8]) -> Outcome {
+fn handle_in(disk: &Disk, sector: u64, data: &mut Writer<'_>, buf: &mut [u8]) -> Outcome {
     let len = data.available_bytes() as u64;
     let Some(mut offset) = disk.range(sector, len) else { return Outcome { status: S_IOERR, written: 0 } };
     let mut left = len;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        if disk.file.read_exact_at(&mut buf[..n], offset).is_err() || data.write_all(&buf[..n]).is_err() {
+        if disk.image.read_at(&mut buf[..n], offset).is_err() || data.write_all(&buf[..n]).is_err() {
             return Outcome { status: S_IOERR, written: data.bytes_written() as u32 };
         }
         offset += n as u64;
@@ -182,7 +141,7 @@ fn handle_in(disk: &RawDisk, sector: u64, data: &mut Writer<'_>, buf: &mut [u8])
     Outcome { status: S_OK, written: data.bytes_written() as u32 }
 }
 
-fn handle_out(disk: &RawDisk, sector: u64, data: &mut Reader<'_>, buf: &mut [u8]) -> u8 {
+fn handle_out(disk: &Disk, sector: u64, data: &mut Reader<'_>, buf: &mut [u8]) -> u8 {
     if disk.read_only {
         return S_IOERR;
     }
@@ -191,7 +150,7 @@ fn handle_out(disk: &RawDisk, sector: u64, data: &mut Reader<'_>, buf: &mut [u8]
     let mut left = len;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
-        if data.read_exact(&mut buf[..n]).is_err() || disk.file.write_all_at(&buf[..n], offset).is_err() {
+        if data.read_exact(&mut buf[..n]).is_err() || disk.image.write_at(&buf[..n], offset).is_err() {
             return S_IOERR;
         }
         offset += n as u64;
@@ -201,7 +160,7 @@ fn handle_out(disk: &RawDisk, sector: u64, data: &mut Reader<'_>, buf: &mut [u8]
 }
 
 /// Discard and write-zeroes: a list of {sector u64, num_sectors u32, flags u32}.
-fn handle_discard(disk: &RawDisk, data: &mut Reader<'_>) -> u8 {
+fn handle_discard(disk: &Disk, data: &mut Reader<'_>) -> u8 {
     if disk.read_only {
         return S_IOERR;
     }
@@ -218,7 +177,7 @@ fn handle_discard(disk: &RawDisk, data: &mut Reader<'_>) -> u8 {
         let count = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
         let bytes = u64::from(count) * SECTOR;
         let Some(offset) = disk.range(sector, bytes) else { return S_IOERR };
-        if disk.punch_hole(offset, bytes).is_err() {
+        if disk.image.zero_range(offset, bytes).is_err() {
             return S_IOERR;
         }
     }
@@ -227,7 +186,7 @@ fn handle_discard(disk: &RawDisk, data: &mut Reader<'_>) -> u8 {
 
 /// Serves one request chain; returns the length to report as used.
 fn handle_request(
-    disk: &RawDisk,
+    disk: &Disk,
     id: &[u8; ID_BYTES],
     mem: &GuestMemoryMmap,
     chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
@@ -248,7 +207,7 @@ fn handle_request(
         match kind {
             T_IN => handle_in(disk, sector, &mut writer, buf),
             T_OUT => Outcome { status: handle_out(disk, sector, &mut reader, buf), written: 0 },
-            T_FLUSH => Outcome { status: io_status(disk.file.sync_data()), written: 0 },
+            T_FLUSH => Outcome { status: io_status(disk.image.flush()), written: 0 },
             T_GET_ID => {
                 let n = writer.available_bytes().min(ID_BYTES);
                 let ok = writer.write_all(&id[..n]).is_ok();
@@ -265,7 +224,7 @@ fn handle_request(
 }
 
 /// Serves every available request; returns whether any was completed.
-pub fn serve(disk: &RawDisk, id: &[u8; ID_BYTES], queue: &mut Queue, mem: &GuestMemoryMmap, buf: &mut [u8]) -> bool {
+fn serve(disk: &Disk, id: &[u8; ID_BYTES], queue: &mut Queue, mem: &GuestMemoryMmap, buf: &mut [u8]) -> bool {
     serve_chains(queue, mem, |chain| handle_request(disk, id, mem, chain, buf))
 }
 
@@ -301,7 +260,8 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::fs::File;
+    use std::os::unix::fs::{FileExt, MetadataExt};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
@@ -362,7 +322,13 @@ mod tests {
     }
 
     fn block(d: &TestDisk, read_only: bool) -> Block {
-        Block::new(&DiskConfig { path: d.path.clone(), read_only, id: "microdib-test-disk".into() }).unwrap()
+        Block::new(&DiskConfig {
+            path: d.path.clone(),
+            format: DiskFormat::Raw,
+            read_only,
+            id: "microdib-test-disk".into(),
+        })
+        .unwrap()
     }
 
     #[test]
@@ -480,10 +446,20 @@ mod tests {
     fn unaligned_or_missing_files_are_refused() {
         let d = TestDisk::new("odd", 1000);
         assert!(matches!(
-            Block::new(&DiskConfig { path: d.path.clone(), read_only: false, id: String::new() }),
+            Block::new(&DiskConfig {
+                path: d.path.clone(),
+                format: DiskFormat::Raw,
+                read_only: false,
+                id: String::new()
+            }),
             Err(DiskError::Unaligned { size: 1000, .. })
         ));
-        let missing = DiskConfig { path: "/nonexistent/disk.raw".into(), read_only: true, id: String::new() };
+        let missing = DiskConfig {
+            path: "/nonexistent/disk.raw".into(),
+            format: DiskFormat::Raw,
+            read_only: true,
+            id: String::new(),
+        };
         assert!(Block::new(&missing).err().unwrap().to_string().contains("/nonexistent/disk.raw"));
     }
 }

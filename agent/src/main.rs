@@ -175,6 +175,10 @@ fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
             let root_str = String::from_utf8_lossy(&root).into_owned();
             for (src, fs) in [("/proc", "proc"), ("/sys", "sysfs"), ("/dev", "devtmpfs")] {
                 let target = format!("{root_str}{src}");
+                // Like libguestfs: a root without the mount point just goes without it.
+                if !std::path::Path::new(&target).is_dir() {
+                    continue;
+                }
                 if let Err(e) = mount(src, &target, fs, libc::MS_BIND | libc::MS_REC) {
                     return Response::Error(format!("cannot bind-mount {src} into {root_str}: {e}"));
                 }

@@ -11,11 +11,21 @@ use crate::{read_frame, write_frame, Input, ProtoError, Request, Response, AGENT
 const STDIN_CHUNK: usize = 256 * 1024;
 
 fn run_request(argv: &[&str], env: &[(&str, &str)], cwd: Option<&str>, stdin: Input) -> Request {
+    run_request_in(argv, env, cwd, None, stdin)
+}
+
+fn run_request_in(
+    argv: &[&str],
+    env: &[(&str, &str)],
+    cwd: Option<&str>,
+    chroot: Option<&str>,
+    stdin: Input,
+) -> Request {
     Request::Run {
         argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: env.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
         cwd: cwd.map(|c| c.as_bytes().to_vec()),
-        chroot: None,
+        chroot: chroot.map(|c| c.as_bytes().to_vec()),
         stdin,
     }
 }
@@ -90,6 +100,20 @@ impl AgentClient {
         on_output: impl FnMut(bool, &[u8]),
     ) -> Result<ExitStatus, ProtoError> {
         write_frame(&mut self.stream, &run_request(argv, env, cwd, Input::Bytes(Vec::new())))?;
+        self.collect(on_output)
+    }
+
+    /// Like `run`, inside `chroot` (with /proc, /sys and /dev bind-mounted there); `cwd` is then
+    /// a path inside the chroot.
+    pub fn run_chrooted(
+        &mut self,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        cwd: Option<&str>,
+        chroot: &str,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExitStatus, ProtoError> {
+        write_frame(&mut self.stream, &run_request_in(argv, env, cwd, Some(chroot), Input::Bytes(Vec::new())))?;
         self.collect(on_output)
     }
 

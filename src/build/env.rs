@@ -1,0 +1,217 @@
+//! The environment of element scripts in each context (virt-dib's table, notes §5.6): outside
+//! the chroot in the appliance (block-device.d, root.d, post-root.d, pre-finalise.d,
+//! cleanup.d), inside the chroot (pre-install.d, install.d, post-install.d, finalise.d,
+//! install-packages), and on the host (extra-data.d).
+
+use std::collections::BTreeMap;
+
+/// Where a script runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Context {
+    /// In the appliance, outside the target; `sysroot` is TARGET_ROOT (`/sysroot`, or
+    /// `/sysroot/subroot` for root.d).
+    Outside { sysroot: String },
+    /// chroot into the target.
+    Chroot,
+}
+
+/// The appliance's own PATH, which scripts outside the chroot see after the hooks' bin.
+pub const APPLIANCE_PATH: &str = "/sbin:/usr/sbin:/bin:/usr/bin";
+/// Where the target file system is mounted in the appliance.
+pub const SYSROOT: &str = "/sysroot";
+/// The aux tree, seen from the target's root.
+pub const AUX: &str = "/tmp/in_target.aux";
+
+/// What every script of a build shares.
+#[derive(Debug, Clone, Default)]
+pub struct BuildVars {
+    /// `--envvar` resolved: (name, value) in command-line order.
+    pub user_vars: Vec<(String, String)>,
+    pub arch: String,
+    pub image_name: String,
+    pub elements: Vec<String>,
+    pub offline: bool,
+    pub root_label: String,
+    pub root_uuid: String,
+    pub dib_args: String,
+    pub dib_env: String,
+    pub debug: i64,
+    pub fs_type: String,
+    pub checksum: bool,
+    pub block_device: String,
+}
+
+/// `IMAGE_BLOCK_DEVICE_WITHOUT_PART`: `/dev/loop0p1` -> `/dev/loop0`; anything else unchanged.
+pub fn without_partition(dev: &str) -> String {
+    let trimmed = dev.trim_end_matches(|c: char| c.is_ascii_digit());
+    if let Some(base) = trimmed.strip_suffix('p') {
+        let digits = base.len() - base.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        if base[..base.len() - digits].ends_with("loop") {
+            return base.to_owned();
+        }
+    }
+    dev.to_owned()
+}
+
+/// `--envvar` values: `VAR` takes the host's value (dropped when unset), `VAR=VALUE` sets it;
+/// when a name repeats, the first occurrence wins (virt-dib's order).
+pub fn resolve_envvars(specs: &[String], host: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for spec in specs {
+        let (name, value) = match spec.split_once('=') {
+            Some((n, v)) => (n.to_owned(), v.to_owned()),
+            None => match host(spec) {
+                Some(v) => (spec.clone(), v),
+                None => continue,
+            },
+        };
+        if !out.iter().any(|(n, _)| *n == name) {
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// `DIB_ARGS`: argv[0] as is, then each argument single-quoted.
+pub fn dib_args(argv: &[String]) -> String {
+    let mut parts = Vec::new();
+    if let Some(first) = argv.first() {
+        parts.push(first.clone());
+    }
+    parts.extend(argv.iter().skip(1).map(|a| crate::shell::quote(a)));
+    parts.join(" ")
+}
+
+/// `DIB_ENV`: the host's `DIB_*` variables as `NAME=value` lines.
+pub fn dib_env(host: impl Iterator<Item = (String, String)>) -> String {
+    host.filter(|(k, _)| k.starts_with("DIB_")).map(|(k, v)| format!("{k}={v}\n")).collect()
+}
+
+impl BuildVars {
+    /// The whole environment of a script in `ctx` (nothing else is inherited).
+    pub fn script_env(&self, ctx: &Context) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        // User variables first: the system ones below win over them, as in virt-dib.
+        for (k, v) in &self.user_vars {
+            env.insert(k.clone(), v.clone());
+        }
+        let (ms, sysroot) = match ctx {
+            Context::Outside { sysroot } => (SYSROOT, sysroot.as_str()),
+            Context::Chroot => ("", ""),
+        };
+        let aux = format!("{ms}{AUX}");
+        let mut set = |k: &str, v: String| {
+            env.insert(k.to_owned(), v);
+        };
+        set("HOME", format!("{aux}/perm/home"));
+        set("TMP", format!("{ms}/tmp"));
+        set("TMPDIR", format!("{ms}/tmp"));
+        set("TMP_DIR", format!("{ms}/tmp"));
+        set("TMP_MOUNT_PATH", sysroot.to_owned());
+        set("TARGET_ROOT", sysroot.to_owned());
+        set("TMP_HOOKS_PATH", format!("{aux}/hooks"));
+        set("_LIB", format!("{aux}/lib"));
+        set("_PREFIX", format!("{aux}/elements"));
+        set("ARCH", self.arch.clone());
+        set("IMAGE_NAME", self.image_name.clone());
+        set("IMAGE_ELEMENT", self.elements.join(" "));
+        set("DIB_OFFLINE", if self.offline { "1" } else { "" }.to_owned());
+        set("DIB_ROOT_LABEL", self.root_label.clone());
+        set("DIB_IMAGE_ROOT_FS_UUID", self.root_uuid.clone());
+        set("DIB_IMAGE_CACHE", format!("{aux}/perm/home/.cache/image-create"));
+        set("TMP_BUILD_DIR", aux.clone());
+        set("TMP_IMAGE_DIR", aux.clone());
+        set("DIB_MANIFEST_SAVE_DIR", format!("{aux}/out/{}.d", self.image_name));
+        set("IMAGE_BLOCK_DEVICE", self.block_device.clone());
+        set("IMAGE_BLOCK_DEVICE_WITHOUT_PART", without_partition(&self.block_device));
+        set("DIB_ARGS", self.dib_args.clone());
+        set("DIB_ENV", self.dib_env.clone());
+        set("DIB_DEBUG_TRACE", self.debug.to_string());
+        set("DIB_NO_TMPFS", "1".into());
+        set("FS_TYPE", self.fs_type.clone());
+        set("DIB_CHECKSUM", if self.checksum { "1" } else { "" }.to_owned());
+        // What the appliance's own environment gives every command.
+        set("LC_ALL", "C".into());
+        set("SHELL", "/bin/sh".into());
+        set("TERM", "dumb".into());
+        let path = match ctx {
+            Context::Outside { .. } => format!("{aux}/fake-bin:{aux}/hooks/bin:{APPLIANCE_PATH}"),
+            Context::Chroot => {
+                format!("{aux}/hooks/bin:{APPLIANCE_PATH}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            }
+        };
+        set("PATH", path);
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> BuildVars {
+        BuildVars {
+            user_vars: vec![("FOO".into(), "1".into()), ("ARCH".into(), "user".into())],
+            arch: "amd64".into(),
+            image_name: "img".into(),
+            elements: vec!["base".into(), "myos".into()],
+            root_label: "cloudimg-rootfs".into(),
+            root_uuid: "u-u-i-d".into(),
+            fs_type: "ext4".into(),
+            block_device: "/dev/loop0".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn outside_and_chroot_values() {
+        let a = vars().script_env(&Context::Outside { sysroot: "/sysroot/subroot".into() });
+        assert_eq!(a["TARGET_ROOT"], "/sysroot/subroot");
+        assert_eq!(a["TMP_MOUNT_PATH"], "/sysroot/subroot");
+        assert_eq!(a["HOME"], "/sysroot/tmp/in_target.aux/perm/home");
+        assert_eq!(a["TMPDIR"], "/sysroot/tmp");
+        assert_eq!(a["DIB_MANIFEST_SAVE_DIR"], "/sysroot/tmp/in_target.aux/out/img.d");
+        assert_eq!(a["DIB_IMAGE_CACHE"], "/sysroot/tmp/in_target.aux/perm/home/.cache/image-create");
+        assert_eq!(
+            a["PATH"],
+            "/sysroot/tmp/in_target.aux/fake-bin:/sysroot/tmp/in_target.aux/hooks/bin:/sbin:/usr/sbin:/bin:/usr/bin"
+        );
+        assert_eq!(a["IMAGE_ELEMENT"], "base myos");
+        assert_eq!(a["DIB_NO_TMPFS"], "1");
+        assert_eq!(a["DIB_OFFLINE"], "");
+        // --envvar cannot override a system variable, but comes through otherwise.
+        assert_eq!((a["ARCH"].as_str(), a["FOO"].as_str()), ("amd64", "1"));
+        let c = vars().script_env(&Context::Chroot);
+        assert_eq!(c["TARGET_ROOT"], "");
+        assert_eq!(c["TMP_HOOKS_PATH"], "/tmp/in_target.aux/hooks");
+        assert_eq!(c["TMPDIR"], "/tmp");
+        assert_eq!(
+            c["PATH"],
+            "/tmp/in_target.aux/hooks/bin:/sbin:/usr/sbin:/bin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        );
+    }
+
+    #[test]
+    fn envvar_resolution() {
+        let host = |k: &str| (k == "SET").then(|| "from-host".to_owned());
+        let specs: Vec<String> = ["A=1", "SET", "UNSET", "A=2", "B=x=y"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            resolve_envvars(&specs, host),
+            vec![("A".into(), "1".into()), ("SET".into(), "from-host".into()), ("B".into(), "x=y".into())]
+        );
+    }
+
+    #[test]
+    fn args_env_and_partitions() {
+        let argv: Vec<String> = ["virt-dib", "-B", "/x y", "it's"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(dib_args(&argv), "virt-dib '-B' '/x y' 'it'\\''s'");
+        let host =
+            vec![("DIB_A".to_owned(), "1".to_owned()), ("PATH".into(), "/bin".into()), ("DIB_B".into(), "x".into())];
+        assert_eq!(dib_env(host.into_iter()), "DIB_A=1\nDIB_B=x\n");
+        assert_eq!(without_partition("/dev/loop0p1"), "/dev/loop0");
+        assert_eq!(without_partition("/dev/loop12p3"), "/dev/loop12");
+        assert_eq!(without_partition("/dev/loop0"), "/dev/loop0");
+        assert_eq!(without_partition("/dev/vda1"), "/dev/vda1");
+        assert_eq!(without_partition("/dev/mapper/loop0p1"), "/dev/mapper/loop0");
+    }
+}

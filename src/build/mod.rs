@@ -1,0 +1,484 @@
+//! A build, in virt-dib's order (notes §4, §6-§8): host preparation, the build VM, the phases
+//! (block-device.d, mkfs, root.d, extra-data.d, pre-install.d, extra packages, install.d,
+//! post-install.d, post-root.d, remount, pre-finalise.d, finalise.d, cleanup.d), `NAME.d`, the
+//! image clean-up, then the outputs and checksums.
+
+pub mod appliance;
+pub mod env;
+pub mod outputs;
+pub mod phases;
+pub mod signals;
+pub mod workspace;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use vmm::devices::virtio::block::{DiskConfig, DiskFormat};
+
+use crate::cli::Cmdline;
+use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
+use crate::messages::Reporter;
+use appliance::{ApplianceSpec, ApplianceVm};
+use env::{BuildVars, Context, SYSROOT};
+use outputs::OutputPlan;
+use phases::{block_device_from_output, guest_sh, PhaseRunner};
+use workspace::Workspace;
+
+/// How a build ends when it does not succeed.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Reported as `prog: error: <text>`, exit status 1.
+    Error(String),
+    /// Exit with this status and no message (an extra-data.d script's own status).
+    Exit(i32),
+    /// A stop signal arrived.
+    Signal(&'static str),
+}
+
+impl From<String> for BuildError {
+    fn from(s: String) -> Self {
+        BuildError::Error(s)
+    }
+}
+
+/// Size of the throwaway helper drive, as virt-dib made it.
+const HELPER_SIZE: u64 = 5 << 30;
+/// Build VM defaults when -m / --smp are not given.
+const DEFAULT_MEMORY_MIB: u64 = 1024;
+const DEFAULT_VCPUS: u8 = 2;
+/// Phases whose scripts are fixed when the build starts (the others are read again from the
+/// image just before they run, since earlier scripts may add some).
+const FIXED_PHASES: &[&str] = &["block-device.d", "root.d", "cleanup.d"];
+
+/// The dpkg-style name of this host's architecture.
+pub fn host_arch() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".into(),
+        "x86" => "i386".into(),
+        "arm" => "armhf".into(),
+        other => other.into(),
+    }
+}
+
+/// A random (version 4) UUID for the root file system.
+pub fn random_uuid() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom fills the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        // Never expected; the time and pid still make it unique enough for a label.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        b[..8].copy_from_slice(&t.as_nanos().to_le_bytes()[..8]);
+        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// UTC now as YYYYMMDD-HHMMSS, for the log name.
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Runs a whole build.
+pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
+    signals::install();
+    let result = run_inner(c, r);
+    signals::watch_vm(None);
+    match (result, signals::caught()) {
+        (_, Some(sig)) => Err(BuildError::Signal(sig)),
+        (res, None) => res,
+    }
+}
+
+fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
+    let tools = crate::preflight::check(c)?;
+    let ws = Workspace::create()?;
+    let image_name = Path::new(&c.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.name.clone());
+    let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
+    r.info(&format!("Elements: {}", requested.join(" ")));
+    if c.debug >= 1 {
+        r.debug(&format!("tmpdir: {}", ws.dir.display()));
+        r.debug(&format!("element paths: {}", c.element_paths.join(":")));
+    }
+    let idx = ElementIndex::load(&c.element_paths);
+    if c.debug >= 1 {
+        for (name, dir) in &idx.shadowed {
+            r.debug(&format!("element {name} (in {}) already present", dir.display()));
+        }
+    }
+    let expanded = elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
+    let expanded_list: Vec<String> = expanded.iter().cloned().collect();
+    r.info(&format!("Expanded elements: {}", expanded_list.join(" ")));
+    let user_vars = env::resolve_envvars(&c.envvars, |k| std::env::var(k).ok());
+    let names: Vec<&str> = user_vars.iter().rev().map(|(k, _)| k.as_str()).collect();
+    r.info(&format!("Carried environment variables: {}", names.join(" ")));
+    let ramdisk = c.ramdisk || expanded.contains("ironic-agent");
+
+    r.message("Preparing auxiliary data");
+    ws.write_aux(&image_name, &c.extra_packages)?;
+    let hooks_dir = ws.aux().join("hooks");
+    hooks::build(&hooks_dir, &expanded, &idx, &c.exclude_scripts, &c.install_type).map_err(|e| e.to_string())?;
+    let owners = script_owners(&idx, &expanded);
+    let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
+    let image_cache = c
+        .image_cache
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
+    std::fs::create_dir_all(&image_cache).map_err(|e| format!("cannot create {}: {e}", image_cache.display()))?;
+    let argv: Vec<String> = std::env::args().collect();
+    let vars = BuildVars {
+        user_vars,
+        arch: c.arch.clone().unwrap_or_else(host_arch),
+        image_name: image_name.clone(),
+        elements: expanded_list.clone(),
+        offline: !c.network,
+        root_label: c.root_label(),
+        root_uuid: random_uuid(),
+        dib_args: env::dib_args(&argv),
+        dib_env: env::dib_env(std::env::vars()),
+        debug: c.debug,
+        fs_type: c.fs_type.clone(),
+        checksum: c.checksum,
+        block_device: "/dev/loop0".into(),
+    };
+    let _ = tools;
+
+    r.message("Opening the disks");
+    let plan = OutputPlan::new(c, ramdisk, &ws.dir)?;
+    plan.create_target_disk(c.size)?;
+    let helper = match &c.drive {
+        Some(d) => DiskConfig {
+            path: PathBuf::from(d),
+            format: match c.drive_format.as_deref() {
+                None => guess_drive_format(Path::new(d))?,
+                Some(f) => f.parse().map_err(|e: String| BuildError::Error(format!("--drive-format: {e}")))?,
+            },
+            read_only: false,
+            id: "microdib-helper".into(),
+        },
+        None => {
+            let p = ws.dir.join("helper.raw");
+            let f = std::fs::File::create(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            f.set_len(HELPER_SIZE).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
+            DiskConfig { path: p, format: DiskFormat::Raw, read_only: false, id: "microdib-helper".into() }
+        }
+    };
+    let kernel = appliance::find_kernel()?;
+    let agent = appliance::find_agent()?;
+    let files =
+        initramfs::appliance::build_or_cached(&agent, &appliance::cache_root().join("appliance"), |m| r.info(m))
+            .map_err(|e| format!("cannot build the appliance: {}", appliance::error_chain(&e)))?;
+    let host = vmm::KvmHost::open().map_err(|e| {
+        format!(
+            "KVM cannot run the build VM here: {}. Software-emulated KVM (--accel tcg) is not available yet; on this machine run microdib through hack/nested-run",
+            appliance::error_chain(&e)
+        )
+    })?;
+    let spec = ApplianceSpec {
+        kernel,
+        initrd: files.initrd,
+        root: files.root,
+        disks: vec![
+            DiskConfig {
+                path: plan.target_disk.clone(),
+                format: DiskFormat::Raw,
+                read_only: false,
+                id: "microdib-target".into(),
+            },
+            helper,
+        ],
+        memory_mib: c.memsize.map(|m| m.max(256) as u64).unwrap_or(DEFAULT_MEMORY_MIB),
+        vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(DEFAULT_VCPUS),
+        vsock: ws.dir.join("vsock"),
+        console: ws.dir.join("console.log"),
+    };
+    let mut vm = ApplianceVm::start(&host, spec)?;
+    signals::watch_vm(Some(vm.latch()));
+    let log_hint = if c.drive.is_some() {
+        format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))
+    } else {
+        "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".to_owned()
+    };
+    let runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint };
+    let result = guest_build(c, &mut vm, runner, &ws, &plan, &hooks_dir, &image_name);
+    if let Err(e) = result {
+        if let Some(end) = vm.ended() {
+            if signals::caught().is_none() {
+                return Err(BuildError::Error(format!("the build VM stopped: {end}{}", vm.console_tail())));
+            }
+        }
+        return Err(e);
+    }
+    r.message("Umounting the disks");
+    vm.shutdown()?;
+    signals::watch_vm(None);
+    plan.finish(c, r)?;
+    r.message("Done");
+    Ok(())
+}
+
+/// Without --drive-format: qcow2 only if the file says so, else raw (the helper is the user's
+/// own file; a target disk is never probed).
+fn guess_drive_format(p: &Path) -> Result<DiskFormat, BuildError> {
+    let mut magic = [0u8; 4];
+    let f = std::fs::File::open(p).map_err(|e| format!("cannot open the helper drive {}: {e}", p.display()))?;
+    use std::os::unix::fs::FileExt;
+    let n = f.read_at(&mut magic, 0).unwrap_or(0);
+    Ok(if n == 4 && &magic == b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
+}
+
+/// Which element each copied script came from.
+fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String, String, String)> {
+    let mut v = Vec::new();
+    for name in expanded {
+        let Some(el) = idx.get(name) else { continue };
+        let Ok(entries) = std::fs::read_dir(&el.dir) else { continue };
+        for e in entries.flatten() {
+            let phase = e.file_name().to_string_lossy().into_owned();
+            if phase.ends_with(".d") && e.path().is_dir() {
+                for s in phase_scripts(&e.path()) {
+                    v.push((phase.clone(), s, name.clone()));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// The part of the build that happens in the VM.
+fn guest_build(
+    c: &Cmdline,
+    vm: &mut ApplianceVm,
+    mut runner: PhaseRunner<'_>,
+    ws: &Workspace,
+    plan: &OutputPlan,
+    hooks_dir: &Path,
+    image_name: &str,
+) -> Result<(), BuildError> {
+    let r = runner.reporter;
+    // The aux tree lives in a tmpfs in the appliance, bound into the target at /tmp/in_target.aux;
+    // the helper drive is mounted inside it at perm/.
+    guest_sh(vm, "mkdir -p /run/microdib/aux /sysroot && mount -t tmpfs -o mode=0755 aux /run/microdib/aux", &[])?;
+    tar_in(vm, &ws.aux(), "/run/microdib/aux")?;
+    tar_in(vm, Path::new(c.basepath.as_deref().unwrap_or_default()), "/run/microdib/aux/lib")?;
+    let helper_setup = if c.drive.is_some() {
+        // A partitioned helper: its first partition; otherwise the whole disk.
+        r#"part=$(ls -d /sys/block/vdb/vdb* 2>/dev/null | sort -V | head -n1); dev=/dev/${part:+${part##*/}}; [ -n "$part" ] || dev=/dev/vdb
+           mount "$dev" /run/microdib/aux/perm || { echo "cannot mount the helper drive ($dev): it needs a file system" >&2; exit 1; }"#
+    } else {
+        "mkfs.ext2 -q -F /dev/vdb >/dev/null && mount /dev/vdb /run/microdib/aux/perm"
+    };
+    guest_sh(vm, &format!("set -e\n{helper_setup}\nmkdir -p /run/microdib/aux/perm/home/.cache/image-create"), &[])?;
+
+    // block-device.d, before any file system exists.
+    guest_sh(vm, "set -e; mount -t tmpfs -o mode=0755 sysroot /sysroot; mkdir -p /sysroot/tmp", &[])?;
+    mount_aux(vm)?;
+    let loop_dev = guest_sh(vm, "losetup --show -f /dev/vda", &[])?;
+    let mut block_device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or("/dev/vda").to_owned();
+    runner.vars.block_device = block_device.clone();
+    let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
+    let out = runner.run(vm, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
+    if !scripts.is_empty() {
+        block_device = block_device_from_output(&out, &block_device)?;
+        runner.vars.block_device = block_device.clone();
+    }
+    guest_sh(vm, "sync; umount -R /sysroot", &[])?;
+
+    r.message("Setting up the destination root");
+    make_filesystem(vm, c, &runner.vars, &block_device)?;
+    guest_sh(vm, r#"set -e; mount "$1" /sysroot; mkdir -p /sysroot/tmp"#, &[&block_device])?;
+    mount_aux(vm)?;
+    guest_sh(vm, "mkdir /sysroot/subroot", &[])?;
+    let scripts = phase_scripts(&hooks_dir.join("root.d"));
+    runner.run(vm, "root.d", &outside("/sysroot/subroot"), &scripts, None, false)?;
+    guest_sh(
+        vm,
+        r#"set -e; sync; umount -R /sysroot/tmp/in_target.aux; rm -rf /sysroot/tmp /sysroot/subroot/lost+found
+           for e in /sysroot/subroot/* /sysroot/subroot/.[!.]* /sysroot/subroot/..?*; do
+               if [ -e "$e" ] || [ -L "$e" ]; then mv "$e" /sysroot/; fi
+           done
+           rmdir /sysroot/subroot
+           [ -d /sysroot/tmp ] || { echo "root.d left no /tmp in the image" >&2; exit 1; }"#,
+        &[],
+    )?;
+    mount_aux(vm)?;
+    guest_sh(vm, "ln -sfn in_target.aux/hooks /sysroot/tmp/in_target.d", &[])?;
+
+    let extra = phase_scripts(&hooks_dir.join("extra-data.d"));
+    if !extra.is_empty() {
+        return Err(BuildError::Error(format!(
+            "extra-data.d scripts ({}) need the host view of the image, which this version of microdib does not provide yet",
+            extra.join(" ")
+        )));
+    }
+    for phase in ["pre-install.d", "install.d", "post-install.d"] {
+        let scripts = runner.guest_scripts(vm, phase)?;
+        runner.run(vm, phase, &Context::Chroot, &scripts, None, false)?;
+        if phase == "pre-install.d" && !c.extra_packages.is_empty() {
+            install_packages(vm, &runner, &c.extra_packages)?;
+        }
+    }
+    let scripts = runner.guest_scripts(vm, "post-root.d")?;
+    runner.run(vm, "post-root.d", &outside(SYSROOT), &scripts, None, false)?;
+
+    // Remount, as virt-dib does between post-install.d and finalise.d.
+    guest_sh(vm, r#"set -e; sync; umount -R /sysroot; mount "$1" /sysroot"#, &[&block_device])?;
+    mount_aux(vm)?;
+    let scripts = runner.guest_scripts(vm, "pre-finalise.d")?;
+    runner.run(vm, "pre-finalise.d", &outside(SYSROOT), &scripts, None, false)?;
+    let scripts = runner.guest_scripts(vm, "finalise.d")?;
+    runner.run(vm, "finalise.d", &Context::Chroot, &scripts, None, false)?;
+    let scripts = phase_scripts(&hooks_dir.join("cleanup.d"));
+    let out_dir = format!("/sysroot/tmp/in_target.aux/out/{image_name}.d");
+    runner.run(vm, "cleanup.d", &outside(SYSROOT), &scripts, Some(&out_dir), false)?;
+    let _ = FIXED_PHASES;
+
+    guest_sh(vm, "sync", &[])?;
+    let listing = guest_sh(vm, r#"ls -A "$1""#, &[&format!("/run/microdib/aux/out/{image_name}.d")])?;
+    if !listing.trim().is_empty() {
+        r.message("Extracting data out of the image");
+        plan.extract_named_dir(vm, image_name)?;
+    }
+    // Final clean-up of the image.
+    guest_sh(
+        vm,
+        r#"set -e; sync; umount -R /sysroot; mount "$1" /sysroot
+           find /sysroot/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+           [ -d /sysroot/var/log ] || { echo "the image has no /var/log" >&2; exit 1; }
+           find /sysroot/var/log -type f -exec truncate -s 0 {} +
+           if [ -d /sysroot/root ]; then find /sysroot/root -type f -name '*.log' -delete; fi"#,
+        &[&block_device],
+    )?;
+    plan.filesystem_outputs(vm, r)?;
+    guest_sh(vm, r#"set -e; sync; umount -R /sysroot; umount /run/microdib/aux/perm; losetup -D; sync"#, &[])?;
+    Ok(())
+}
+
+fn outside(sysroot: &str) -> Context {
+    Context::Outside { sysroot: sysroot.to_owned() }
+}
+
+fn mount_aux(vm: &mut ApplianceVm) -> Result<(), BuildError> {
+    guest_sh(
+        vm,
+        "mkdir -p /sysroot/tmp/in_target.aux && mount --rbind /run/microdib/aux /sysroot/tmp/in_target.aux",
+        &[],
+    )
+    .map(|_| ())
+}
+
+/// mkfs with virt-dib's options, then the label and (for ext*) the UUID.
+fn make_filesystem(vm: &mut ApplianceVm, c: &Cmdline, vars: &BuildVars, dev: &str) -> Result<(), BuildError> {
+    let fs = &c.fs_type;
+    let mut cmd = format!("mkfs -t {}", crate::shell::quote(fs));
+    if fs == "ext4" {
+        cmd.push_str(" -i 4096 -J size=64");
+    }
+    if let Some(o) = &c.mkfs_options {
+        // Word-split by the shell, as virt-dib's was.
+        cmd.push(' ');
+        cmd.push_str(o);
+    }
+    cmd.push_str(&format!(" {} >/dev/null", crate::shell::quote(dev)));
+    let (label, q) = (crate::shell::quote(&vars.root_label), crate::shell::quote(dev));
+    let label_cmd = match fs.as_str() {
+        f if f.starts_with("ext") => {
+            format!("e2label {q} {label} && tune2fs -U {} {q} >/dev/null", crate::shell::quote(&vars.root_uuid))
+        }
+        "xfs" => format!("xfs_admin -L {label} {q} >/dev/null"),
+        "btrfs" => format!("btrfs filesystem label {q} {label}"),
+        "vfat" | "fat" | "msdos" => format!("fatlabel {q} {label}"),
+        other => format!("echo 'cannot set a label on {other}' >&2; exit 1"),
+    };
+    guest_sh(vm, &format!("set -e\n{cmd}\n{label_cmd}"), &[])
+        .map_err(|e| match e {
+            BuildError::Error(m) => BuildError::Error(format!("making the {fs} file system failed: {m}")),
+            other => other,
+        })
+        .map(|_| ())
+}
+
+/// `--extra-packages`: install-packages in the chroot right after pre-install.d.
+fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), BuildError> {
+    let list = pkgs.join(" ");
+    runner.reporter.message(&format!("Installing: {list}"));
+    runner.append_log(vm, &format!("Installing {list}...\n"))?;
+    let env = runner.vars.script_env(&Context::Chroot);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let quiet = runner.reporter.quiet();
+    let status = vm
+        .agent()?
+        .run_chrooted(&["/tmp/in_target.aux/install-packages.sh"], &env, Some("/"), SYSROOT, |_, d| {
+            if !quiet {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(d);
+            }
+        })
+        .map_err(|e| format!("lost the build VM while installing packages: {e}"))?;
+    if status != microdib_proto::client::ExitStatus::Code(0) {
+        return Err(BuildError::Error(format!(
+            "installing the extra packages failed: {}",
+            phases::status_text(&status)
+        )));
+    }
+    Ok(())
+}
+
+/// Sends a host directory into the appliance as a tar stream owned by root.
+fn tar_in(vm: &mut ApplianceVm, src: &Path, dest: &str) -> Result<(), BuildError> {
+    use std::process::{Command, Stdio};
+    guest_sh(vm, r#"mkdir -p "$1""#, &[dest])?;
+    let mut tar = Command::new("tar")
+        .args(["--owner=root", "--group=root", "-C"])
+        .arg(src)
+        .args(["-cf", "-", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let Some(out) = tar.stdout.take() else { return Err("tar has no output".to_owned().into()) };
+    let mut errors = Vec::new();
+    let status = vm.agent()?.tar_in(dest, out, |_, d| errors.extend_from_slice(d));
+    let host = tar.wait().map_err(|e| format!("tar failed: {e}"))?;
+    let status = status.map_err(|e| format!("copying {} into the build VM failed: {e}", src.display()))?;
+    if !host.success() || status != microdib_proto::client::ExitStatus::Code(0) {
+        return Err(BuildError::Error(format!(
+            "copying {} into the build VM failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&errors).trim()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_and_stamps() {
+        let u = random_uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, random_uuid());
+        let s = utc_stamp();
+        assert_eq!(s.len(), 15, "{s}");
+        assert!(s.starts_with("20") && &s[8..9] == "-");
+        assert_eq!(host_arch(), "amd64");
+    }
+}

@@ -1,0 +1,275 @@
+//! Running element phases in the build VM: each script in its own wrapper process, its output
+//! streamed to the console (unless -q) and appended to the build log, timed, and stopped at the
+//! first failure with the element, phase, script, status and the tail of the output.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::time::Instant;
+
+use microdib_proto::client::ExitStatus;
+
+use super::appliance::ApplianceVm;
+use super::env::{BuildVars, Context, AUX, SYSROOT};
+use super::BuildError;
+use crate::elements::scripts::{digit_prefix_compare, is_script_name};
+use crate::messages::Reporter;
+
+/// Lines of output kept for the failure message.
+const TAIL_LINES: usize = 20;
+
+/// Runs phases of one build.
+pub struct PhaseRunner<'a> {
+    pub reporter: &'a Reporter,
+    pub vars: BuildVars,
+    /// The build log's file name at the root of the helper drive.
+    pub log_name: String,
+    /// (phase, script) -> element, from the elements as copied (scripts added during the
+    /// build have none).
+    pub owners: Vec<(String, String, String)>,
+    /// Where the log should be looked at, for failure messages.
+    pub log_hint: String,
+}
+
+/// A phase's scripts and how long each took.
+pub struct PhaseTimes {
+    pub phase: String,
+    pub scripts: Vec<(String, f64)>,
+}
+
+impl<'a> PhaseRunner<'a> {
+    fn owner(&self, phase: &str, script: &str) -> String {
+        self.owners
+            .iter()
+            .find(|(p, s, _)| p == phase && s == script)
+            .map(|(_, _, e)| e.clone())
+            .unwrap_or_else(|| "added during the build".into())
+    }
+
+    /// The scripts of `phase` as the guest has them now, in run order.
+    pub fn guest_scripts(&self, vm: &mut ApplianceVm, phase: &str) -> Result<Vec<String>, BuildError> {
+        let dir = format!("/run/microdib/aux/hooks/{phase}");
+        let out = guest_sh(
+            vm,
+            r#"cd "$1" 2>/dev/null || exit 0; for f in *; do if [ -f "$f" ] && [ -x "$f" ]; then echo "$f"; fi; done"#,
+            &[&dir],
+        )?;
+        let mut v: Vec<String> = out.lines().filter(|l| is_script_name(l)).map(String::from).collect();
+        v.sort_by(|a, b| digit_prefix_compare(a, b));
+        Ok(v)
+    }
+
+    /// Runs `scripts` of `phase` in `ctx`; returns each script's output when `capture` is set
+    /// (block-device.d reads IMAGE_BLOCK_DEVICE from it).
+    pub fn run(
+        &self,
+        vm: &mut ApplianceVm,
+        phase: &str,
+        ctx: &Context,
+        scripts: &[String],
+        new_wd: Option<&str>,
+        capture: bool,
+    ) -> Result<String, BuildError> {
+        if scripts.is_empty() {
+            return Ok(String::new());
+        }
+        if self.vars.debug >= 1 {
+            self.reporter.debug(&format!("Running hooks for {phase}..."));
+        }
+        let env = self.vars.script_env(ctx);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (root, chroot) = match ctx {
+            Context::Outside { .. } => (SYSROOT, None),
+            Context::Chroot => ("", Some(SYSROOT)),
+        };
+        let aux = format!("{root}{AUX}");
+        let log = format!("{aux}/perm/{}", self.log_name);
+        let hook_dir = format!("{aux}/hooks/{phase}");
+        let die = if chroot.is_none() { "1" } else { "0" };
+        let wd = new_wd.unwrap_or("");
+        let mut captured = String::new();
+        let mut times = PhaseTimes { phase: phase.to_owned(), scripts: Vec::new() };
+        for script in scripts {
+            self.reporter.message(&format!("Running: {phase}/{script}"));
+            self.reporter.json(&[("type", "script-start"), ("phase", phase), ("script", script)]);
+            let started = Instant::now();
+            let argv = [
+                format!("{aux}/run-and-log.sh"),
+                log.clone(),
+                phase.into(),
+                hook_dir.clone(),
+                script.clone(),
+                wd.into(),
+                die.into(),
+            ];
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let mut tail: VecDeque<String> = VecDeque::new();
+            let mut partial = String::new();
+            let quiet = self.reporter.quiet();
+            let on_output = |_is_err: bool, data: &[u8]| {
+                if !quiet {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(data);
+                    let _ = o.flush();
+                }
+                let text = String::from_utf8_lossy(data);
+                if capture {
+                    captured.push_str(&text);
+                }
+                partial.push_str(&text);
+                while let Some(nl) = partial.find('\n') {
+                    let line: String = partial.drain(..=nl).collect();
+                    tail.push_back(line.trim_end_matches('\n').to_owned());
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+            };
+            let agent = vm.agent()?;
+            let status = match chroot {
+                None => agent.run(&argv, &env, Some("/"), on_output),
+                Some(root) => agent.run_chrooted(&argv, &env, Some("/"), root, on_output),
+            };
+            let secs = started.elapsed().as_secs_f64();
+            if !partial.is_empty() {
+                tail.push_back(partial.clone());
+            }
+            if capture && !captured.ends_with('\n') {
+                captured.push('\n');
+            }
+            let status = status
+                .map_err(|e| BuildError::Error(format!("lost the build VM while running {phase}/{script}: {e}")))?;
+            self.reporter.json(&[
+                ("type", "script-end"),
+                ("phase", phase),
+                ("script", script),
+                ("seconds", &format!("{secs:.3}")),
+                ("status", &status_text(&status)),
+            ]);
+            if self.vars.debug >= 1 {
+                self.reporter.debug(&format!("{script} completed after {secs:.3} s"));
+            }
+            times.scripts.push((script.clone(), secs));
+            if !matches!(status, ExitStatus::Code(0)) {
+                let tail: Vec<String> = tail.into_iter().collect();
+                return Err(BuildError::Error(format!(
+                    "{phase}/{script} (element {}) failed: {}\nlast lines of its output:\n{}\n{}",
+                    self.owner(phase, script),
+                    status_text(&status),
+                    tail.join("\n"),
+                    self.log_hint
+                )));
+            }
+        }
+        self.append_log(vm, &profiling_table(&times))?;
+        Ok(captured)
+    }
+
+    /// Appends `text` to the build log (through the aux mount in the appliance).
+    pub fn append_log(&self, vm: &mut ApplianceVm, text: &str) -> Result<(), BuildError> {
+        let log = format!("/run/microdib/aux/perm/{}", self.log_name);
+        let agent = vm.agent()?;
+        let status = agent
+            .run_with_input(&["/bin/sh", "-c", r#"cat >> "$1""#, "sh", &log], &[], None, text.as_bytes(), |_, _| {})
+            .map_err(|e| BuildError::Error(format!("cannot write the build log: {e}")))?;
+        match status {
+            ExitStatus::Code(0) => Ok(()),
+            s => Err(BuildError::Error(format!("cannot write the build log ({})", status_text(&s)))),
+        }
+    }
+}
+
+pub fn status_text(s: &ExitStatus) -> String {
+    match s {
+        ExitStatus::Code(c) => format!("exit status {c}"),
+        ExitStatus::Signal(sig) => format!("killed by signal {sig}"),
+    }
+}
+
+/// virt-dib's profiling table.
+pub fn profiling_table(t: &PhaseTimes) -> String {
+    let mut s = String::from("----------------------- PROFILING -----------------------\n\n");
+    s.push_str(&format!("Target: {}\n\n", t.phase));
+    s.push_str(&format!("{:<40} {:>9}\n", "Script", "Seconds"));
+    s.push_str(&format!("{:<40} {}\n\n", "-".repeat(39), "-".repeat(10)));
+    for (name, secs) in &t.scripts {
+        s.push_str(&format!("{name:<40} {secs:10.3}\n"));
+    }
+    s.push_str("\n--------------------- END PROFILING ---------------------\n");
+    s
+}
+
+/// Runs a shell snippet in the appliance (outside the target) with the appliance's PATH;
+/// returns its stdout, or an error with its output.
+pub fn guest_sh(vm: &mut ApplianceVm, script: &str, args: &[&str]) -> Result<String, BuildError> {
+    let mut argv = vec!["/bin/sh", "-c", script, "sh"];
+    argv.extend_from_slice(args);
+    let env = [("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")];
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let status = vm
+        .agent()?
+        .run(
+            &argv,
+            &env,
+            Some("/"),
+            |is_err, d| if is_err { err.extend_from_slice(d) } else { out.extend_from_slice(d) },
+        )
+        .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
+    if status != ExitStatus::Code(0) {
+        let mut msg = String::from_utf8_lossy(&err).trim().to_owned();
+        if msg.is_empty() {
+            msg = String::from_utf8_lossy(&out).trim().to_owned();
+        }
+        return Err(BuildError::Error(format!("{msg} ({})", status_text(&status))));
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// block-device.d's contract: no output keeps `current`; otherwise exactly one
+/// `IMAGE_BLOCK_DEVICE=` line names the new device.
+pub fn block_device_from_output(output: &str, current: &str) -> Result<String, String> {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        return Ok(current.to_owned());
+    }
+    let found: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("IMAGE_BLOCK_DEVICE=")).collect();
+    match found.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\n{}", lines.join("\n"))),
+        _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_device_contract() {
+        assert_eq!(block_device_from_output("\n\n", "/dev/loop0").unwrap(), "/dev/loop0");
+        assert_eq!(
+            block_device_from_output("hello\nIMAGE_BLOCK_DEVICE=/dev/loop0p1\n", "/dev/loop0").unwrap(),
+            "/dev/loop0p1"
+        );
+        assert_eq!(
+            block_device_from_output("a\nb\n", "/dev/loop0").unwrap_err(),
+            "variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\na\nb"
+        );
+        assert!(block_device_from_output("IMAGE_BLOCK_DEVICE=a\nIMAGE_BLOCK_DEVICE=b", "x")
+            .unwrap_err()
+            .contains("more than one occurrency"));
+    }
+
+    #[test]
+    fn profiling_table_layout() {
+        let t = PhaseTimes { phase: "install.d".into(), scripts: vec![("10-a".into(), 1.5)] };
+        let s = profiling_table(&t);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "----------------------- PROFILING -----------------------");
+        assert_eq!(lines[2], "Target: install.d");
+        assert_eq!(lines[4], format!("{:<40} {:>9}", "Script", "Seconds"));
+        assert_eq!(lines[5], format!("{} {}", "-".repeat(39) + " ", "-".repeat(10)));
+        assert_eq!(lines[7], format!("{:<40} {:>10}", "10-a", "1.500"));
+        assert_eq!(*lines.last().unwrap(), "--------------------- END PROFILING ---------------------");
+    }
+}

@@ -1,0 +1,64 @@
+//! SIGINT, SIGTERM and SIGHUP during a build: the build VM is stopped, the running host tool is
+//! killed, and the build unwinds through its normal failure path (temporary files removed).
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm::vm::ExitLatch;
+use vmm::GuestExit;
+
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+static CHILD: AtomicI32 = AtomicI32::new(0);
+static VM: Mutex<Option<Arc<ExitLatch>>> = Mutex::new(None);
+
+/// Blocks the stop signals in this thread (and so in every thread started later) and starts
+/// the thread that takes them. Call before any other thread exists.
+pub fn install() {
+    // SAFETY: sigset_t is plain data set up by sigemptyset/sigaddset; pthread_sigmask changes only
+    // this thread's mask; sigwait is given a valid set and output pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || loop {
+            let mut sig = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                return;
+            }
+            CAUGHT.store(sig, Ordering::SeqCst);
+            if let Some(latch) = VM.lock().ok().and_then(|g| g.clone()) {
+                latch.set(GuestExit::Interrupted(sig));
+            }
+            let child = CHILD.load(Ordering::SeqCst);
+            if child > 0 {
+                libc::kill(child, libc::SIGTERM);
+            }
+        });
+    }
+}
+
+/// The VM a signal should stop (None when it is gone).
+pub fn watch_vm(latch: Option<Arc<ExitLatch>>) {
+    if let Ok(mut g) = VM.lock() {
+        *g = latch;
+    }
+}
+
+/// The host process a signal should stop (0 for none).
+pub fn watch_child(pid: u32) {
+    CHILD.store(pid as i32, Ordering::SeqCst);
+}
+
+/// The signal caught, if any, by name.
+pub fn caught() -> Option<&'static str> {
+    match CAUGHT.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGINT => Some("SIGINT"),
+        libc::SIGTERM => Some("SIGTERM"),
+        libc::SIGHUP => Some("SIGHUP"),
+        _ => Some("a signal"),
+    }
+}

@@ -1,0 +1,11 @@
+//! microdib: a virt-dib compatible disk image builder that runs diskimage-builder elements in a
+//! KVM microVM. The binary is `src/main.rs`; this library holds the command line, the element
+//! engine, messages and outputs so tests can reach them.
+
+pub mod build;
+pub mod cli;
+pub mod elements;
+pub mod messages;
+pub mod output;
+pub mod preflight;
+pub mod shell;

@@ -1,0 +1,79 @@
+//! `microdib`: build disk images from diskimage-builder elements in a KVM microVM, with
+//! virt-dib's command line. Installed or linked as `virt-dib`, it speaks as virt-dib.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use microdib::build::{self, BuildError};
+use microdib::cli::{self, Action, CliError};
+use microdib::messages::{Reporter, ReporterOptions};
+use microdib::output::Format;
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let args: Vec<String> = std::env::args().collect();
+    let prog = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "microdib".into());
+    let plain = Reporter::new(&prog, start, &ReporterOptions::default(), None);
+    let c = match cli::parse(args.get(1..).unwrap_or_default()) {
+        Ok(Action::Run(c)) => c,
+        Ok(Action::Help) => {
+            print!("{}", cli::options::help_text(&prog));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("{prog} {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::ShortOptions) => {
+            print!("{}", cli::options::option_names(false));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::LongOptions) => {
+            print!("{}", cli::options::option_names(true));
+            return ExitCode::SUCCESS;
+        }
+        Err(CliError::Usage(m)) => {
+            eprintln!("{prog}: {m}\nTry ‘{prog} --help’ or consult {prog}(1) for more information.");
+            return ExitCode::from(1);
+        }
+        Err(CliError::Error(m)) => {
+            plain.error(&m);
+            return ExitCode::from(1);
+        }
+    };
+    let machine = match &c.machine_readable {
+        None => None,
+        Some(spec) => match Reporter::open_machine(spec) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                plain.error(&format!("cannot open the --machine-readable output: {e}"));
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let opts = ReporterOptions { quiet: c.quiet, color: c.color, wrap: c.wrap, verbose: c.verbose, trace: c.trace };
+    let reporter = Reporter::new(&prog, start, &opts, machine);
+    // Capabilities: --machine-readable alone (before the -B check, as virt-dib does).
+    if c.machine_readable.is_some() && c.elements.is_empty() {
+        let mut lines = vec![prog.clone()];
+        lines.extend(Format::ALL.iter().filter(|f| f.supported()).map(|f| format!("output:{f}")));
+        reporter.raw_machine(&lines.join("\n"));
+        return ExitCode::SUCCESS;
+    }
+    match build::run(&c, &reporter) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(BuildError::Error(m)) => {
+            reporter.error(&m);
+            ExitCode::from(1)
+        }
+        Err(BuildError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(BuildError::Signal(name)) => {
+            eprintln!("{prog}: Exiting on signal {name}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! What microdib prints, in virt-dib's forms: timestamped progress `message`s (`[   1.2] Text`,
+//! green on a terminal, silenced by -q), `info` and `warning` lines prefixed with the program
+//! name, `error`s with the bug-report hint, and with --machine-readable a JSON line per event.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::cli::MachineReadable;
+
+/// Wrap width for info/warning/error text on a terminal or with --wrap.
+const WRAP_COLUMNS: usize = 76;
+
+/// Prints progress and diagnostics for one run of the program.
+pub struct Reporter {
+    prog: String,
+    start: Instant,
+    quiet: bool,
+    color: bool,
+    wrap: bool,
+    verbose: bool,
+    trace: bool,
+    machine: Option<Mutex<Box<dyn Write + Send>>>,
+}
+
+/// Kinds of event, as written in the JSON `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Info => "info",
+            Kind::Warning => "warning",
+            Kind::Error => "error",
+        }
+    }
+}
+
+/// Settings for a `Reporter`.
+#[derive(Debug, Clone, Default)]
+pub struct ReporterOptions {
+    pub quiet: bool,
+    pub color: bool,
+    pub wrap: bool,
+    pub verbose: bool,
+    pub trace: bool,
+}
+
+impl Reporter {
+    pub fn new(prog: &str, start: Instant, o: &ReporterOptions, machine: Option<Box<dyn Write + Send>>) -> Self {
+        Reporter {
+            prog: prog.to_owned(),
+            start,
+            quiet: o.quiet,
+            color: o.color || std::io::stdout().is_terminal(),
+            wrap: o.wrap,
+            verbose: o.verbose,
+            trace: o.trace,
+            machine: machine.map(Mutex::new),
+        }
+    }
+
+    /// Opens the --machine-readable channel.
+    pub fn open_machine(spec: &MachineReadable) -> std::io::Result<Box<dyn Write + Send>> {
+        use std::os::fd::FromRawFd;
+        Ok(match spec {
+            MachineReadable::Stdout => Box::new(std::io::stdout()),
+            MachineReadable::Stderr => Box::new(std::io::stderr()),
+            MachineReadable::File(p) => Box::new(std::fs::File::create(p)?),
+            MachineReadable::Fd(fd) => {
+                // The user handed us this descriptor on the command line; check it is open first.
+                // SAFETY: fcntl(F_GETFD) only queries the descriptor.
+                if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: the descriptor is open and, by the user's choice, ours to write to.
+                Box::new(unsafe { std::fs::File::from_raw_fd(*fd) })
+            }
+        })
+    }
+
+    pub fn prog(&self) -> &str {
+        &self.prog
+    }
+
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn event(&self, kind: Kind, text: &str) {
+        self.json(&[("message", text), ("timestamp", &timestamp()), ("type", kind.name())]);
+    }
+
+    /// Writes one JSON object to the machine-readable channel (fields in the given order).
+    pub fn json(&self, fields: &[(&str, &str)]) {
+        let Some(m) = &self.machine else { return };
+        let body: Vec<String> =
+            fields.iter().map(|(k, v)| format!("\"{}\": \"{}\"", json_escape(k), json_escape(v))).collect();
+        if let Ok(mut w) = m.lock() {
+            let _ = writeln!(w, "{{ {} }}", body.join(", "));
+            let _ = w.flush();
+        }
+    }
+
+    /// Writes `text` and a newline to the machine-readable channel as is.
+    pub fn raw_machine(&self, text: &str) {
+        let Some(m) = &self.machine else { return };
+        if let Ok(mut w) = m.lock() {
+            let _ = writeln!(w, "{text}");
+            let _ = w.flush();
+        }
+    }
+
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// A progress line, `[  12.3] text`.
+    pub fn message(&self, text: &str) {
+        self.event(Kind::Message, text);
+        if self.quiet {
+            return;
+        }
+        let line = format!("[{:6.1}] {text}", self.elapsed());
+        let mut out = std::io::stdout().lock();
+        let _ = if self.color { writeln!(out, "\x1b[0;32m{line}\x1b[0m") } else { writeln!(out, "{line}") };
+        let _ = out.flush();
+    }
+
+    /// `prog: text`, not silenced by -q.
+    pub fn info(&self, text: &str) {
+        self.event(Kind::Info, text);
+        self.print_prefixed(&format!("{}: {text}", self.prog), "\x1b[1;35m", false);
+    }
+
+    pub fn warning(&self, text: &str) {
+        self.event(Kind::Warning, text);
+        self.print_prefixed(&format!("{}: warning: {text}", self.prog), "\x1b[1;34m", false);
+    }
+
+    /// `prog: error: text` on stderr, followed by the bug-report hint unless both -v and -x.
+    pub fn error(&self, text: &str) {
+        self.event(Kind::Error, text);
+        let mut s = format!("{}: error: {text}", self.prog);
+        if !(self.verbose && self.trace) {
+            s.push_str(&format!(
+                "\n\nIf reporting bugs, run {p} with debugging enabled and include the complete output:\n\n  {p} -v -x [...]",
+                p = self.prog
+            ));
+        }
+        self.print_prefixed(&s, "\x1b[1;31m", true);
+    }
+
+    /// Debug output (--debug N): plain lines on stderr.
+    pub fn debug(&self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn print_prefixed(&self, text: &str, color: &str, to_stderr: bool) {
+        let tty = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+        let text = if self.wrap || tty { wrap(text, WRAP_COLUMNS) } else { text.to_owned() };
+        let colored = if self.color { format!("{color}{text}\x1b[0m") } else { text };
+        if to_stderr {
+            eprintln!("{colored}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{colored}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Wraps each paragraph line at `cols` columns on spaces (long words stay whole).
+pub fn wrap(text: &str, cols: usize) -> String {
+    let mut out = Vec::new();
+    for line in text.split('\n') {
+        let mut cur = String::new();
+        for word in line.split(' ') {
+            if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > cols {
+                out.push(std::mem::take(&mut cur));
+            } else if !cur.is_empty() {
+                cur.push(' ');
+            }
+            cur.push_str(word);
+        }
+        out.push(cur);
+    }
+    out.join("\n")
+}
+
+/// Escapes what virt-dib's JSON writer escapes, plus other control characters.
+pub fn json_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\u{8}' => o.push_str("\\b"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// RFC 3339 local time with nanoseconds and a ±HH:MM offset, as virt-dib writes it.
+pub fn timestamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return String::new();
+    }
+    let off = tm.tm_gmtoff;
+    let sign = if off < 0 { '-' } else { '+' };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}{sign}{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_nanos(),
+        off.abs() / 3600,
+        off.abs() % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escaping_and_timestamps() {
+        assert_eq!(json_escape("a\"b\\c\nd\te\u{1}"), "a\\\"b\\\\c\\nd\\te\\u0001");
+        let t = timestamp();
+        // 2026-11-21T21:19:31.445450747+00:00
+        assert_eq!(t.len(), 35, "{t}");
+        assert_eq!(&t[10..11], "T");
+        assert!(t[29..30] == *"+" || t[29..30] == *"-");
+    }
+
+    #[test]
+    fn wrapping_keeps_words_whole() {
+        let w = wrap(&"word ".repeat(30), 20);
+        assert!(w.lines().all(|l| l.len() <= 20));
+        assert_eq!(w.split_whitespace().count(), 30);
+        assert_eq!(wrap("short", 76), "short");
+    }
+
+    #[test]
+    fn machine_readable_lines() {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let o = ReporterOptions { quiet: true, ..Default::default() };
+        let r = Reporter::new("microdib", Instant::now(), &o, Some(Box::new(Shared(buf.clone()))));
+        r.message("Opening the disks");
+        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(out.starts_with("{ \"message\": \"Opening the disks\", \"timestamp\": \""), "{out}");
+        assert!(out.ends_with("\", \"type\": \"message\" }\n"), "{out}");
+    }
+}

@@ -44,6 +44,11 @@ fn main() -> ExitCode {
             plain.error(&m);
             return ExitCode::from(1);
         }
+        Err(CliError::ErrorNoHint(m)) => {
+            let opts = ReporterOptions { verbose: true, trace: true, ..Default::default() };
+            Reporter::new(&prog, start, &opts, None).error(&m);
+            return ExitCode::from(1);
+        }
     };
     let machine = match &c.machine_readable {
         None => None,

@@ -9,23 +9,8 @@ use std::sync::OnceLock;
 
 use initramfs::probe::{self, ProbeExit, MARKER};
 
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The guest kernel, built (or found in the cache) by hack/build-kernel.
-fn kernel() -> PathBuf {
-    static K: OnceLock<PathBuf> = OnceLock::new();
-    K.get_or_init(|| {
-        if let Some(k) = std::env::var_os("MICRODIB_KERNEL") {
-            return PathBuf::from(k);
-        }
-        let out = Command::new(workspace().join("hack/build-kernel")).output().expect("cannot run hack/build-kernel");
-        assert!(out.status.success(), "hack/build-kernel failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .clone()
-}
+mod common;
+use common::*;
 
 fn static_busybox() -> PathBuf {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
@@ -56,11 +41,6 @@ fn probe_initramfs(exit: ProbeExit) -> PathBuf {
     path
 }
 
-/// Whether microdib-vmm can run here directly; if not, the reason (printed by the tests).
-fn native_kvm() -> Result<(), String> {
-    vmm::KvmHost::open().map(|_| ()).map_err(|e| e.to_string())
-}
-
 /// Runs microdib-vmm with `args`, natively or through hack/nested-run.
 fn run_vmm(args: &[&str]) -> Output {
     let bin = env!("CARGO_BIN_EXE_microdib-vmm");
@@ -85,40 +65,10 @@ fn run_vmm(args: &[&str]) -> Output {
     out
 }
 
-/// Emulated machines run one at a time: several TCG machines on a 2-core host starve each
-/// other (and the guest timers inside them) far more than running them in turn costs.
-static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Runs a bash script where microdib-vmm can run (natively, or inside hack/nested-run), with
 /// `$VMM` set to the binary. For checks that need the disk files on a local file system.
 fn run_script(script: &str) -> Output {
     run_script_with_env(script, &[])
-}
-
-fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
-    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
-    let mut cmd = match native_kvm() {
-        Ok(()) => Command::new("bash"),
-        Err(_) => {
-            let mut c = Command::new(workspace().join("hack/nested-run"));
-            c.args(["--timeout", "600", "--", "bash"]);
-            c
-        }
-    };
-    let out = cmd
-        .current_dir(workspace())
-        .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
-        .envs(env.iter().copied())
-        .args(["-c", script])
-        .output()
-        .expect("cannot run bash");
-    eprintln!(
-        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Boots `kernel` with the probe initramfs, 256 MiB and a 120 s limit, plus `extra` arguments.
@@ -305,29 +255,6 @@ cmp -s <(dd if="$d/back.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576
     }
 }
 
-/// The agent built for the guest: a static musl binary (its own target directory, so this
-/// cargo does not wait on the one running the tests).
-fn guest_agent() -> PathBuf {
-    static A: OnceLock<PathBuf> = OnceLock::new();
-    A.get_or_init(|| {
-        // No emulated machine boots while this compiles: a busy host upsets its clock calibration.
-        let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
-        let target_dir = workspace().join("target/guest");
-        let status = Command::new(env!("CARGO"))
-            .current_dir(workspace())
-            .args(["build", "--quiet", "--release", "-p", "microdib-agent", "--target", "x86_64-unknown-linux-musl"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .status()
-            .expect("cannot run cargo");
-        assert!(
-            status.success(),
-            "building the agent for x86_64-unknown-linux-musl failed (rustup target add x86_64-unknown-linux-musl)"
-        );
-        target_dir.join("x86_64-unknown-linux-musl/release/microdib-agent")
-    })
-    .clone()
-}
-
 #[test]
 fn agent_runs_commands_over_vsock() {
     let kernel = kernel();
@@ -478,17 +405,6 @@ cat "$d/vmm.err"
     assert!(stdout.contains("host: socket=removed"));
     assert!(stdout.contains("host: vmm=gone"));
     assert!(stdout.contains("host: files=out vmm.err \n") || stdout.contains("host: files=out vmm.err"), "stray files");
-}
-
-/// The appliance (host packages in a squashfs, the agent as init), built or found in the cache.
-fn appliance() -> initramfs::appliance::ApplianceFiles {
-    static A: OnceLock<initramfs::appliance::ApplianceFiles> = OnceLock::new();
-    A.get_or_init(|| {
-        let cache = initramfs::appliance::default_cache_dir();
-        initramfs::appliance::build_or_cached(&guest_agent(), &cache, |m| eprintln!("{m}"))
-            .expect("appliance build failed")
-    })
-    .clone()
 }
 
 #[test]

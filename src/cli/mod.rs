@@ -145,20 +145,37 @@ pub enum CliError {
     Usage(String),
     /// A bad value: `prog: error: <text>` with the bug-report hint.
     Error(String),
+    /// The same without the hint (-v and -x were given).
+    ErrorNoHint(String),
 }
 
 /// Parses `args` (without argv[0]).
 pub fn parse(args: &[String]) -> Result<Action, CliError> {
     let parsed = getopt::parse(&options::specs(), args).map_err(CliError::Usage)?;
     let mut c = Cmdline::default();
-    let int = |v: &str| getopt::parse_int(v).map_err(CliError::Usage);
     for (id, value) in parsed.options {
+        if let Some(done) = apply(&mut c, id, value).map_err(|e| match e {
+            // virt-dib leaves the bug-report hint out when -v and -x came before the error.
+            CliError::Error(m) if c.verbose && c.trace => CliError::ErrorNoHint(m),
+            other => other,
+        })? {
+            return Ok(done);
+        }
+    }
+    c.elements = parsed.operands;
+    Ok(Action::Run(Box::new(c)))
+}
+
+/// Applies one option; `Some(action)` for the options that end parsing (--help, ...).
+fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Action>, CliError> {
+    let int = |v: &str| getopt::parse_int(v).map_err(CliError::Usage);
+    {
         let v = value.unwrap_or_default();
         match id {
-            Opt::Help => return Ok(Action::Help),
-            Opt::Version => return Ok(Action::Version),
-            Opt::ShortOptions => return Ok(Action::ShortOptions),
-            Opt::LongOptions => return Ok(Action::LongOptions),
+            Opt::Help => return Ok(Some(Action::Help)),
+            Opt::Version => return Ok(Some(Action::Version)),
+            Opt::ShortOptions => return Ok(Some(Action::ShortOptions)),
+            Opt::LongOptions => return Ok(Some(Action::LongOptions)),
             Opt::Accel => {
                 c.accel = match v.as_str() {
                     "auto" => Accel::Auto,
@@ -212,8 +229,7 @@ pub fn parse(args: &[String]) -> Result<Action, CliError> {
             Opt::Trace => c.trace = true,
         }
     }
-    c.elements = parsed.operands;
-    Ok(Action::Run(Box::new(c)))
+    Ok(None)
 }
 
 /// `--size`: `^[.0-9]+[bKMG]$`, binary multiples, truncated to whole bytes.

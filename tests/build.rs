@@ -1,0 +1,265 @@
+//! End-to-end tests of the `microdib` command: the command line and its errors (run directly),
+//! and whole builds of the fixture elements in tests/fixtures (in the build VM: natively where
+//! KVM can run it, else inside hack/nested-run, like the boot tests).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+mod common;
+use common::*;
+
+fn microdib(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_microdib")).args(args).output().expect("cannot run microdib")
+}
+
+fn fixtures() -> PathBuf {
+    workspace().join("tests/fixtures")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn help_version_and_option_listings() {
+    let out = microdib(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.starts_with("microdib: run diskimage-builder elements to generate images\n"));
+    for opt in ["--arch <arch>", "-p, --element-path <path>", "--machine-readable[=format]", "--accel <auto|kvm|tcg>"] {
+        assert!(help.contains(opt), "{opt}");
+    }
+    let out = microdib(&["-V"]);
+    assert_eq!(text(&out.stdout), format!("microdib {}\n", env!("CARGO_PKG_VERSION")));
+    assert_eq!(text(&microdib(&["--short-options"]).stdout), "-B\n-V\n-m\n-p\n-q\n-u\n-v\n-x\n");
+    let long = text(&microdib(&["--long-options"]).stdout);
+    assert!(long.lines().any(|l| l == "--debug-gc") && long.lines().any(|l| l == "--no-delete-on-failure"));
+}
+
+#[test]
+fn machine_readable_lists_the_formats_before_checking_b() {
+    let out = microdib(&["--machine-readable"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "microdib\noutput:qcow2\noutput:raw\noutput:tar\noutput:tgz\n");
+    let out = microdib(&["--machine-readable=stream:stderr"]);
+    assert_eq!(text(&out.stderr), "microdib\noutput:qcow2\noutput:raw\noutput:tar\noutput:tgz\n");
+}
+
+/// Runs microdib with `args` and returns (status, stderr's first line).
+fn fails(args: &[&str]) -> (Option<i32>, String) {
+    let out = microdib(args);
+    (out.status.code(), text(&out.stderr).lines().next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn bad_inputs_get_virt_dibs_messages() {
+    let lib = fixtures().join("lib");
+    let lib = lib.to_str().unwrap();
+    let els = fixtures().join("elements");
+    let els = els.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bogus"], "microdib: unrecognized option '--bogus'"),
+        (&["--n"], "microdib: option '--n' is ambiguous; possibilities: '--name' '--network' '--no-delete-on-failure' '--no-network'"),
+        (&["--name"], "microdib: option '--name' requires an argument"),
+        (&["--smp", "abc"], "microdib: ‘abc’ is not a numeric value."),
+        (&["-m", "9999999999"], "microdib: 9999999999: integer out of range"),
+        (&["--size", "1.5T"], "microdib: error: 1.5T: cannot parse size field"),
+        (&["--formats", "qcow2,,raw"], "microdib: error: invalid format ‘’ in --formats"),
+        (&["--debug", "-1"], "microdib: error: --debug parameter must be >= 0"),
+        (&["--machine-readable=bogus"], "microdib: error: invalid format string for --machine-readable: bogus"),
+        (&["fixture-os"], "microdib: error: -B must be specified"),
+        (&["-B", lib], "microdib: error: at least one distribution root element must be specified"),
+        (&["-B", "/nonexistent", "x"], "microdib: error: the specified base path is not the diskimage-builder library"),
+        (&["-B", lib, "--python", "no-such-python", "x"], "microdib: error: no-such-python needed but not found"),
+        (&["-B", lib, "-p", els, "no-such-element"], "microdib: error: element no-such-element not found"),
+        (&["-B", lib, "-p", els, "--skip-base", "dumper"], "microdib: error: please include an operating system element"),
+    ];
+    for (args, first_line) in cases {
+        let (code, line) = fails(args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert_eq!(line, *first_line, "{args:?}");
+    }
+    // Parser errors point at --help; value errors carry the bug-report hint.
+    let out = microdib(&["--bogus"]);
+    assert!(text(&out.stderr).contains("Try ‘microdib --help’ or consult microdib(1) for more information."));
+    let out = microdib(&["--size", "x"]);
+    assert!(text(&out.stderr).contains("If reporting bugs, run microdib with debugging enabled"));
+    let out = microdib(&["-v", "-x", "--size", "x"]);
+    assert!(!text(&out.stderr).contains("If reporting bugs"));
+}
+
+#[test]
+fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("virt-dib-link");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("virt-dib");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_microdib"), &link).unwrap();
+    let out = Command::new(&link).arg("fixture-os").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("virt-dib: error: -B must be specified\n"));
+    assert!(text(&Command::new(&link).arg("-V").output().unwrap().stdout).starts_with("virt-dib "));
+}
+
+/// A whole build of the fixture elements: every phase runs in its context with the right
+/// environment, in order, with the outputs, NAME.d, the image clean-up and the checksums.
+#[test]
+fn builds_the_fixture_os_with_every_phase() {
+    let kernel = kernel();
+    let agent = guest_agent();
+    let _ = appliance(); // built on the host, where the cache is writable
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out"
+set +e
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M --formats raw,tar,qcow2,tgz --checksum \
+   --image-cache "$d/cache" --envvar FROM_USER=yes --envvar ARCH=overridden --exclude-script 30-excluded \
+   fixture-os dumper order > "$d/stdout" 2> "$d/stderr"
+echo "host: status=$?"
+set -e
+sed 's/^/stdout: /' "$d/stdout"; sed 's/^/stderr: /' "$d/stderr"
+cd "$d/out"
+ls -A | sed 's/^/file: /'
+ls -A img.d | sed 's/^/named: /'
+for p in block-device.d root.d pre-install.d install.d post-install.d post-root.d pre-finalise.d finalise.d cleanup.d; do
+  for v in TARGET_ROOT TMP_MOUNT_PATH HOME PATH IMAGE_NAME IMAGE_ELEMENT FROM_USER ARCH FIXTURE_OS_ENV DIB_DEFAULT_INSTALLTYPE IMAGE_BLOCK_DEVICE DIB_NO_TMPFS; do
+    echo "env: $p $v=$(sed -n "s/^$v=//p" img.d/$p.env)"
+  done
+  echo "pwd: $p $(cat img.d/$p.pwd)"
+done
+echo "image: order=$(debugfs -R 'cat /etc/order' img.raw 2>/dev/null)"
+echo "image: base=$(debugfs -R 'cat /etc/base-marker' img.raw 2>/dev/null)"
+echo "image: varlog-size=$(debugfs -R 'stat /var/log/fixture.log' img.raw 2>/dev/null | sed -n 's/.*Size: \([0-9]*\).*/\1/p')"
+echo "image: tmp=$(debugfs -R 'ls -p /tmp' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
+echo "image: root=$(debugfs -R 'ls -p /root' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
+echo "image: label=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Filesystem volume name: *//p')"
+echo "image: size=$(stat -c %s img.raw)"
+echo "tar: $(tar -tf img.tar | grep -c . ) entries, os-release=$(tar -xOf img.tar ./etc/os-release)"
+echo "tgz: $(tar -tzf img.tgz | grep -c .) entries"
+qemu-img compare -q -f qcow2 -F raw img.qcow2 img.raw && echo "qcow2: same-as-raw"
+sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && echo "checksums: ok"
+"#,
+        lib = fixtures().join("lib").display(),
+        els = fixtures().join("elements").display(),
+    );
+    let out = run_script_with_env(
+        &script,
+        &[
+            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
+            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_AGENT", agent.to_str().unwrap()),
+        ],
+    );
+    let s = text(&out.stdout);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
+    has("host: status=0");
+    has("stdout: microdib: Elements: base fixture-os dumper order");
+    has("stdout: microdib: Expanded elements: base dumper fixture-os order");
+    has("stdout: microdib: Carried environment variables: ARCH FROM_USER");
+    for m in [
+        "Preparing auxiliary data",
+        "Opening the disks",
+        "Setting up the destination root",
+        "Running: root.d/10-tiny-root",
+        "Running: install.d/10-a",
+        "Extracting data out of the image",
+        "Compressing the image as tar",
+        "Umounting the disks",
+        "Converting to qcow2",
+        "Done",
+    ] {
+        assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with(&format!("] {m}"))), "no message {m:?}");
+    }
+    // In-chroot output reaches the console too (virt-dib kept it in the log only).
+    has("stdout: dumper: install.d ran");
+    has("stdout: dumper: finalise.d ran");
+    for f in
+        ["img.raw", "img.qcow2", "img.tar", "img.tgz", "img.d", "img.raw.md5", "img.raw.sha256", "img.qcow2.sha256"]
+    {
+        has(&format!("file: {f}"));
+    }
+    assert!(!s.contains("file: .img"), "a temporary output was left behind");
+    has("named: relative-output");
+    // The environment of each context (notes §5.6).
+    for p in ["block-device.d", "post-root.d", "pre-finalise.d", "cleanup.d"] {
+        has(&format!("env: {p} TARGET_ROOT=/sysroot"));
+        has(&format!("env: {p} HOME=/sysroot/tmp/in_target.aux/perm/home"));
+        has(&format!(
+            "env: {p} PATH=/sysroot/tmp/in_target.aux/fake-bin:/sysroot/tmp/in_target.aux/hooks/bin:/sbin:/usr/sbin:/bin:/usr/bin"
+        ));
+    }
+    has("env: root.d TARGET_ROOT=/sysroot/subroot");
+    has("env: root.d TMP_MOUNT_PATH=/sysroot/subroot");
+    for p in ["pre-install.d", "install.d", "post-install.d", "finalise.d"] {
+        has(&format!("env: {p} TARGET_ROOT="));
+        has(&format!("env: {p} HOME=/tmp/in_target.aux/perm/home"));
+        has(&format!("pwd: {p} /"));
+    }
+    for p in ["root.d", "install.d", "finalise.d", "cleanup.d"] {
+        has(&format!("env: {p} IMAGE_NAME=img"));
+        has(&format!("env: {p} IMAGE_ELEMENT=base dumper fixture-os order"));
+        has(&format!("env: {p} FROM_USER=yes"));
+        has(&format!("env: {p} ARCH=amd64"));
+        has(&format!("env: {p} FIXTURE_OS_ENV=from-environment-d"));
+        has(&format!("env: {p} DIB_DEFAULT_INSTALLTYPE=source"));
+        has(&format!("env: {p} DIB_NO_TMPFS=1"));
+        has(&format!("env: {p} IMAGE_BLOCK_DEVICE=/dev/loop0"));
+    }
+    has("pwd: cleanup.d /sysroot/tmp/in_target.aux/out/img.d");
+    // Run order, exclusions, non-scripts; the image clean-up; label and size.
+    has("image: order=00-z foo 5-b 10-a ");
+    has("image: base=base element ran");
+    has("image: varlog-size=0");
+    has("image: tmp=");
+    has("image: root=notes.txt ");
+    has("image: label=cloudimg-rootfs");
+    has(&format!("image: size={}", 256 << 20));
+    assert!(s.contains("os-release=PRETTY_NAME=\"microdib fixture OS\""));
+    has("qcow2: same-as-raw");
+    has("checksums: ok");
+}
+
+/// A failing script stops the build with its element, phase, script and status, and leaves no
+/// output behind; --no-delete-on-failure keeps what was made.
+#[test]
+fn a_failing_script_stops_the_build_and_removes_outputs() {
+    let kernel = kernel();
+    let agent = guest_agent();
+    let _ = appliance();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/els/failer/install.d" "$d/out"
+printf '#!/bin/bash\necho about to fail\nexit 7\n' > "$d/els/failer/install.d/20-fail"
+chmod +x "$d/els/failer/install.d/20-fail"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 128M --formats raw,tar \
+   --image-cache "$d/cache" fixture-os failer > "$d/stdout" 2> "$d/stderr"
+echo "host: status=$?"
+sed 's/^/stderr: /' "$d/stderr"
+echo "files: $(ls -A "$d/out" | tr '\n' ' ')"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 128M --formats raw \
+   --image-cache "$d/cache" --no-delete-on-failure -q fixture-os failer > /dev/null 2>&1
+echo "kept: $(ls -A "$d/out" | tr '\n' ' ')"
+echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
+"#,
+        lib = fixtures().join("lib").display(),
+        els = fixtures().join("elements").display(),
+    );
+    let out = run_script_with_env(
+        &script,
+        &[
+            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
+            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_AGENT", agent.to_str().unwrap()),
+        ],
+    );
+    let s = text(&out.stdout);
+    assert!(s.contains("host: status=1"), "{s}");
+    assert!(s.contains("stderr: microdib: error: install.d/20-fail (element failer) failed: exit status 7"), "{s}");
+    assert!(s.contains("stderr: about to fail"), "{s}");
+    assert!(s.lines().any(|l| l == "files: "), "outputs left after a failure:\n{s}");
+    assert!(s.lines().any(|l| l == "kept: kept.raw "), "{s}");
+    assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
+}

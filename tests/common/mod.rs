@@ -1,0 +1,94 @@
+//! Helpers shared by the end-to-end tests: the guest kernel and agent, the appliance, and
+//! running commands where KVM works (natively, or inside hack/nested-run).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The guest kernel, built (or found in the cache) by hack/build-kernel.
+pub fn kernel() -> PathBuf {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        if let Some(k) = std::env::var_os("MICRODIB_KERNEL") {
+            return PathBuf::from(k);
+        }
+        let out = Command::new(workspace().join("hack/build-kernel")).output().expect("cannot run hack/build-kernel");
+        assert!(out.status.success(), "hack/build-kernel failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// Whether microdib-vmm can run here directly; if not, the reason (printed by the tests).
+pub fn native_kvm() -> Result<(), String> {
+    vmm::KvmHost::open().map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Emulated machines run one at a time: several TCG machines on a 2-core host starve each
+/// other (and the guest timers inside them) far more than running them in turn costs.
+pub static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
+    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut cmd = match native_kvm() {
+        Ok(()) => Command::new("bash"),
+        Err(_) => {
+            let mut c = Command::new(workspace().join("hack/nested-run"));
+            c.args(["--timeout", "600", "--", "bash"]);
+            c
+        }
+    };
+    let out = cmd
+        .current_dir(workspace())
+        .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
+        .envs(env.iter().copied())
+        .args(["-c", script])
+        .output()
+        .expect("cannot run bash");
+    eprintln!(
+        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The agent built for the guest: a static musl binary (its own target directory, so this
+/// cargo does not wait on the one running the tests).
+pub fn guest_agent() -> PathBuf {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        // No emulated machine boots while this compiles: a busy host upsets its clock calibration.
+        let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+        let target_dir = workspace().join("target/guest");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["build", "--quiet", "--release", "-p", "microdib-agent", "--target", "x86_64-unknown-linux-musl"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .status()
+            .expect("cannot run cargo");
+        assert!(
+            status.success(),
+            "building the agent for x86_64-unknown-linux-musl failed (rustup target add x86_64-unknown-linux-musl)"
+        );
+        target_dir.join("x86_64-unknown-linux-musl/release/microdib-agent")
+    })
+    .clone()
+}
+
+/// The appliance (host packages in a squashfs, the agent as init), built or found in the cache.
+pub fn appliance() -> initramfs::appliance::ApplianceFiles {
+    static A: OnceLock<initramfs::appliance::ApplianceFiles> = OnceLock::new();
+    A.get_or_init(|| {
+        let cache = initramfs::appliance::default_cache_dir();
+        initramfs::appliance::build_or_cached(&guest_agent(), &cache, |m| eprintln!("{m}"))
+            .expect("appliance build failed")
+    })
+    .clone()
+}

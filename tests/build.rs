@@ -234,12 +234,12 @@ trap 'rm -rf "$d"' EXIT
 mkdir -p "$d/els/failer/install.d" "$d/out"
 printf '#!/bin/bash\necho about to fail\nexit 7\n' > "$d/els/failer/install.d/20-fail"
 chmod +x "$d/els/failer/install.d/20-fail"
-"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 128M --formats raw,tar \
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw,tar \
    --image-cache "$d/cache" fixture-os failer > "$d/stdout" 2> "$d/stderr"
 echo "host: status=$?"
 sed 's/^/stderr: /' "$d/stderr"
 echo "files: $(ls -A "$d/out" | tr '\n' ' ')"
-"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 128M --formats raw \
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 256M --formats raw \
    --image-cache "$d/cache" --no-delete-on-failure -q fixture-os failer > /dev/null 2>&1
 echo "kept: $(ls -A "$d/out" | tr '\n' ' ')"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"

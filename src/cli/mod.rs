@@ -2,6 +2,7 @@
 //! validation and messages. `options` is the table, `getopt` the parser; this module turns the
 //! parsed options into a `Cmdline`, checking values in command-line order as virt-dib does.
 
+pub mod docs;
 pub mod getopt;
 pub mod options;
 

@@ -55,7 +55,7 @@ pub fn build(
             let target_dir = dest.join(&entry);
             std::fs::create_dir_all(&target_dir).map_err(copy_err(&target_dir))?;
             for child in sorted_entries(&src)? {
-                if BUILTIN_EXCLUDED.contains(&child.as_str()) || exclude_scripts.iter().any(|s| *s == child) {
+                if BUILTIN_EXCLUDED.contains(&child.as_str()) || exclude_scripts.contains(&child) {
                     continue;
                 }
                 let target = target_dir.join(&child);

@@ -46,6 +46,17 @@ fn set_lvt(lapic: &mut kvm_lapic_state, offset: usize, mode: u32) {
 }
 
 impl Vcpu {
+    /// Logs where the guest was (a crash without a console message is otherwise blind).
+    fn log_state(&self, why: &str) {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => tracing::warn!(
+                "vcpu{} {why}: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}+{:#x} cs={:#x}",
+                self.id, r.rip, r.rsp, r.rflags, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit, s.cs.selector
+            ),
+            _ => tracing::warn!("vcpu{} {why}: registers unavailable", self.id),
+        }
+    }
+
     pub fn new(id: u8, fd: VcpuFd, pio: Arc<PioBus>, mmio: Arc<MmioBus>, latch: Arc<ExitLatch>) -> Self {
         Vcpu { id, fd, pio, mmio, latch }
     }
@@ -130,7 +141,10 @@ impl Vcpu {
                     None
                 }
                 VcpuExit::Hlt => None,
-                VcpuExit::Shutdown => Some(GuestExit::TripleFault { vcpu: self.id }),
+                VcpuExit::Shutdown => {
+                    self.log_state("triple fault");
+                    Some(GuestExit::TripleFault { vcpu: self.id })
+                }
                 VcpuExit::SystemEvent(kind, _) => Some(match kind {
                     KVM_SYSTEM_EVENT_SHUTDOWN => GuestExit::PowerOff,
                     KVM_SYSTEM_EVENT_RESET => GuestExit::Reset,

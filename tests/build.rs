@@ -263,3 +263,40 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
     assert!(s.lines().any(|l| l == "kept: kept.raw "), "{s}");
     assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
 }
+
+/// `--accel tcg` (and `auto` on a host like ours, whose KVM cannot run the build VM): microdib
+/// itself moves the build into a software-emulated KVM host, with the same paths.
+#[test]
+fn accel_tcg_builds_inside_an_emulated_kvm_host() {
+    let kernel = kernel();
+    let agent = guest_agent();
+    let _ = appliance();
+    let _turn = NESTED.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("accel-tcg");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = dir.join("img");
+    let out = Command::new(env!("CARGO_BIN_EXE_microdib"))
+        .current_dir(workspace())
+        .env("MICRODIB_KERNEL", &kernel)
+        .env("MICRODIB_AGENT", &agent)
+        .args(["--accel", "tcg", "-B"])
+        .arg(fixtures().join("lib"))
+        .arg("-p")
+        .arg(fixtures().join("elements"))
+        .args(["--size", "256M", "--formats", "tar", "--image-cache"])
+        .arg(dir.join("cache"))
+        .arg("--name")
+        .arg(&name)
+        .args(["fixture-os", "order"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    eprintln!("--- stdout\n{stdout}--- stderr\n{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout.contains("running the build inside a software-emulated KVM host"));
+    assert!(stdout.contains("] Done"));
+    let listing = Command::new("tar").arg("-tf").arg(dir.join("img.tar")).output().unwrap();
+    assert!(text(&listing.stdout).lines().any(|l| l == "./etc/order"), "the tar output lacks ./etc/order");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -73,6 +73,8 @@ pub struct ApplianceSpec {
 
 /// A running build VM and its agent.
 pub struct ApplianceVm {
+    /// -x: print each command sent to the appliance on stderr.
+    pub trace: bool,
     /// Taken by `shutdown`.
     agent: Option<AgentClient>,
     latch: Arc<ExitLatch>,
@@ -112,13 +114,23 @@ impl ApplianceVm {
             .spawn(move || vm.run(None))
             .map_err(|e| format!("cannot start the build VM: {e}"))?;
         match AgentClient::connect(&spec.vsock, AGENT_TIMEOUT) {
-            Ok(agent) => Ok(ApplianceVm { agent: Some(agent), latch, thread: Some(thread), console: spec.console }),
+            Ok(agent) => {
+                Ok(ApplianceVm { trace: false, agent: Some(agent), latch, thread: Some(thread), console: spec.console })
+            }
             Err(e) => {
-                let mut me = ApplianceVm { agent: None, latch, thread: Some(thread), console: spec.console };
+                let mut me =
+                    ApplianceVm { trace: false, agent: None, latch, thread: Some(thread), console: spec.console };
                 let why = me.latch.get().map(|x| x.to_string()).unwrap_or_else(|| e.to_string());
                 me.stop_now();
                 Err(format!("the build VM did not come up ({why}){}", me.console_tail()))
             }
+        }
+    }
+
+    /// Prints a command about to be sent (with -x).
+    pub fn trace_command(&self, what: &[&str]) {
+        if self.trace {
+            eprintln!("appliance: {}", what.iter().map(|a| crate::shell::quote(a)).collect::<Vec<_>>().join(" "));
         }
     }
 

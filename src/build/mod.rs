@@ -5,6 +5,7 @@
 
 pub mod appliance;
 pub mod env;
+pub mod nested;
 pub mod outputs;
 pub mod phases;
 pub mod signals;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use vmm::devices::virtio::block::{DiskConfig, DiskFormat};
 
-use crate::cli::Cmdline;
+use crate::cli::{Accel, Cmdline};
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::messages::Reporter;
 use appliance::{ApplianceSpec, ApplianceVm};
@@ -107,6 +108,23 @@ pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
 
 fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let tools = crate::preflight::check(c)?;
+    // Where the build VM runs: this host's KVM, or a software-emulated KVM host.
+    let host = match (c.accel, nested::inside()) {
+        (Accel::Tcg, false) => return outer_nested(c, r, "--accel tcg asks for software-emulated KVM"),
+        (accel, inside) => match vmm::KvmHost::open() {
+            Ok(h) => h,
+            Err(e) if accel == Accel::Auto && !inside => {
+                return outer_nested(
+                    c,
+                    r,
+                    &format!("KVM on this host cannot run the build VM ({})", appliance::error_chain(&e)),
+                )
+            }
+            Err(e) => {
+                return Err(BuildError::Error(format!("KVM cannot run the build VM: {}", appliance::error_chain(&e))))
+            }
+        },
+    };
     let ws = Workspace::create()?;
     let image_name = Path::new(&c.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.name.clone());
     let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
@@ -184,12 +202,6 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let files =
         initramfs::appliance::build_or_cached(&agent, &appliance::cache_root().join("appliance"), |m| r.info(m))
             .map_err(|e| format!("cannot build the appliance: {}", appliance::error_chain(&e)))?;
-    let host = vmm::KvmHost::open().map_err(|e| {
-        format!(
-            "KVM cannot run the build VM here: {}. Software-emulated KVM (--accel tcg) is not available yet; on this machine run microdib through hack/nested-run",
-            appliance::error_chain(&e)
-        )
-    })?;
     let spec = ApplianceSpec {
         kernel,
         initrd: files.initrd,
@@ -209,6 +221,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         console: ws.dir.join("console.log"),
     };
     let mut vm = ApplianceVm::start(&host, spec)?;
+    vm.trace = c.trace;
     signals::watch_vm(Some(vm.latch()));
     let log_hint = if c.drive.is_some() {
         format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))
@@ -231,6 +244,15 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     plan.finish(c, r)?;
     r.message("Done");
     Ok(())
+}
+
+/// Checks the elements on this host (so mistakes show at once), then runs the build inside a
+/// software-emulated KVM host.
+fn outer_nested(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
+    let idx = ElementIndex::load(&c.element_paths);
+    let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
+    elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
+    nested::run(c, r, why)
 }
 
 /// Without --drive-format: qcow2 only if the file says so, else raw (the helper is the user's

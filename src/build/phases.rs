@@ -88,6 +88,8 @@ impl<'a> PhaseRunner<'a> {
         let wd = new_wd.unwrap_or("");
         let mut captured = String::new();
         let mut times = PhaseTimes { phase: phase.to_owned(), scripts: Vec::new() };
+        let phase_start = Instant::now();
+        self.reporter.json(&[("type", "phase-start"), ("phase", phase)]);
         for script in scripts {
             self.reporter.message(&format!("Running: {phase}/{script}"));
             self.reporter.json(&[("type", "script-start"), ("phase", phase), ("script", script)]);
@@ -124,6 +126,7 @@ impl<'a> PhaseRunner<'a> {
                     }
                 }
             };
+            vm.trace_command(&argv);
             let agent = vm.agent()?;
             let status = match chroot {
                 None => agent.run(&argv, &env, Some("/"), on_output),
@@ -160,6 +163,11 @@ impl<'a> PhaseRunner<'a> {
                 )));
             }
         }
+        self.reporter.json(&[
+            ("type", "phase-end"),
+            ("phase", phase),
+            ("seconds", &format!("{:.3}", phase_start.elapsed().as_secs_f64())),
+        ]);
         self.append_log(vm, &profiling_table(&times))?;
         Ok(captured)
     }
@@ -204,6 +212,7 @@ pub fn guest_sh(vm: &mut ApplianceVm, script: &str, args: &[&str]) -> Result<Str
     let mut argv = vec!["/bin/sh", "-c", script, "sh"];
     argv.extend_from_slice(args);
     let env = [("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")];
+    vm.trace_command(&argv);
     let mut out = Vec::new();
     let mut err = Vec::new();
     let status = vm

@@ -139,12 +139,29 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
             r.debug(&format!("element {name} (in {}) already present", dir.display()));
         }
     }
+    if c.debug >= 1 {
+        r.debug("loaded elements:");
+        for (name, el) in &idx.elements {
+            r.debug(&format!("  {name} => {}", el.dir.display()));
+        }
+        r.debug("");
+    }
     let expanded = elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
     let expanded_list: Vec<String> = expanded.iter().cloned().collect();
     r.info(&format!("Expanded elements: {}", expanded_list.join(" ")));
     let user_vars = env::resolve_envvars(&c.envvars, |k| std::env::var(k).ok());
     let names: Vec<&str> = user_vars.iter().rev().map(|(k, _)| k.as_str()).collect();
     r.info(&format!("Carried environment variables: {}", names.join(" ")));
+    if c.debug >= 1 {
+        r.debug("carried over envvars:");
+        if user_vars.is_empty() {
+            r.debug("  (none)");
+        }
+        for (k, v) in user_vars.iter().rev() {
+            r.debug(&format!("  {k}={v}"));
+        }
+        r.debug("");
+    }
     let ramdisk = c.ramdisk || expanded.contains("ironic-agent");
 
     r.message("Preparing auxiliary data");
@@ -176,6 +193,10 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         block_device: "/dev/loop0".into(),
     };
     let _ = tools;
+    if c.debug >= 1 {
+        r.debug(&format!("DIB args:\n{}\n", vars.dib_args));
+        r.debug(&format!("DIB envvars:\n{}", vars.dib_env));
+    }
 
     r.message("Opening the disks");
     let plan = OutputPlan::new(c, ramdisk, &ws.dir)?;

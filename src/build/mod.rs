@@ -47,9 +47,6 @@ const HELPER_SIZE: u64 = 5 << 30;
 /// Build VM defaults when -m / --smp are not given.
 const DEFAULT_MEMORY_MIB: u64 = 1024;
 const DEFAULT_VCPUS: u8 = 2;
-/// Phases whose scripts are fixed when the build starts (the others are read again from the
-/// image just before they run, since earlier scripts may add some).
-const FIXED_PHASES: &[&str] = &["block-device.d", "root.d", "cleanup.d"];
 
 /// The dpkg-style name of this host's architecture.
 pub fn host_arch() -> String {
@@ -329,7 +326,9 @@ fn guest_build(
     };
     guest_sh(vm, &format!("set -e\n{helper_setup}\nmkdir -p /run/microdib/aux/perm/home/.cache/image-create"), &[])?;
 
-    // block-device.d, before any file system exists.
+    // block-device.d, before any file system exists. Its scripts, root.d's and cleanup.d's are
+    // the ones copied at the start (as in virt-dib); the other phases are read again from the
+    // image just before they run, since earlier scripts may add some.
     guest_sh(vm, "set -e; mount -t tmpfs -o mode=0755 sysroot /sysroot; mkdir -p /sysroot/tmp", &[])?;
     mount_aux(vm)?;
     let loop_dev = guest_sh(vm, "losetup --show -f /dev/vda", &[])?;
@@ -390,7 +389,6 @@ fn guest_build(
     let scripts = phase_scripts(&hooks_dir.join("cleanup.d"));
     let out_dir = format!("/sysroot/tmp/in_target.aux/out/{image_name}.d");
     runner.run(vm, "cleanup.d", &outside(SYSROOT), &scripts, Some(&out_dir), false)?;
-    let _ = FIXED_PHASES;
 
     guest_sh(vm, "sync", &[])?;
     let listing = guest_sh(vm, r#"ls -A "$1""#, &[&format!("/run/microdib/aux/out/{image_name}.d")])?;

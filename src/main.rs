@@ -11,12 +11,14 @@ use microdib::output::Format;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let args: Vec<String> = std::env::args().collect();
-    let prog = args
-        .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "microdib".into());
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    // The name we were invoked as (a build moved into an emulated KVM host is told it).
+    let prog = std::env::var("MICRODIB_PROG").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| {
+        args.first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "microdib".into())
+    });
     let plain = Reporter::new(&prog, start, &ReporterOptions::default(), None);
     let c = match cli::parse(args.get(1..).unwrap_or_default()) {
         Ok(Action::Run(c)) => c,

@@ -16,7 +16,8 @@ pub struct Reporter {
     prog: String,
     start: Instant,
     quiet: bool,
-    color: bool,
+    /// --colours: colour even when the stream is not a terminal.
+    force_color: bool,
     wrap: bool,
     verbose: bool,
     trace: bool,
@@ -59,7 +60,7 @@ impl Reporter {
             prog: prog.to_owned(),
             start,
             quiet: o.quiet,
-            color: o.color || std::io::stdout().is_terminal(),
+            force_color: o.color,
             wrap: o.wrap,
             verbose: o.verbose,
             trace: o.trace,
@@ -130,7 +131,11 @@ impl Reporter {
         }
         let line = format!("[{:6.1}] {text}", self.elapsed());
         let mut out = std::io::stdout().lock();
-        let _ = if self.color { writeln!(out, "\x1b[0;32m{line}\x1b[0m") } else { writeln!(out, "{line}") };
+        let _ = if self.force_color || out.is_terminal() {
+            writeln!(out, "\x1b[0;32m{line}\x1b[0m")
+        } else {
+            writeln!(out, "{line}")
+        };
         let _ = out.flush();
     }
 
@@ -148,14 +153,14 @@ impl Reporter {
     /// `prog: error: text` on stderr, followed by the bug-report hint unless both -v and -x.
     pub fn error(&self, text: &str) {
         self.event(Kind::Error, text);
-        let mut s = format!("{}: error: {text}", self.prog);
-        if !(self.verbose && self.trace) {
-            s.push_str(&format!(
-                "\n\nIf reporting bugs, run {p} with debugging enabled and include the complete output:\n\n  {p} -v -x [...]",
-                p = self.prog
-            ));
-        }
+        let s = format!("{}: error: {text}", self.prog);
         self.print_prefixed(&s, "\x1b[1;31m", true);
+        if !(self.verbose && self.trace) {
+            eprintln!(
+                "\nIf reporting bugs, run {p} with debugging enabled and include the complete output:\n\n  {p} -v -x [...]",
+                p = self.prog
+            );
+        }
     }
 
     /// Debug output (--debug N): plain lines on stderr.
@@ -166,7 +171,7 @@ impl Reporter {
     fn print_prefixed(&self, text: &str, color: &str, to_stderr: bool) {
         let tty = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
         let text = if self.wrap || tty { wrap(text, WRAP_COLUMNS) } else { text.to_owned() };
-        let colored = if self.color { format!("{color}{text}\x1b[0m") } else { text };
+        let colored = if self.force_color || tty { format!("{color}{text}\x1b[0m") } else { text };
         if to_stderr {
             eprintln!("{colored}");
         } else {

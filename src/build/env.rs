@@ -91,10 +91,15 @@ impl BuildVars {
     /// The whole environment of a script in `ctx` (nothing else is inherited).
     pub fn script_env(&self, ctx: &Context) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        // User variables first: the system ones below win over them, as in virt-dib.
+        // What the appliance's own environment gives every command; --envvar may replace it.
+        for (k, v) in [("LC_ALL", "C"), ("SHELL", "/bin/sh"), ("TERM", "dumb"), ("PATH", APPLIANCE_PATH)] {
+            env.insert(k.to_owned(), v.to_owned());
+        }
+        // User variables next: the system ones below win over them, as in virt-dib.
         for (k, v) in &self.user_vars {
             env.insert(k.clone(), v.clone());
         }
+        let base_path = env.get("PATH").cloned().unwrap_or_default();
         let (ms, sysroot) = match ctx {
             Context::Outside { sysroot } => (SYSROOT, sysroot.as_str()),
             Context::Chroot => ("", ""),
@@ -130,14 +135,10 @@ impl BuildVars {
         set("DIB_NO_TMPFS", "1".into());
         set("FS_TYPE", self.fs_type.clone());
         set("DIB_CHECKSUM", if self.checksum { "1" } else { "" }.to_owned());
-        // What the appliance's own environment gives every command.
-        set("LC_ALL", "C".into());
-        set("SHELL", "/bin/sh".into());
-        set("TERM", "dumb".into());
         let path = match ctx {
-            Context::Outside { .. } => format!("{aux}/fake-bin:{aux}/hooks/bin:{APPLIANCE_PATH}"),
+            Context::Outside { .. } => format!("{aux}/fake-bin:{aux}/hooks/bin:{base_path}"),
             Context::Chroot => {
-                format!("{aux}/hooks/bin:{APPLIANCE_PATH}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                format!("{aux}/hooks/bin:{base_path}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             }
         };
         set("PATH", path);
@@ -181,6 +182,14 @@ mod tests {
         assert_eq!(a["DIB_OFFLINE"], "");
         // --envvar cannot override a system variable, but comes through otherwise.
         assert_eq!((a["ARCH"].as_str(), a["FOO"].as_str()), ("amd64", "1"));
+        assert_eq!(a["LC_ALL"], "C");
+        // A PATH given with --envvar is the base the hooks' directories go in front of.
+        let mut v = vars();
+        v.user_vars.push(("PATH".into(), "/opt/bin".into()));
+        v.user_vars.push(("TERM".into(), "xterm".into()));
+        let a = v.script_env(&Context::Outside { sysroot: "/sysroot".into() });
+        assert_eq!(a["PATH"], "/sysroot/tmp/in_target.aux/fake-bin:/sysroot/tmp/in_target.aux/hooks/bin:/opt/bin");
+        assert_eq!(a["TERM"], "xterm");
         let c = vars().script_env(&Context::Chroot);
         assert_eq!(c["TARGET_ROOT"], "");
         assert_eq!(c["TMP_HOOKS_PATH"], "/tmp/in_target.aux/hooks");

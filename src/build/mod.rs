@@ -105,6 +105,7 @@ pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
 
 fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let tools = crate::preflight::check(c)?;
+    signals::check()?;
     // Where the build VM runs: this host's KVM, or a software-emulated KVM host.
     let host = match (c.accel, nested::inside()) {
         (Accel::Tcg, false) => return outer_nested(c, r, "--accel tcg asks for software-emulated KVM"),
@@ -166,6 +167,13 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let hooks_dir = ws.aux().join("hooks");
     hooks::build(&hooks_dir, &expanded, &idx, &c.exclude_scripts, &c.install_type).map_err(|e| e.to_string())?;
     let owners = script_owners(&idx, &expanded);
+    let extra = phase_scripts(&hooks_dir.join("extra-data.d"));
+    if !extra.is_empty() {
+        return Err(BuildError::Error(format!(
+            "extra-data.d scripts ({}) need the host view of the image, which this version of microdib does not provide yet",
+            extra.join(" ")
+        )));
+    }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
     let image_cache = c
         .image_cache
@@ -173,7 +181,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
     std::fs::create_dir_all(&image_cache).map_err(|e| format!("cannot create {}: {e}", image_cache.display()))?;
-    let argv: Vec<String> = std::env::args().collect();
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let vars = BuildVars {
         user_vars,
         arch: c.arch.clone().unwrap_or_else(host_arch),
@@ -183,7 +191,9 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         root_label: c.root_label(),
         root_uuid: random_uuid(),
         dib_args: env::dib_args(&argv),
-        dib_env: env::dib_env(std::env::vars()),
+        dib_env: env::dib_env(
+            std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())),
+        ),
         debug: c.debug,
         fs_type: c.fs_type.clone(),
         checksum: c.checksum,
@@ -238,6 +248,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
     };
+    signals::check()?;
     let mut vm = ApplianceVm::start(&host, spec)?;
     vm.trace = c.trace;
     signals::watch_vm(Some(vm.latch()));
@@ -259,6 +270,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     r.message("Umounting the disks");
     vm.shutdown()?;
     signals::watch_vm(None);
+    signals::check()?;
     plan.finish(c, r)?;
     r.message("Done");
     Ok(())
@@ -362,13 +374,6 @@ fn guest_build(
     mount_aux(vm)?;
     guest_sh(vm, "ln -sfn in_target.aux/hooks /sysroot/tmp/in_target.d", &[])?;
 
-    let extra = phase_scripts(&hooks_dir.join("extra-data.d"));
-    if !extra.is_empty() {
-        return Err(BuildError::Error(format!(
-            "extra-data.d scripts ({}) need the host view of the image, which this version of microdib does not provide yet",
-            extra.join(" ")
-        )));
-    }
     for phase in ["pre-install.d", "install.d", "post-install.d"] {
         let scripts = runner.guest_scripts(vm, phase)?;
         runner.run(vm, phase, &Context::Chroot, &scripts, None, false)?;
@@ -445,7 +450,10 @@ fn make_filesystem(vm: &mut ApplianceVm, c: &Cmdline, vars: &BuildVars, dev: &st
         "xfs" => format!("xfs_admin -L {label} {q} >/dev/null"),
         "btrfs" => format!("btrfs filesystem label {q} {label}"),
         "vfat" | "fat" | "msdos" => format!("fatlabel {q} {label}"),
-        other => format!("echo 'cannot set a label on {other}' >&2; exit 1"),
+        "ntfs" => format!("ntfslabel {q} {label}"),
+        other => {
+            format!("echo {} >&2; exit 1", crate::shell::quote(&format!("cannot set a label on a {other} file system")))
+        }
     };
     guest_sh(vm, &format!("set -e\n{cmd}\n{label_cmd}"), &[])
         .map_err(|e| match e {

@@ -49,7 +49,7 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     let out_dir = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     writable.push(absolute(out_dir));
     if let Some(d) = &c.drive {
-        writable.push(absolute(Path::new(d).parent().unwrap_or(Path::new("."))));
+        writable.push(absolute(Path::new(d).parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))));
     }
     writable.push(absolute(&image_cache));
     writable.sort();
@@ -69,16 +69,36 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
     cmd.arg("--").arg(exe).args(std::env::args_os().skip(1));
-    cmd.env(INSIDE_VAR, "1").env("MICRODIB_KERNEL", &kernel).env("MICRODIB_AGENT", &agent);
+    cmd.env(INSIDE_VAR, "1")
+        .env("MICRODIB_KERNEL", &kernel)
+        .env("MICRODIB_AGENT", &agent)
+        .env("MICRODIB_PROG", r.prog());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start the emulated KVM host: {e}"))?;
     signals::watch_child(child.id());
     let status = child.wait();
     signals::watch_child(0);
+    let ok = matches!(status.as_ref().map(|s| s.code()), Ok(Some(0)));
+    if !ok && c.delete_on_failure {
+        // A stopped emulated host cannot clean up after the build inside it.
+        remove_partials(out_dir, &c.name);
+    }
     match status.map(|s| s.code()) {
         Ok(Some(0)) => Ok(()),
         Ok(Some(125)) => Err(BuildError::Error("the software-emulated KVM host failed (its console is above)".into())),
         Ok(Some(code)) => Err(BuildError::Exit(code)),
         Ok(None) => Err(BuildError::Error("the software-emulated KVM host was killed".into())),
         Err(e) => Err(BuildError::Error(format!("waiting for the emulated KVM host failed: {e}"))),
+    }
+}
+
+/// Removes `.NAME.EXT.partial-PID` files a build left in `dir`.
+fn remove_partials(dir: &Path, name: &str) {
+    let base = Path::new(name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if f.starts_with(&format!(".{base}.")) && f.contains(".partial-") {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }

@@ -27,9 +27,20 @@ pub struct OutputPlan {
     done: std::cell::Cell<bool>,
 }
 
+/// The temporary name of an output: absolute, so tools never read `a:b` as a protocol.
 fn partial_name(final_path: &Path) -> PathBuf {
     let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    let p = final_path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    std::path::absolute(&p).unwrap_or(p)
+}
+
+/// Creates a new output file; an existing one (or a symlink planted there) is an error.
+fn create_new(p: &Path) -> Result<std::fs::File, BuildError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .map_err(|e| BuildError::Error(format!("cannot create {}: {e}", p.display())))
 }
 
 impl OutputPlan {
@@ -64,7 +75,7 @@ impl OutputPlan {
     /// Creates the sparse target disk of `size` bytes (replacing what was there).
     pub fn create_target_disk(&self, size: u64) -> Result<(), BuildError> {
         let p = &self.target_disk;
-        let f = std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        let f = create_new(p)?;
         f.set_len(size).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
         Ok(())
     }
@@ -104,7 +115,7 @@ impl OutputPlan {
             let fin = self.file(f);
             let tmp = partial_name(&fin);
             self.pending.borrow_mut().push((tmp.clone(), fin.clone()));
-            let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            let file = create_new(&tmp)?;
             let mut sink: Box<dyn Write> = if gzip {
                 Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default()))
             } else {
@@ -173,13 +184,21 @@ impl OutputPlan {
             cmd.arg(&tmp);
             run_host(&mut cmd, "qemu-img")?;
         }
-        let pending = self.pending.borrow().clone();
         if c.checksum && !self.ramdisk {
-            for (tmp, fin) in &pending {
+            // In format-name order, as virt-dib; the sum files are outputs too (renamed below).
+            let mut files = self.pending.borrow().clone();
+            files.sort_by_key(|(_, fin)| fin.extension().map(|e| e.to_os_string()));
+            for (tmp, fin) in &files {
                 r.message(&format!("Generating checksums for {}", fin.display()));
-                write_checksums(tmp, fin)?;
+                for (ext, sum) in checksums(tmp)? {
+                    let sum_fin = PathBuf::from(format!("{}.{ext}", fin.display()));
+                    let sum_tmp = partial_name(&sum_fin);
+                    self.pending.borrow_mut().push((sum_tmp.clone(), sum_fin));
+                    write_sum_file(&sum_tmp, &sum, fin)?;
+                }
             }
         }
+        let pending = self.pending.borrow().clone();
         for (tmp, fin) in &pending {
             std::fs::rename(tmp, fin)
                 .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), fin.display()))?;
@@ -219,8 +238,8 @@ fn run_host(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
     }
 }
 
-/// `F.md5` and `F.sha256` in coreutils' format, naming the file as the user did (mode 0640).
-fn write_checksums(data: &Path, shown: &Path) -> Result<(), BuildError> {
+/// The md5 and sha256 of a file, as (extension, hex digest).
+fn checksums(data: &Path) -> Result<[(&'static str, String); 2], BuildError> {
     use md5::Digest;
     let mut f = std::fs::File::open(data).map_err(|e| format!("cannot read {}: {e}", data.display()))?;
     let mut md5 = md5::Md5::new();
@@ -235,13 +254,15 @@ fn write_checksums(data: &Path, shown: &Path) -> Result<(), BuildError> {
         sha.update(&buf[..n]);
     }
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    for (ext, sum) in [("md5", hex(&md5.finalize())), ("sha256", hex(&sha.finalize()))] {
-        let p = PathBuf::from(format!("{}.{ext}", shown.display()));
-        let mut o = std::fs::OpenOptions::new();
-        std::os::unix::fs::OpenOptionsExt::mode(o.write(true).create(true).truncate(true), 0o640);
-        let mut file = o.open(&p).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-        writeln!(file, "{sum}  {}", shown.display()).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    }
+    Ok([("md5", hex(&md5.finalize())), ("sha256", hex(&sha.finalize()))])
+}
+
+/// A checksum file in coreutils' format, naming the file as the user did (mode 0640).
+fn write_sum_file(p: &Path, sum: &str, shown: &Path) -> Result<(), BuildError> {
+    let mut o = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(o.write(true).create_new(true), 0o640);
+    let mut file = o.open(p).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    writeln!(file, "{sum}  {}", shown.display()).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     Ok(())
 }
 
@@ -256,7 +277,9 @@ mod tests {
         let data = d.join("data");
         std::fs::write(&data, b"hello microdib\n").unwrap();
         let shown = d.join("out.qcow2");
-        write_checksums(&data, &shown).unwrap();
+        for (ext, sum) in checksums(&data).unwrap() {
+            write_sum_file(&PathBuf::from(format!("{}.{ext}", shown.display())), &sum, &shown).unwrap();
+        }
         std::fs::copy(&data, &shown).unwrap();
         for tool in ["md5sum", "sha256sum"] {
             let expect = Command::new(tool).arg(&shown).output().unwrap().stdout;

@@ -91,6 +91,7 @@ impl<'a> PhaseRunner<'a> {
         let phase_start = Instant::now();
         self.reporter.json(&[("type", "phase-start"), ("phase", phase)]);
         for script in scripts {
+            super::signals::check()?;
             self.reporter.message(&format!("Running: {phase}/{script}"));
             self.reporter.json(&[("type", "script-start"), ("phase", phase), ("script", script)]);
             let started = Instant::now();

@@ -1,4 +1,4 @@
-//! SIGINT, SIGTERM and SIGHUP during a build: the build VM is stopped, the running host tool is
+//! SIGINT, SIGTERM, SIGHUP and SIGQUIT during a build: the build VM is stopped, the running host tool is
 //! killed, and the build unwinds through its normal failure path (temporary files removed).
 
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -19,7 +19,7 @@ pub fn install() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
@@ -40,16 +40,32 @@ pub fn install() {
     }
 }
 
-/// The VM a signal should stop (None when it is gone).
+/// The VM a signal should stop (None when it is gone); stopped at once if one already came.
 pub fn watch_vm(latch: Option<Arc<ExitLatch>>) {
+    let sig = CAUGHT.load(Ordering::SeqCst);
+    if let (Some(l), true) = (&latch, sig != 0) {
+        l.set(GuestExit::Interrupted(sig));
+    }
     if let Ok(mut g) = VM.lock() {
         *g = latch;
     }
 }
 
-/// The host process a signal should stop (0 for none).
+/// The host process a signal should stop (0 for none); stopped at once if one already came.
 pub fn watch_child(pid: u32) {
     CHILD.store(pid as i32, Ordering::SeqCst);
+    if pid > 0 && CAUGHT.load(Ordering::SeqCst) != 0 {
+        // SAFETY: kill(2) on the child we just started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
+
+/// Err(Signal) once a stop signal has come: checked between the steps of a build.
+pub fn check() -> Result<(), super::BuildError> {
+    match caught() {
+        Some(sig) => Err(super::BuildError::Signal(sig)),
+        None => Ok(()),
+    }
 }
 
 /// The signal caught, if any, by name.
@@ -59,6 +75,7 @@ pub fn caught() -> Option<&'static str> {
         libc::SIGINT => Some("SIGINT"),
         libc::SIGTERM => Some("SIGTERM"),
         libc::SIGHUP => Some("SIGHUP"),
+        libc::SIGQUIT => Some("SIGQUIT"),
         _ => Some("a signal"),
     }
 }

@@ -170,6 +170,7 @@ pub fn parse(args: &[String]) -> Result<Action, CliError> {
 /// Applies one option; `Some(action)` for the options that end parsing (--help, ...).
 fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Action>, CliError> {
     let int = |v: &str| getopt::parse_int(v).map_err(CliError::Usage);
+    let value_given = value.is_some();
     {
         let v = value.unwrap_or_default();
         match id {
@@ -209,7 +210,12 @@ fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Actio
             Opt::ImageCache => c.image_cache = Some(v),
             Opt::InstallType => c.install_type = v,
             Opt::Memsize => c.memsize = Some(int(&v)?),
-            Opt::MachineReadable => c.machine_readable = Some(parse_machine_readable(&v)?),
+            Opt::MachineReadable => {
+                c.machine_readable = Some(match value_given {
+                    false => MachineReadable::Stdout,
+                    true => parse_machine_readable(&v)?,
+                })
+            }
             Opt::MkfsOptions => c.mkfs_options = Some(v),
             Opt::Name => c.name = v,
             Opt::Network => c.network = true,
@@ -265,9 +271,6 @@ pub fn parse_formats(s: &str) -> Result<BTreeSet<Format>, CliError> {
 
 /// `--machine-readable[=file:PATH|stream:stdout|stream:stderr|fd:N]`.
 pub fn parse_machine_readable(s: &str) -> Result<MachineReadable, CliError> {
-    if s.is_empty() {
-        return Ok(MachineReadable::Stdout);
-    }
     let err = |what: &str| CliError::Error(format!("invalid {what} for --machine-readable: {s}"));
     let Some((kind, rest)) = s.split_once(':').filter(|(_, r)| !r.is_empty()) else {
         return Err(err("format string"));
@@ -374,7 +377,7 @@ mod tests {
 
     #[test]
     fn machine_readable_specs() {
-        assert_eq!(parse_machine_readable("").unwrap(), MachineReadable::Stdout);
+        assert!(parse_machine_readable("").is_err());
         assert_eq!(parse_machine_readable("stream:stderr").unwrap(), MachineReadable::Stderr);
         assert_eq!(parse_machine_readable("file:/x/y").unwrap(), MachineReadable::File("/x/y".into()));
         assert_eq!(parse_machine_readable("fd:3").unwrap(), MachineReadable::Fd(3));

@@ -113,9 +113,12 @@ fn builds_the_fixture_os_with_every_phase() {
 d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 mkdir -p "$d/out"
+# A helper drive of our own: the build log and HOME land on it.
+truncate -s 512M "$d/helper.img" && mkfs.ext4 -q -F "$d/helper.img"
 set +e
 "$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M --formats raw,tar,qcow2,tgz --checksum \
    --image-cache "$d/cache" --envvar FROM_USER=yes --envvar ARCH=overridden --exclude-script 30-excluded \
+   --drive "$d/helper.img" --drive-format raw --machine-readable=file:"$d/events" \
    fixture-os dumper order > "$d/stdout" 2> "$d/stderr"
 echo "host: status=$?"
 set -e
@@ -128,7 +131,14 @@ for p in block-device.d root.d pre-install.d install.d post-install.d post-root.
     echo "env: $p $v=$(sed -n "s/^$v=//p" img.d/$p.env)"
   done
   echo "pwd: $p $(cat img.d/$p.pwd)"
+  echo "path: $p $(tr '\n' ' ' < img.d/$p.path)"
 done
+log=$(debugfs -R 'ls' "$d/helper.img" 2>/dev/null | tr -s ' ' '\n' | grep '^microdib-.*\.log$' | head -n1)
+echo "helper: log=$log"
+debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.d/10-a\.\.\.|Target: install.d)$' | sed 's/^/helper: /'
+debugfs -R 'ls -p /home/.cache' "$d/helper.img" 2>/dev/null | grep -q '/image-create/' && echo "helper: image-cache=yes"
+grep -o '"type": "[a-z-]*"' "$d/events" | sort | uniq -c | awk '{{print "event:", $3}}' | tr -d '"'
+
 echo "image: order=$(debugfs -R 'cat /etc/order' img.raw 2>/dev/null)"
 echo "image: base=$(debugfs -R 'cat /etc/base-marker' img.raw 2>/dev/null)"
 echo "image: varlog-size=$(debugfs -R 'stat /var/log/fixture.log' img.raw 2>/dev/null | sed -n 's/.*Size: \([0-9]*\).*/\1/p')"
@@ -208,6 +218,18 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
         has(&format!("env: {p} IMAGE_BLOCK_DEVICE=/dev/loop0"));
     }
     has("pwd: cleanup.d /sysroot/tmp/in_target.aux/out/img.d");
+    // Fake sudo and dib-run-parts outside the chroot only; /tmp/in_target.d from after root.d.
+    has("path: pre-finalise.d /sysroot/tmp/in_target.aux/fake-bin/sudo /sysroot/tmp/in_target.aux/fake-bin/dib-run-parts no-in-target-link ");
+    has("path: install.d no-sudo no-dib-run-parts in_target.aux/hooks ");
+    has("path: root.d /sysroot/tmp/in_target.aux/fake-bin/sudo /sysroot/tmp/in_target.aux/fake-bin/dib-run-parts no-in-target-link ");
+    // The build log on the helper drive, with the per-script lines and profiling tables.
+    assert!(s.lines().any(|l| l.starts_with("helper: log=microdib-") && l.ends_with(".log")), "no build log on the helper");
+    has("helper: Running install.d/10-a...");
+    has("helper: Target: install.d");
+    has("helper: image-cache=yes");
+    for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output"] {
+        has(&format!("event: {e}"));
+    }
     // Run order, exclusions, non-scripts; the image clean-up; label and size.
     has("image: order=00-z foo 5-b 10-a ");
     has("image: base=base element ran");
@@ -299,4 +321,56 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
     let listing = Command::new("tar").arg("-tf").arg(dir.join("img.tar")).output().unwrap();
     assert!(text(&listing.stdout).lines().any(|l| l == "./etc/order"), "the tar output lacks ./etc/order");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// block-device.d's contract (a partitioned disk: the file system goes into the partition it
+/// names), and ramdisk mode (NAME.d gets the kernel and initramfs; disk formats are not made).
+#[test]
+fn block_device_d_and_ramdisk_mode() {
+    let kernel = kernel();
+    let agent = guest_agent();
+    let _ = appliance();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out"
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/disk" --size 256M --formats raw --image-cache "$d/cache" \
+   -q fixture-os partitioned dumper > "$d/log" 2>&1
+echo "disk: status=$?"
+sed 's/^/disk: /' "$d/log"
+echo "disk: block-device=$(sed -n 's/^IMAGE_BLOCK_DEVICE=//p' "$d/out/disk.d/install.d.env")"
+echo "disk: without-part=$(sed -n 's/^IMAGE_BLOCK_DEVICE_WITHOUT_PART=//p' "$d/out/disk.d/install.d.env")"
+echo "disk: table=$(sfdisk -d "$d/out/disk.raw" 2>/dev/null | grep -c 'start= *2048')"
+off=$((2048 * 512))
+dd if="$d/out/disk.raw" of="$d/part.img" bs=1M skip=1 2>/dev/null
+echo "disk: os-release=$(debugfs -R 'cat /etc/os-release' "$d/part.img" 2>/dev/null)"
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/rd" --size 256M --formats raw,qcow2,tar --checksum --ramdisk \
+   --ramdisk-element fixture-ramdisk --image-cache "$d/cache" -q fixture-os > "$d/log2" 2>&1
+echo "ramdisk: status=$?"
+sed 's/^/ramdisk: /' "$d/log2"
+echo "ramdisk: files=$(cd "$d/out" && ls -A | grep '^rd' | tr '\n' ' ')"
+echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
+"#,
+        lib = fixtures().join("lib").display(),
+        els = fixtures().join("elements").display(),
+    );
+    let out = run_script_with_env(
+        &script,
+        &[
+            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
+            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_AGENT", agent.to_str().unwrap()),
+        ],
+    );
+    let s = text(&out.stdout);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
+    has("disk: status=0");
+    has("disk: block-device=/dev/loop0p1");
+    has("disk: without-part=/dev/loop0");
+    has("disk: table=1");
+    has("disk: os-release=PRETTY_NAME=\"microdib fixture OS\"");
+    has("ramdisk: status=0");
+    // virt-dib: the ramdisk element first, no disk formats and no checksums, tar still made.
+    has("ramdisk: files=rd.d rd.tar ");
+    has("ramdisk: named=rd.initramfs rd.kernel ");
 }

@@ -515,14 +515,7 @@ if diff "$d/m1" "$d/m2" > "$d/diff"; then echo "host: manifests=identical"; else
         small = small
     );
     let env = [("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))];
-    let mut out = run_script_with_memory(&script, &env, Some(4096));
-    // Under nested emulation the emulated SVM occasionally resets the guest mid-transfer (the
-    // emulated L1 machine itself dies under the same load, with no code of ours running in it):
-    // such a run is repeated once, loudly. Wrong data, or anything else, fails at once.
-    if native_kvm().is_err() && String::from_utf8_lossy(&out.stdout).contains("host: vmm-exit=4") {
-        eprintln!("--- the guest triple-faulted under nested emulation; running the round trip again");
-        out = run_script_with_memory(&script, &env, Some(4096));
-    }
+    let out = run_script_with_memory(&script, &env, Some(4096));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout.contains(&format!("host: source-mib={mib}")), "the tree should hold {mib} MiB");

@@ -223,7 +223,10 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     has("path: install.d no-sudo no-dib-run-parts in_target.aux/hooks ");
     has("path: root.d /sysroot/tmp/in_target.aux/fake-bin/sudo /sysroot/tmp/in_target.aux/fake-bin/dib-run-parts no-in-target-link ");
     // The build log on the helper drive, with the per-script lines and profiling tables.
-    assert!(s.lines().any(|l| l.starts_with("helper: log=microdib-") && l.ends_with(".log")), "no build log on the helper");
+    assert!(
+        s.lines().any(|l| l.starts_with("helper: log=microdib-") && l.ends_with(".log")),
+        "no build log on the helper"
+    );
     has("helper: Running install.d/10-a...");
     has("helper: Target: install.d");
     has("helper: image-cache=yes");

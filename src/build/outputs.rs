@@ -202,6 +202,7 @@ impl OutputPlan {
         for (tmp, fin) in &pending {
             std::fs::rename(tmp, fin)
                 .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), fin.display()))?;
+            r.json(&[("type", "output"), ("file", &fin.display().to_string())]);
         }
         self.done.set(true);
         Ok(())

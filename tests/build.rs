@@ -119,6 +119,7 @@ set +e
 "$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M --formats raw,tar,qcow2,tgz --checksum \
    --image-cache "$d/cache" --envvar FROM_USER=yes --envvar ARCH=overridden --exclude-script 30-excluded \
    --drive "$d/helper.img" --drive-format raw --machine-readable=file:"$d/events" \
+   --extra-packages vim,less --extra-packages tree \
    fixture-os dumper order > "$d/stdout" 2> "$d/stderr"
 echo "host: status=$?"
 set -e
@@ -135,12 +136,13 @@ for p in block-device.d root.d pre-install.d install.d post-install.d post-root.
 done
 log=$(debugfs -R 'ls' "$d/helper.img" 2>/dev/null | tr -s ' ' '\n' | grep '^microdib-.*\.log$' | head -n1)
 echo "helper: log=$log"
-debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.d/10-a\.\.\.|Target: install.d)$' | sed 's/^/helper: /'
+debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.d/10-a\.\.\.|Target: install.d|Installing .*|fixture install-packages: .*)$' | sed 's/^/helper: /'
 debugfs -R 'ls -p /home/.cache' "$d/helper.img" 2>/dev/null | grep -q '/image-create/' && echo "helper: image-cache=yes"
 grep -o '"type": "[a-z-]*"' "$d/events" | sort | uniq -c | awk '{{print "event:", $3}}' | tr -d '"'
 
 echo "image: order=$(debugfs -R 'cat /etc/order' img.raw 2>/dev/null)"
 echo "image: base=$(debugfs -R 'cat /etc/base-marker' img.raw 2>/dev/null)"
+echo "image: extra-packages=$(debugfs -R 'cat /etc/extra-packages' img.raw 2>/dev/null)"
 echo "image: varlog-size=$(debugfs -R 'stat /var/log/fixture.log' img.raw 2>/dev/null | sed -n 's/.*Size: \([0-9]*\).*/\1/p')"
 echo "image: tmp=$(debugfs -R 'ls -p /tmp' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
 echo "image: root=$(debugfs -R 'ls -p /root' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
@@ -230,6 +232,12 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     has("helper: Running install.d/10-a...");
     has("helper: Target: install.d");
     has("helper: image-cache=yes");
+    // --extra-packages: install-packages from an element's bin/, in the chroot, after pre-install.d.
+    has("image: extra-packages=vim less tree");
+    has("helper: Installing vim less tree...");
+    has("helper: fixture install-packages: vim less tree");
+    has("stdout: fixture install-packages: vim less tree");
+    assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with("] Installing: vim less tree")));
     for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output"] {
         has(&format!("event: {e}"));
     }

@@ -463,17 +463,22 @@ fn make_filesystem(vm: &mut ApplianceVm, c: &Cmdline, vars: &BuildVars, dev: &st
         .map(|_| ())
 }
 
-/// `--extra-packages`: install-packages in the chroot right after pre-install.d.
+/// `--extra-packages`: install-packages in the chroot right after pre-install.d, through the
+/// logging wrapper (TARGET_DIR is the aux root, so no environment.d is sourced, as in virt-dib).
 fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), BuildError> {
     let list = pkgs.join(" ");
     runner.reporter.message(&format!("Installing: {list}"));
     runner.append_log(vm, &format!("Installing {list}...\n"))?;
+    let log = format!("{}/perm/{}", env::AUX, runner.log_name);
+    let argv = [&format!("{}/run-and-log.sh", env::AUX), log.as_str(), "-", env::AUX, "install-packages.sh", "", "0"];
+    let argv: Vec<&str> = argv.iter().map(|a| a.as_ref()).collect();
     let env = runner.vars.script_env(&Context::Chroot);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let quiet = runner.reporter.quiet();
+    vm.trace_command(&argv);
     let status = vm
         .agent()?
-        .run_chrooted(&["/tmp/in_target.aux/install-packages.sh"], &env, Some("/"), SYSROOT, |_, d| {
+        .run_chrooted(&argv, &env, Some("/"), SYSROOT, |_, d| {
             if !quiet {
                 use std::io::Write;
                 let _ = std::io::stdout().write_all(d);
@@ -485,6 +490,9 @@ fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[Stri
             "installing the extra packages failed: {}",
             phases::status_text(&status)
         )));
+    }
+    if runner.vars.debug >= 1 {
+        runner.reporter.debug("package installation completed");
     }
     Ok(())
 }

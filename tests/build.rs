@@ -309,7 +309,11 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let name = dir.join("img");
-    let out = Command::new(env!("CARGO_BIN_EXE_microdib"))
+    // A hung build must fail the test, not stall the suite: timeout(1) sends SIGTERM, which
+    // microdib passes on to the emulated host.
+    let out = Command::new("timeout")
+        .args(["-k", "30", "900"])
+        .arg(env!("CARGO_BIN_EXE_microdib"))
         .current_dir(workspace())
         .env("MICRODIB_KERNEL", &kernel)
         .env("MICRODIB_AGENT", &agent)

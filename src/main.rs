@@ -77,6 +77,10 @@ fn main() -> ExitCode {
             reporter.error(&m);
             ExitCode::from(1)
         }
+        Err(BuildError::EmulationReset(m)) => {
+            reporter.error(&m);
+            ExitCode::from(build::EMULATION_RESET_STATUS)
+        }
         Err(BuildError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(BuildError::Signal(name)) => {
             eprintln!("{prog}: Exiting on signal {name}");

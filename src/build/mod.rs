@@ -34,7 +34,14 @@ pub enum BuildError {
     Exit(i32),
     /// A stop signal arrived.
     Signal(&'static str),
+    /// Inside a software-emulated KVM host, the build VM was reset under us (a known fault of the
+    /// emulation): reported like `Error`, with exit status `EMULATION_RESET_STATUS` so the outer
+    /// microdib can run the build again.
+    EmulationReset(String),
 }
+
+/// Exit status of an inner (emulated-KVM) build whose VM the emulation reset.
+pub const EMULATION_RESET_STATUS: u8 = 75;
 
 impl From<String> for BuildError {
     fn from(s: String) -> Self {
@@ -262,7 +269,11 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     if let Err(e) = result {
         if let Some(end) = vm.ended() {
             if signals::caught().is_none() {
-                return Err(BuildError::Error(format!("the build VM stopped: {end}{}", vm.console_tail())));
+                let msg = format!("the build VM stopped: {end}{}", vm.console_tail());
+                if nested::inside() && matches!(end, vmm::GuestExit::TripleFault { .. }) {
+                    return Err(BuildError::EmulationReset(msg));
+                }
+                return Err(BuildError::Error(msg));
             }
         }
         return Err(e);

@@ -73,22 +73,34 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
         .env("MICRODIB_KERNEL", &kernel)
         .env("MICRODIB_AGENT", &agent)
         .env("MICRODIB_PROG", r.prog());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start the emulated KVM host: {e}"))?;
-    signals::watch_child(child.id());
-    let status = child.wait();
-    signals::watch_child(0);
-    let ok = matches!(status.as_ref().map(|s| s.code()), Ok(Some(0)));
-    if !ok && c.delete_on_failure {
-        // A stopped emulated host cannot clean up after the build inside it.
-        remove_partials(out_dir, &c.name);
+    for attempt in 1..=2 {
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start the emulated KVM host: {e}"))?;
+        signals::watch_child(child.id());
+        let status = child.wait();
+        signals::watch_child(0);
+        let code = status.as_ref().ok().and_then(|s| s.code());
+        if code != Some(0) && c.delete_on_failure {
+            // A stopped emulated host cannot clean up after the build inside it.
+            remove_partials(out_dir, &c.name);
+        }
+        // The emulation resetting the build VM, or dying itself, is its fault, not the build's:
+        // the build runs once more from the start.
+        let emulation_fault = code == Some(i32::from(super::EMULATION_RESET_STATUS)) || code == Some(125);
+        if emulation_fault && attempt == 1 && signals::caught().is_none() {
+            r.warning("the software-emulated KVM host failed under the build (a known fault of the emulation, see README); running the build again");
+            continue;
+        }
+        return match status.map(|s| s.code()) {
+            Ok(Some(0)) => Ok(()),
+            Ok(Some(125)) => {
+                Err(BuildError::Error("the software-emulated KVM host failed (its console is above)".into()))
+            }
+            Ok(Some(code)) => Err(BuildError::Exit(code)),
+            Ok(None) => Err(BuildError::Error("the software-emulated KVM host was killed".into())),
+            Err(e) => Err(BuildError::Error(format!("waiting for the emulated KVM host failed: {e}"))),
+        };
     }
-    match status.map(|s| s.code()) {
-        Ok(Some(0)) => Ok(()),
-        Ok(Some(125)) => Err(BuildError::Error("the software-emulated KVM host failed (its console is above)".into())),
-        Ok(Some(code)) => Err(BuildError::Exit(code)),
-        Ok(None) => Err(BuildError::Error("the software-emulated KVM host was killed".into())),
-        Err(e) => Err(BuildError::Error(format!("waiting for the emulated KVM host failed: {e}"))),
-    }
+    Err(BuildError::Error("the software-emulated KVM host failed twice".into()))
 }
 
 /// Removes `.NAME.EXT.partial-PID` files a build left in `dir`.

@@ -547,6 +547,20 @@ mod tests {
         let s = utc_stamp();
         assert_eq!(s.len(), 15, "{s}");
         assert!(s.starts_with("20") && &s[8..9] == "-");
-        assert_eq!(host_arch(), "amd64");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(host_arch(), "amd64");
+        }
+    }
+
+    #[test]
+    fn helper_drive_format_is_qcow2_only_by_its_magic() {
+        let d = std::env::temp_dir().join(format!("microdib-drive-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("q"), b"QFI\xfb\0\0\0\x03").unwrap();
+        std::fs::write(d.join("r"), vec![0u8; 512]).unwrap();
+        assert_eq!(guess_drive_format(&d.join("q")).unwrap(), DiskFormat::Qcow2);
+        assert_eq!(guess_drive_format(&d.join("r")).unwrap(), DiskFormat::Raw);
+        assert!(guess_drive_format(&d.join("missing")).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

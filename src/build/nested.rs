@@ -114,3 +114,23 @@ fn remove_partials(dir: &Path, name: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_builds_partial_outputs_are_removed() {
+        let d = std::env::temp_dir().join(format!("microdib-partials-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in [".img.raw.partial-12", ".img.tar.partial-99", "img.raw", ".other.raw.partial-12", "notes"] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        remove_partials(&d, &d.join("img").to_string_lossy());
+        let mut left: Vec<String> =
+            std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec![".other.raw.partial-12", "img.raw", "notes"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -16,6 +16,23 @@ fn fixtures() -> PathBuf {
     workspace().join("tests/fixtures")
 }
 
+/// Runs a bash script where the build VM can run (natively or nested) with `$MICRODIB` set and
+/// microdib pointed at the test kernel and agent; the appliance is built first on the host,
+/// where its cache is writable.
+fn run_build_script(script: &str) -> Output {
+    let kernel = kernel();
+    let agent = guest_agent();
+    let _ = appliance();
+    run_script_with_env(
+        script,
+        &[
+            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
+            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_AGENT", agent.to_str().unwrap()),
+        ],
+    )
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -105,9 +122,6 @@ fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
 /// environment, in order, with the outputs, NAME.d, the image clean-up and the checksums.
 #[test]
 fn builds_the_fixture_os_with_every_phase() {
-    let kernel = kernel();
-    let agent = guest_agent();
-    let _ = appliance(); // built on the host, where the cache is writable
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -156,14 +170,7 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
         lib = fixtures().join("lib").display(),
         els = fixtures().join("elements").display(),
     );
-    let out = run_script_with_env(
-        &script,
-        &[
-            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
-            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-            ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        ],
-    );
+    let out = run_build_script(&script);
     let s = text(&out.stdout);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("host: status=0");
@@ -258,9 +265,6 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
 /// output behind; --no-delete-on-failure keeps what was made.
 #[test]
 fn a_failing_script_stops_the_build_and_removes_outputs() {
-    let kernel = kernel();
-    let agent = guest_agent();
-    let _ = appliance();
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -280,14 +284,7 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
         lib = fixtures().join("lib").display(),
         els = fixtures().join("elements").display(),
     );
-    let out = run_script_with_env(
-        &script,
-        &[
-            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
-            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-            ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        ],
-    );
+    let out = run_build_script(&script);
     let s = text(&out.stdout);
     assert!(s.contains("host: status=1"), "{s}");
     assert!(s.contains("stderr: microdib: error: install.d/20-fail (element failer) failed: exit status 7"), "{s}");
@@ -342,9 +339,6 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
 /// names), and ramdisk mode (NAME.d gets the kernel and initramfs; disk formats are not made).
 #[test]
 fn block_device_d_and_ramdisk_mode() {
-    let kernel = kernel();
-    let agent = guest_agent();
-    let _ = appliance();
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -369,14 +363,7 @@ echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
         lib = fixtures().join("lib").display(),
         els = fixtures().join("elements").display(),
     );
-    let out = run_script_with_env(
-        &script,
-        &[
-            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
-            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-            ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        ],
-    );
+    let out = run_build_script(&script);
     let s = text(&out.stdout);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("disk: status=0");

@@ -182,12 +182,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         )));
     }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
-    let image_cache = c
-        .image_cache
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
-    std::fs::create_dir_all(&image_cache).map_err(|e| format!("cannot create {}: {e}", image_cache.display()))?;
+    image_cache_dir(c)?;
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let vars = BuildVars {
         user_vars,
@@ -285,6 +280,17 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     plan.finish(c, r)?;
     r.message("Done");
     Ok(())
+}
+
+/// `--image-cache`, or `$HOME/.cache/image-create`, created as virt-dib did at startup.
+pub fn image_cache_dir(c: &Cmdline) -> Result<PathBuf, String> {
+    let dir = c
+        .image_cache
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Checks the elements on this host (so mistakes show at once), then runs the build inside a

@@ -39,12 +39,7 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     initramfs::appliance::build_or_cached(&agent, &appliance::cache_root().join("appliance"), |m| r.info(m))
         .map_err(|e| format!("cannot build the appliance: {}", appliance::error_chain(&e)))?;
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current directory: {e}"))?;
-    let image_cache = c
-        .image_cache
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
-    std::fs::create_dir_all(&image_cache).map_err(|e| format!("cannot create {}: {e}", image_cache.display()))?;
+    let image_cache = super::image_cache_dir(c)?;
     let mut writable: Vec<PathBuf> = Vec::new();
     let out_dir = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     writable.push(absolute(out_dir));

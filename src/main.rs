@@ -62,6 +62,13 @@ fn main() -> ExitCode {
             }
         },
     };
+    // The VMM's own diagnostics (device watchdog, guest exits): warnings, or more with -v.
+    let filter = if c.verbose { "vmm=info,warn" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MICRODIB_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let opts = ReporterOptions { quiet: c.quiet, color: c.color, wrap: c.wrap, verbose: c.verbose, trace: c.trace };
     let reporter = Reporter::new(&prog, start, &opts, machine);
     // Capabilities: --machine-readable alone (before the -B check, as virt-dib does).

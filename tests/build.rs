@@ -29,6 +29,8 @@ fn run_build_script(script: &str) -> Output {
             ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
             ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
             ("MICRODIB_AGENT", agent.to_str().unwrap()),
+            // The device watchdog's notes go to the build's stderr, for failures to show.
+            ("MICRODIB_LOG", "vmm=info,warn"),
         ],
     )
 }
@@ -343,8 +345,8 @@ fn block_device_d_and_ramdisk_mode() {
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 mkdir -p "$d/out"
-"$MICRODIB" -B {lib} -p {els} --name "$d/out/disk" --size 256M --formats raw --image-cache "$d/cache" \
-   -q fixture-os partitioned dumper > "$d/log" 2>&1
+timeout -k 10 270 "$MICRODIB" -B {lib} -p {els} --name "$d/out/disk" --size 256M --formats raw --image-cache "$d/cache" \
+   fixture-os partitioned dumper > "$d/log" 2>&1
 echo "disk: status=$?"
 sed 's/^/disk: /' "$d/log"
 echo "disk: block-device=$(sed -n 's/^IMAGE_BLOCK_DEVICE=//p' "$d/out/disk.d/install.d.env")"
@@ -353,8 +355,8 @@ echo "disk: table=$(sfdisk -d "$d/out/disk.raw" 2>/dev/null | grep -c 'start= *2
 off=$((2048 * 512))
 dd if="$d/out/disk.raw" of="$d/part.img" bs=1M skip=1 2>/dev/null
 echo "disk: os-release=$(debugfs -R 'cat /etc/os-release' "$d/part.img" 2>/dev/null)"
-"$MICRODIB" -B {lib} -p {els} --name "$d/out/rd" --size 256M --formats raw,qcow2,tar --checksum --ramdisk \
-   --ramdisk-element fixture-ramdisk --image-cache "$d/cache" -q fixture-os > "$d/log2" 2>&1
+timeout -k 10 270 "$MICRODIB" -B {lib} -p {els} --name "$d/out/rd" --size 256M --formats raw,qcow2,tar --checksum --ramdisk \
+   --ramdisk-element fixture-ramdisk --image-cache "$d/cache" fixture-os > "$d/log2" 2>&1
 echo "ramdisk: status=$?"
 sed 's/^/ramdisk: /' "$d/log2"
 echo "ramdisk: files=$(cd "$d/out" && ls -A | grep '^rd' | tr '\n' ' ')"

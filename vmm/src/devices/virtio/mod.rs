@@ -12,7 +12,8 @@ pub mod rng;
 pub mod vsock;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -26,16 +27,22 @@ pub const INT_USED_RING: u32 = 1;
 /// Interrupt status bit: the configuration changed (or the device needs a reset).
 pub const INT_CONFIG: u32 = 2;
 
+/// How often device threads look for interrupts the guest left unacknowledged and for queue
+/// notifications that never arrived.
+pub const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
+
 /// The device's interrupt line: the status register the driver reads, and the irqfd that
 /// raises the GSI.
 pub struct Interrupt {
     status: AtomicU32,
+    /// How many times the interrupt was raised, so the watchdog can tell old from new.
+    raised: AtomicU64,
     irq: EventFd,
 }
 
 impl Interrupt {
     pub fn new() -> std::io::Result<Self> {
-        Ok(Interrupt { status: AtomicU32::new(0), irq: EventFd::new(libc::EFD_NONBLOCK)? })
+        Ok(Interrupt { status: AtomicU32::new(0), raised: AtomicU64::new(0), irq: EventFd::new(libc::EFD_NONBLOCK)? })
     }
 
     /// The eventfd to register as the device's irqfd.
@@ -58,8 +65,22 @@ impl Interrupt {
     /// Raises the interrupt with `bit` set in the status register.
     pub fn signal(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::SeqCst);
+        self.raised.fetch_add(1, Ordering::SeqCst);
         // Only fails if the counter would overflow, i.e. an interrupt is already pending.
         let _ = self.irq.write(1);
+    }
+
+    /// Called every `WATCHDOG_PERIOD` by the device thread with the count it saw last time. If
+    /// status bits raised before that call are still unacknowledged, the guest never took the
+    /// edge (seen under nested emulation), so it is raised again. Returns whether it was.
+    pub fn reraise_if_unseen(&self, last_raised: &mut u64) -> bool {
+        let raised = self.raised.load(Ordering::SeqCst);
+        let unseen = self.status() != 0 && raised == *last_raised;
+        *last_raised = raised;
+        if unseen {
+            let _ = self.irq.write(1);
+        }
+        unseen
     }
 }
 
@@ -156,5 +177,19 @@ mod tests {
         assert_eq!(i.irqfd().read().unwrap(), 2);
         i.ack(INT_USED_RING);
         assert_eq!(i.status(), INT_CONFIG);
+    }
+
+    #[test]
+    fn only_an_interrupt_left_unacknowledged_for_a_whole_period_is_raised_again() {
+        let i = Interrupt::new().unwrap();
+        let mut seen = 0;
+        assert!(!i.reraise_if_unseen(&mut seen), "nothing raised yet");
+        i.signal(INT_USED_RING);
+        assert!(!i.reraise_if_unseen(&mut seen), "raised since the last look: give the guest time");
+        assert_eq!(i.irqfd().read().unwrap(), 1);
+        assert!(i.reraise_if_unseen(&mut seen), "still unacknowledged a period later");
+        assert_eq!(i.irqfd().read().unwrap(), 1);
+        i.ack(INT_USED_RING);
+        assert!(!i.reraise_if_unseen(&mut seen), "acknowledged");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -10,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, ActiveQueues, INT_USED_RING};
+use super::{ActivateError, ActiveQueues, INT_USED_RING, WATCHDOG_PERIOD};
 
 /// Starts the worker of a one-queue device: on each notification `serve` handles the queue
 /// (returning whether it completed anything) and the guest is interrupted if it wants to be.
@@ -23,9 +24,21 @@ where
         return Err(ActivateError::BadQueues);
     };
     let fd = event.as_raw_fd();
-    Worker::spawn(name, vec![(fd, 0)], move |_| {
+    let mut last_raised = 0;
+    let label = name.to_owned();
+    Worker::spawn(name, vec![(fd, 0)], move |token| {
         let _ = event.read();
-        if serve(&mut queue, &mem) && queue.needs_notification(&mem).unwrap_or(true) {
+        let served = serve(&mut queue, &mem);
+        if token == TICK_TOKEN {
+            // A notification that never came, or an interrupt the guest never took.
+            if served {
+                tracing::info!("{label}: served requests the guest did not notify");
+            }
+            if interrupt.reraise_if_unseen(&mut last_raised) {
+                tracing::info!("{label}: the guest left an interrupt unacknowledged; raised it again");
+            }
+        }
+        if served && queue.needs_notification(&mem).unwrap_or(true) {
             interrupt.signal(INT_USED_RING);
         }
         true
@@ -35,6 +48,8 @@ where
 
 /// Token of the stop event in the worker's epoll set.
 const STOP_TOKEN: u64 = u64::MAX;
+/// Passed to `on_event` every `WATCHDOG_PERIOD`, whatever else happens.
+pub const TICK_TOKEN: u64 = u64::MAX - 1;
 
 /// A running device worker.
 pub struct Worker {
@@ -43,8 +58,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts `name`, calling `on_event(token)` whenever one of `sources` (fd, token) is readable.
-    /// `on_event` returns false to end the worker.
+    /// Starts `name`, calling `on_event(token)` whenever one of `sources` (fd, token) is readable,
+    /// and with `TICK_TOKEN` every `WATCHDOG_PERIOD`. `on_event` returns false to end the worker.
     pub fn spawn<F>(name: &str, sources: Vec<(RawFd, u64)>, mut on_event: F) -> std::io::Result<Worker>
     where
         F: FnMut(u64) -> bool + Send + 'static,
@@ -57,8 +72,17 @@ impl Worker {
         }
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
             let mut events = vec![EpollEvent::default(); 16];
+            let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
             loop {
-                let n = match epoll.wait(-1, &mut events) {
+                let now = Instant::now();
+                if now >= next_tick {
+                    next_tick = now + WATCHDOG_PERIOD;
+                    if !on_event(TICK_TOKEN) {
+                        return;
+                    }
+                }
+                let timeout = next_tick.saturating_duration_since(now).as_millis() as i32 + 1;
+                let n = match epoll.wait(timeout, &mut events) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {

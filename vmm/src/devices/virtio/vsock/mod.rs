@@ -9,11 +9,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice};
+use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, WATCHDOG_PERIOD};
 use muxer::{HostSide, Muxer, TOKEN_FD_BASE, TOKEN_LISTENER};
 
 const VIRTIO_ID_VSOCK: u32 = 19;
@@ -82,12 +83,16 @@ impl Drop for Vsock {
 /// The device thread. `_stop` is kept open here so its epoll registration stays valid.
 fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
     let mut ready = vec![EpollEvent::default(); 64];
+    let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
     loop {
-        // Sleep until something happens or the next handshake deadline.
-        let timeout = muxer.next_deadline().map_or(-1, |d| {
-            let ms = d.saturating_duration_since(std::time::Instant::now()).as_millis();
-            i32::try_from(ms + 1).unwrap_or(i32::MAX)
-        });
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + WATCHDOG_PERIOD;
+            muxer.watchdog();
+        }
+        // Sleep until something happens, the next handshake deadline or the next tick.
+        let wake = muxer.next_deadline().map_or(next_tick, |d| d.min(next_tick));
+        let timeout = i32::try_from(wake.saturating_duration_since(now).as_millis() + 1).unwrap_or(i32::MAX);
         let n = match muxer.epoll().wait(timeout, &mut ready) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -194,6 +194,8 @@ pub struct Muxer {
     next_local_port: u32,
     /// TX processing stopped because `control` was full.
     tx_stalled: bool,
+    /// The interrupt count at the last watchdog tick.
+    last_raised: u64,
 }
 
 impl Muxer {
@@ -222,6 +224,7 @@ impl Muxer {
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             tx_stalled: false,
+            last_raised: 0,
         })
     }
 
@@ -660,6 +663,23 @@ impl Muxer {
         let tx = self.txq.needs_notification(&self.mem).unwrap_or(true);
         if rx || tx {
             self.interrupt.signal(INT_USED_RING);
+        }
+    }
+
+    /// Runs every `WATCHDOG_PERIOD`: serves both queues in case a notification was lost, and
+    /// raises again an interrupt the guest has not taken.
+    pub fn watchdog(&mut self) {
+        let (tx_before, rx_before) = (self.txq.next_avail(), self.rxq.next_avail());
+        self.process_tx();
+        self.process_rx();
+        if self.txq.next_avail() != tx_before {
+            tracing::info!("virtio-vsock: served TX packets the guest did not notify");
+        }
+        if self.rxq.next_avail() != rx_before {
+            tracing::debug!("virtio-vsock: used RX buffers on the watchdog tick");
+        }
+        if self.interrupt.reraise_if_unseen(&mut self.last_raised) {
+            tracing::info!("virtio-vsock: the guest left an interrupt unacknowledged; raised it again");
         }
     }
 

@@ -156,6 +156,15 @@ debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.
 debugfs -R 'ls -p /home/.cache' "$d/helper.img" 2>/dev/null | grep -q '/image-create/' && echo "helper: image-cache=yes"
 grep -o '"type": "[a-z-]*"' "$d/events" | sort | uniq -c | awk '{{print "event:", $3}}' | tr -d '"'
 
+for v in TMP_MOUNT_PATH TMP_HOOKS_PATH TMPDIR _LIB DIB_PYTHON_EXEC ELEMENTS_PATH DIB_IMAGE_CACHE TARGET_ROOT HOME FROM_USER ARCH FIXTURE_OS_ENV IMAGE_ELEMENT; do
+  echo "extra: env $v=$(sed -n "s/^$v=//p" img.d/extra-data.d.env)"
+done
+echo "extra: host-home=$HOME cwd=$(cat img.d/extra-data.d.pwd) python=$(sed -n 's/^DIB_PYTHON_EXEC=//p' img.d/extra-data.d.env | xargs test -x && echo runs)"
+sed 's/^/extra: path /' img.d/extra-data.d.path
+echo "image: from-host=$(debugfs -R 'cat /etc/from-host' img.raw 2>/dev/null) $(debugfs -R 'stat /etc/from-host' img.raw 2>/dev/null | grep -o 'User: *[0-9]*' | tr -s ' ')"
+echo "image: group=$(debugfs -R 'cat /etc/group' img.raw 2>/dev/null | tr '\n' ' ')$(debugfs -R 'stat /etc/group' img.raw 2>/dev/null | grep -o 'Mode: *[0-7]*' | tr -s ' ')"
+echo "image: from-hook=$(debugfs -R 'cat /etc/from-hook' img.raw 2>/dev/null)"
+echo "image: etc=$(debugfs -R 'ls -p /etc' img.raw 2>/dev/null | awk -F/ '{{print $6}}' | grep delete-me)"
 echo "image: order=$(debugfs -R 'cat /etc/order' img.raw 2>/dev/null)"
 echo "image: base=$(debugfs -R 'cat /etc/base-marker' img.raw 2>/dev/null)"
 echo "image: extra-packages=$(debugfs -R 'cat /etc/extra-packages' img.raw 2>/dev/null)"
@@ -250,6 +259,44 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output"] {
         has(&format!("event: {e}"));
     }
+    // extra-data.d on the host (notes §5.2, §5.6 column H, §6.3): the host environment and the
+    // image's root in TMP_MOUNT_PATH, whose changes reach the image (new files owned by root).
+    assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with("] Running: extra-data.d/90-dump")));
+    has("stdout: dumper: extra-data.d ran");
+    let extra = |v: &str| {
+        let prefix = format!("extra: env {v}=");
+        s.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {v} for extra-data.d")).to_owned()
+    };
+    let mount = extra("TMP_MOUNT_PATH");
+    assert!(mount.starts_with('/') && mount.ends_with("/extra-data.d"), "{mount}");
+    assert_eq!(extra("TMP_HOOKS_PATH"), format!("{mount}/tmp/in_target.aux/hooks"));
+    assert_eq!(extra("TMPDIR"), format!("{mount}/tmp"));
+    assert_eq!(extra("_LIB"), fixtures().join("lib").display().to_string());
+    assert_eq!(extra("ELEMENTS_PATH"), fixtures().join("elements").display().to_string());
+    assert!(extra("DIB_IMAGE_CACHE").ends_with("/cache"));
+    assert_eq!(extra("TARGET_ROOT"), "");
+    assert_eq!(extra("FROM_USER"), "yes");
+    assert_eq!(extra("ARCH"), "amd64");
+    assert_eq!(extra("FIXTURE_OS_ENV"), "from-environment-d");
+    assert_eq!(extra("IMAGE_ELEMENT"), "base dumper fixture-os order");
+    assert!(s.lines().any(|l| l.starts_with("extra: host-home=")
+        && l.ends_with(&format!("cwd={} python=runs", workspace().display()))
+        && l.contains(&format!("host-home={} ", extra("HOME")))));
+    let els = fixtures().join("elements");
+    let el = |e: &str| els.join(e).display().to_string();
+    has(&format!(
+        "extra: path {}",
+        ["base", "dumper", "fixture-os", "order"].map(|e| format!("[{e}]='{}'", el(e))).join(" ")
+    ));
+    has(&format!(
+        "extra: path {{{}}}",
+        ["base", "dumper", "fixture-os", "order"].map(|e| format!("{e}: '{}'", el(e))).join(", ")
+    ));
+    assert!(s.lines().any(|l| l.starts_with("extra: path /") && l.ends_with("/fake-bin/sudo")), "{s}");
+    has("image: from-host=made on the host User: 0");
+    has("image: group=root:x:0: hostgrp:x:1234: Mode: 0644");
+    has("image: from-hook=from a hook extra-data.d added");
+    has("image: etc=");
     // Run order, exclusions, non-scripts; the image clean-up; label and size.
     has("image: order=00-z foo 5-b 10-a ");
     has("image: base=base element ran");
@@ -270,16 +317,20 @@ fn a_failing_script_stops_the_build_and_removes_outputs() {
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
-mkdir -p "$d/els/failer/install.d" "$d/out"
+mkdir -p "$d/els/failer/install.d" "$d/els/host-failer/extra-data.d" "$d/out"
 printf '#!/bin/bash\necho about to fail\nexit 7\n' > "$d/els/failer/install.d/20-fail"
-chmod +x "$d/els/failer/install.d/20-fail"
+printf '#!/bin/bash\necho host script fails\nexit 9\n' > "$d/els/host-failer/extra-data.d/20-fail"
+chmod +x "$d/els/failer/install.d/20-fail" "$d/els/host-failer/extra-data.d/20-fail"
 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw,tar \
    --image-cache "$d/cache" fixture-os failer > "$d/stdout" 2> "$d/stderr"
 echo "host: status=$?"
 sed 's/^/stderr: /' "$d/stderr"
 echo "files: $(ls -A "$d/out" | tr '\n' ' ')"
+# An extra-data.d script's status is microdib's, with no message (as virt-dib).
 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 256M --formats raw \
-   --image-cache "$d/cache" --no-delete-on-failure -q fixture-os failer > /dev/null 2>&1
+   --image-cache "$d/cache" --no-delete-on-failure fixture-os host-failer > "$d/stdout2" 2> "$d/stderr2"
+echo "kept: status=$?"
+sed 's/^/kept: /' "$d/stdout2" "$d/stderr2"
 echo "kept: $(ls -A "$d/out" | tr '\n' ' ')"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
@@ -293,6 +344,9 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
     assert!(s.contains("stderr: about to fail"), "{s}");
     assert!(s.lines().any(|l| l == "files: "), "outputs left after a failure:\n{s}");
     assert!(s.lines().any(|l| l == "kept: kept.raw "), "{s}");
+    assert!(s.lines().any(|l| l == "kept: status=9"), "{s}");
+    assert!(s.lines().any(|l| l == "kept: host script fails"), "{s}");
+    assert!(!s.lines().any(|l| l.starts_with("kept: ") && l.contains("error")), "{s}");
     assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
 }
 

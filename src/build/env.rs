@@ -146,6 +146,69 @@ impl BuildVars {
     }
 }
 
+/// What only the host knows, for extra-data.d.
+#[derive(Debug, Clone, Default)]
+pub struct HostPaths {
+    /// The host view of the image (`TMP_MOUNT_PATH`).
+    pub mount: String,
+    /// The `-B` directory.
+    pub lib: String,
+    pub image_cache: String,
+    pub python: String,
+    /// `-p` paths as given, joined by `:`.
+    pub elements_path: String,
+    /// The host copy of the aux tree (for fake-bin).
+    pub aux: String,
+}
+
+impl BuildVars {
+    /// What extra-data.d gets on top of the host environment (notes §5.2, §5.6 column H):
+    /// `--envvar` values first, then PATH with the fake sudo, then diskimage-builder's variables.
+    pub fn host_env(&self, h: &HostPaths, host_path: &str) -> BTreeMap<String, String> {
+        let mut env: BTreeMap<String, String> = self.user_vars.iter().cloned().collect();
+        let base_path = env.get("PATH").cloned().unwrap_or_else(|| host_path.to_owned());
+        let mut set = |k: &str, v: String| {
+            env.insert(k.to_owned(), v);
+        };
+        set("PATH", format!("{}/fake-bin:{base_path}", h.aux));
+        set("TMP_MOUNT_PATH", h.mount.clone());
+        set("TMP_HOOKS_PATH", format!("{}{AUX}/hooks", h.mount));
+        set("TMPDIR", format!("{}/tmp", h.mount));
+        set("TMP_DIR", format!("{}/tmp", h.mount));
+        set("_LIB", h.lib.clone());
+        set("ARCH", self.arch.clone());
+        set("IMAGE_NAME", self.image_name.clone());
+        set("IMAGE_ELEMENT", self.elements.join(" "));
+        set("ELEMENTS_PATH", h.elements_path.clone());
+        set("DIB_OFFLINE", if self.offline { "1" } else { "" }.to_owned());
+        set("DIB_ROOT_LABEL", self.root_label.clone());
+        set("DIB_IMAGE_ROOT_FS_UUID", self.root_uuid.clone());
+        set("DIB_IMAGE_CACHE", h.image_cache.clone());
+        set("DIB_ARGS", self.dib_args.clone());
+        set("DIB_ENV", self.dib_env.clone());
+        set("DIB_DEBUG_TRACE", self.debug.to_string());
+        set("FS_TYPE", self.fs_type.clone());
+        set("DIB_CHECKSUM", if self.checksum { "1" } else { "" }.to_owned());
+        set("DIB_PYTHON_EXEC", h.python.clone());
+        env
+    }
+}
+
+/// The element information extra-data.d scripts get: `IMAGE_ELEMENT_YAML` and the exported
+/// bash function `get_image_element_array`, as shell text for the wrapper to evaluate.
+pub fn element_info(elements: &[(String, String)]) -> String {
+    use crate::shell::quote;
+    let mut sorted = elements.to_vec();
+    sorted.sort();
+    let yaml: Vec<String> = sorted.iter().map(|(e, d)| format!("{e}: {}", quote(d))).collect();
+    let array: Vec<String> = sorted.iter().map(|(e, d)| format!("[{e}]={}", quote(d))).collect();
+    format!(
+        "export IMAGE_ELEMENT_YAML={}\nfunction get_image_element_array {{\n  echo {}\n}}\nexport -f get_image_element_array\n",
+        quote(&format!("{{{}}}", yaml.join(", "))),
+        quote(&array.join(" "))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +285,31 @@ mod tests {
         assert_eq!(without_partition("/dev/loop0"), "/dev/loop0");
         assert_eq!(without_partition("/dev/vda1"), "/dev/vda1");
         assert_eq!(without_partition("/dev/mapper/loop0p1"), "/dev/mapper/loop0");
+    }
+
+    #[test]
+    fn element_info_defines_the_yaml_and_the_array_function() {
+        let info = element_info(&[("b".into(), "/p/it's b".into()), ("a".into(), "/p/a".into())]);
+        let script = format!("{info}\nbash -c 'echo \"$IMAGE_ELEMENT_YAML\"; get_image_element_array; eval declare -A e=($(get_image_element_array)); echo \"${{e[b]}}\"'");
+        let out = std::process::Command::new("bash").arg("-c").arg(script).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "{a: '/p/a', b: '/p/it'\\''s b'}\n[a]='/p/a' [b]='/p/it'\\''s b'\n/p/it's b\n"
+        );
+    }
+
+    #[test]
+    fn host_values_override_envvars_and_keep_the_host_path() {
+        let mut v = vars();
+        v.user_vars = vec![("ARCH".into(), "mine".into()), ("FROM_USER".into(), "1".into())];
+        let h = HostPaths { mount: "/w/extra-data.d".into(), aux: "/w/in_target.aux".into(), ..Default::default() };
+        let env = v.host_env(&h, "/usr/bin:/bin");
+        assert_eq!(env["PATH"], "/w/in_target.aux/fake-bin:/usr/bin:/bin");
+        assert_eq!(env["ARCH"], v.arch);
+        assert_eq!(env["FROM_USER"], "1");
+        assert_eq!(env["TMP_HOOKS_PATH"], "/w/extra-data.d/tmp/in_target.aux/hooks");
+        for absent in ["TARGET_ROOT", "HOME", "TMP", "DIB_MANIFEST_SAVE_DIR", "IMAGE_BLOCK_DEVICE", "DIB_NO_TMPFS"] {
+            assert!(!env.contains_key(absent), "{absent}");
+        }
     }
 }

@@ -5,6 +5,8 @@
 
 pub mod appliance;
 pub mod env;
+pub mod extra_data;
+pub mod host_view;
 pub mod nested;
 pub mod outputs;
 pub mod phases;
@@ -20,7 +22,8 @@ use crate::cli::{Accel, Cmdline};
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::messages::Reporter;
 use appliance::{ApplianceSpec, ApplianceVm};
-use env::{BuildVars, Context, SYSROOT};
+use env::{BuildVars, Context, HostPaths, SYSROOT};
+use extra_data::ExtraData;
 use outputs::OutputPlan;
 use phases::{block_device_from_output, guest_sh, PhaseRunner};
 use workspace::Workspace;
@@ -174,15 +177,8 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let hooks_dir = ws.aux().join("hooks");
     hooks::build(&hooks_dir, &expanded, &idx, &c.exclude_scripts, &c.install_type).map_err(|e| e.to_string())?;
     let owners = script_owners(&idx, &expanded);
-    let extra = phase_scripts(&hooks_dir.join("extra-data.d"));
-    if !extra.is_empty() {
-        return Err(BuildError::Error(format!(
-            "extra-data.d scripts ({}) need the host view of the image, which this version of microdib does not provide yet",
-            extra.join(" ")
-        )));
-    }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
-    image_cache_dir(c)?;
+    let image_cache = image_cache_dir(c)?;
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let vars = BuildVars {
         user_vars,
@@ -201,7 +197,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         checksum: c.checksum,
         block_device: "/dev/loop0".into(),
     };
-    let _ = tools;
+    let extra_data = extra_data_plan(c, &ws, &hooks_dir, &idx, &expanded, &vars, &tools, &image_cache);
     if c.debug >= 1 {
         r.debug(&format!("DIB args:\n{}\n", vars.dib_args));
         r.debug(&format!("DIB envvars:\n{}", vars.dib_env));
@@ -260,7 +256,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".to_owned()
     };
     let runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint };
-    let result = guest_build(c, &mut vm, runner, &ws, &plan, &hooks_dir, &image_name);
+    let result = guest_build(c, &mut vm, runner, &ws, &plan, &hooks_dir, &image_name, &extra_data);
     if let Err(e) = result {
         if let Some(end) = vm.ended() {
             if signals::caught().is_none() {
@@ -280,6 +276,40 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     plan.finish(c, r)?;
     r.message("Done");
     Ok(())
+}
+
+/// extra-data.d's scripts (from the host copy of the hooks) and its host environment.
+#[allow(clippy::too_many_arguments)]
+fn extra_data_plan(
+    c: &Cmdline,
+    ws: &Workspace,
+    hooks_dir: &Path,
+    idx: &ElementIndex,
+    expanded: &BTreeSet<String>,
+    vars: &BuildVars,
+    tools: &crate::preflight::HostTools,
+    image_cache: &Path,
+) -> ExtraData {
+    let mount = ws.dir.join("extra-data.d");
+    let paths = HostPaths {
+        mount: mount.display().to_string(),
+        lib: c.basepath.clone().unwrap_or_default(),
+        image_cache: image_cache.display().to_string(),
+        python: tools.python.display().to_string(),
+        elements_path: c.element_paths.join(":"),
+        aux: ws.aux().display().to_string(),
+    };
+    let mut env = vars.host_env(&paths, &std::env::var("PATH").unwrap_or_default());
+    env.insert("VIRT_DIB_OURPATH".into(), ws.dir.display().to_string());
+    let dirs: Vec<(String, String)> =
+        expanded.iter().filter_map(|e| idx.get(e).map(|el| (e.clone(), el.dir.display().to_string()))).collect();
+    ExtraData {
+        scripts: phase_scripts(&hooks_dir.join("extra-data.d")),
+        mount,
+        element_info: env::element_info(&dirs),
+        env,
+        wrapper: ws.aux().join("run-part-extra.sh"),
+    }
 }
 
 /// `--image-cache`, or `$HOME/.cache/image-create`, created as virt-dib did at startup.
@@ -331,6 +361,7 @@ fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String
 }
 
 /// The part of the build that happens in the VM.
+#[allow(clippy::too_many_arguments)]
 fn guest_build(
     c: &Cmdline,
     vm: &mut ApplianceVm,
@@ -339,6 +370,7 @@ fn guest_build(
     plan: &OutputPlan,
     hooks_dir: &Path,
     image_name: &str,
+    extra_data: &ExtraData,
 ) -> Result<(), BuildError> {
     let r = runner.reporter;
     // The aux tree lives in a tmpfs in the appliance, bound into the target at /tmp/in_target.aux;
@@ -390,6 +422,7 @@ fn guest_build(
     )?;
     mount_aux(vm)?;
     guest_sh(vm, "ln -sfn in_target.aux/hooks /sysroot/tmp/in_target.d", &[])?;
+    extra_data.run(vm, &runner)?;
 
     for phase in ["pre-install.d", "install.d", "post-install.d"] {
         let scripts = runner.guest_scripts(vm, phase)?;

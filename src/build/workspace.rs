@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The wrapper scripts, written into the aux tree.
 const RUN_PART: &str = include_str!("wrappers/run-part.sh");
+const RUN_PART_EXTRA: &str = include_str!("wrappers/run-part-extra.sh");
 const RUN_AND_LOG: &str = include_str!("wrappers/run-and-log.sh");
 const FAKE_SUDO: &str = include_str!("wrappers/fake-sudo");
 const DIB_RUN_PARTS_MISSING: &str = include_str!("wrappers/dib-run-parts-missing");
@@ -51,6 +52,7 @@ impl Workspace {
                 .map_err(|e| format!("cannot create {}: {e}", aux.join(d).display()))?;
         }
         w("run-part.sh", RUN_PART)?;
+        w("run-part-extra.sh", RUN_PART_EXTRA)?;
         w("run-and-log.sh", RUN_AND_LOG)?;
         w("fake-bin/sudo", FAKE_SUDO)?;
         // The host's dib-run-parts if it has one, as virt-dib did.
@@ -69,6 +71,8 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
+        // extra-data.d scripts may have left directories the user cannot write.
+        super::host_view::make_removable(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

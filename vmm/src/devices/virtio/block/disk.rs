@@ -73,7 +73,7 @@ pub fn open(path: &Path, format: DiskFormat, read_only: bool) -> Result<Box<dyn 
         DiskFormat::Raw => Box::new(RawFile::open(path, read_only)?),
         DiskFormat::Qcow2 => Box::new(Qcow2Image::open(path, read_only)?),
     };
-    if image.size() % SECTOR != 0 {
+    if !image.size().is_multiple_of(SECTOR) {
         return Err(DiskError::Unaligned { path: path.to_owned(), size: image.size() });
     }
     Ok(image)

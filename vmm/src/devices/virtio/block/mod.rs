@@ -165,7 +165,7 @@ fn handle_discard(disk: &Disk, data: &mut Reader<'_>) -> u8 {
         return S_IOERR;
     }
     let segments = data.available_bytes() / 16;
-    if segments == 0 || segments > MAX_SEGMENTS as usize || data.available_bytes() % 16 != 0 {
+    if segments == 0 || segments > MAX_SEGMENTS as usize || !data.available_bytes().is_multiple_of(16) {
         return S_UNSUPP;
     }
     for _ in 0..segments {

@@ -1,0 +1,189 @@
+//! extra-data.d: runs on the host, as the invoking user, with the host environment, in
+//! microdib's cwd, on a host view of the image (`host_view`) that is written back when the phase
+//! ends. A failing script ends the build with its own exit status and no message (virt-dib).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use microdib_proto::client::ExitStatus;
+
+use super::appliance::ApplianceVm;
+use super::env::{AUX, SYSROOT};
+use super::host_view::{make_removable, HostView};
+use super::phases::{profiling_table, status_text, PhaseRunner, PhaseTimes};
+use super::BuildError;
+
+const PHASE: &str = "extra-data.d";
+/// The helper drive is not part of the view: it holds the guest's cache, which extra-data.d
+/// sees on the host as DIB_IMAGE_CACHE.
+const NOT_IN_VIEW: &str = "./tmp/in_target.aux/perm";
+
+/// The host side of extra-data.d for one build.
+pub struct ExtraData {
+    /// The scripts, in run order (from the host copy of the hooks, as virt-dib did).
+    pub scripts: Vec<String>,
+    /// Where the view is unpacked (`TMP_MOUNT_PATH`).
+    pub mount: PathBuf,
+    /// The shell text defining the element information (`env::element_info`).
+    pub element_info: String,
+    /// Variables set over the inherited environment.
+    pub env: BTreeMap<String, String>,
+    /// The wrapper in the host aux tree.
+    pub wrapper: PathBuf,
+}
+
+impl ExtraData {
+    /// Unpacks the image, runs the scripts, writes their changes back.
+    pub fn run(&self, vm: &mut ApplianceVm, runner: &PhaseRunner<'_>) -> Result<(), BuildError> {
+        if self.scripts.is_empty() {
+            return Ok(());
+        }
+        let r = runner.reporter;
+        r.info("Preparing the image's root for extra-data.d on the host");
+        let view = self.unpack(vm)?;
+        let result = self.run_scripts(runner, view.root());
+        let written = result.and_then(|()| write_back(vm, &view));
+        make_removable(view.root());
+        let _ = std::fs::remove_dir_all(view.root());
+        written
+    }
+
+    fn unpack(&self, vm: &mut ApplianceVm) -> Result<HostView, BuildError> {
+        std::fs::create_dir_all(&self.mount).map_err(|e| format!("cannot create {}: {e}", self.mount.display()))?;
+        let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let mount = self.mount.clone();
+        let unpacker = std::thread::spawn(move || HostView::unpack(&mount, reader));
+        let exclude = format!("--exclude={NOT_IN_VIEW}");
+        let argv = ["tar", "-c", "-f", "-", "-C", SYSROOT, "--numeric-owner", &exclude, "."];
+        vm.trace_command(&argv);
+        let mut errors = Vec::new();
+        let mut pipe_ok = true;
+        let status = vm.agent()?.run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |is_err, d| {
+            if is_err {
+                errors.extend_from_slice(d);
+            } else if pipe_ok {
+                pipe_ok = writer.write_all(d).is_ok();
+            }
+        });
+        drop(writer);
+        let view = unpacker.join().map_err(|_| BuildError::Error("the extra-data.d unpacker panicked".into()))?;
+        let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
+        if status != ExitStatus::Code(0) {
+            return Err(BuildError::Error(format!(
+                "cannot read the image's root for extra-data.d: {} ({})",
+                String::from_utf8_lossy(&errors).trim(),
+                status_text(&status)
+            )));
+        }
+        view.map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))
+    }
+
+    fn run_scripts(&self, runner: &PhaseRunner<'_>, mount: &Path) -> Result<(), BuildError> {
+        let r = runner.reporter;
+        let info = mount.with_file_name("element-info");
+        std::fs::write(&info, &self.element_info).map_err(|e| format!("cannot write {}: {e}", info.display()))?;
+        let target_dir = mount.join(format!("{}/hooks/{PHASE}", AUX.trim_start_matches('/')));
+        let quiet = r.quiet();
+        let mut times = PhaseTimes { phase: PHASE.into(), scripts: Vec::new() };
+        let phase_start = Instant::now();
+        r.json(&[("type", "phase-start"), ("phase", PHASE)]);
+        for script in &self.scripts {
+            super::signals::check()?;
+            r.message(&format!("Running: {PHASE}/{script}"));
+            r.json(&[("type", "script-start"), ("phase", PHASE), ("script", script)]);
+            let started = Instant::now();
+            let mut cmd = Command::new("bash");
+            cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
+            if quiet {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+            let mut child = cmd.spawn().map_err(|e| format!("cannot run bash for {PHASE}/{script}: {e}"))?;
+            super::signals::watch_child(child.id());
+            let status = child.wait();
+            super::signals::watch_child(0);
+            let status = status.map_err(|e| format!("cannot wait for {PHASE}/{script}: {e}"))?;
+            let secs = started.elapsed().as_secs_f64();
+            let shown = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(c), _) => ExitStatus::Code(c),
+                (None, Some(s)) => ExitStatus::Signal(s),
+                (None, None) => ExitStatus::Code(1),
+            };
+            r.json(&[
+                ("type", "script-end"),
+                ("phase", PHASE),
+                ("script", script),
+                ("seconds", &format!("{secs:.3}")),
+                ("status", &status_text(&shown)),
+            ]);
+            if runner.vars.debug >= 1 {
+                r.debug(&format!("\n{script} completed after {secs:.3} s"));
+            }
+            times.scripts.push((script.clone(), secs));
+            super::signals::check()?;
+            match shown {
+                ExitStatus::Code(0) => {}
+                ExitStatus::Code(c) => return Err(BuildError::Exit(c)),
+                ExitStatus::Signal(s) => {
+                    return Err(BuildError::Error(format!("{PHASE}/{script}: sub-process killed by signal ({s})")))
+                }
+            }
+        }
+        r.json(&[
+            ("type", "phase-end"),
+            ("phase", PHASE),
+            ("seconds", &format!("{:.3}", phase_start.elapsed().as_secs_f64())),
+        ]);
+        // virt-dib prints this table on stdout, not in the log, for extra-data.d.
+        if runner.vars.debug >= 1 && !quiet {
+            print!("{}", profiling_table(&times));
+        }
+        Ok(())
+    }
+}
+
+/// Removes what the scripts deleted from the image, then unpacks what they wrote.
+fn write_back(vm: &mut ApplianceVm, view: &HostView) -> Result<(), BuildError> {
+    let changes = view.changes().map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let fail = |what: &str, s: ExitStatus, err: &[u8]| {
+        BuildError::Error(format!(
+            "cannot {what} the image after extra-data.d: {} ({})",
+            String::from_utf8_lossy(err).trim(),
+            status_text(&s)
+        ))
+    };
+    for chunk in changes.removed.chunks(256) {
+        let paths: Vec<String> = chunk.iter().map(|p| format!("{SYSROOT}/{}", p.display())).collect();
+        let mut argv = vec!["rm", "-rf", "--"];
+        argv.extend(paths.iter().map(String::as_str));
+        let mut err = Vec::new();
+        let s = vm
+            .agent()?
+            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |_, d| err.extend_from_slice(d))
+            .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
+        if s != ExitStatus::Code(0) {
+            return Err(fail("update", s, &err));
+        }
+    }
+    if changes.written.is_empty() {
+        return Ok(());
+    }
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    std::thread::scope(|s| {
+        let packer = s.spawn(|| view.write_changes(&changes, writer));
+        let mut err = Vec::new();
+        let status = vm.agent()?.tar_in(SYSROOT, reader, |_, d| err.extend_from_slice(d));
+        let packed = packer.join().map_err(|_| BuildError::Error("the extra-data.d packer panicked".into()))?;
+        let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
+        packed.map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;
+        if status != ExitStatus::Code(0) {
+            return Err(fail("write", status, &err));
+        }
+        Ok(())
+    })
+}

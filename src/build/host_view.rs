@@ -1,0 +1,486 @@
+//! The image as a host directory, for extra-data.d: the target root is unpacked from the guest
+//! into the build's workspace, the scripts work on it as the invoking user, and what they
+//! changed is written back into the image. Works the same for every `--fs-type`, and each build
+//! has its own copy, so concurrent builds cannot meet.
+//!
+//! The tar stream comes from the guest and is hostile: no entry may land outside the directory,
+//! hard links may only point inside it, and special files are left in the image untouched.
+//! Changes are found by inode and ctime (which no unprivileged script can set back).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Why the host view could not be made or written back.
+#[derive(Debug, thiserror::Error)]
+pub enum HostViewError {
+    #[error("the image's file list holds an unacceptable path {0:?}")]
+    BadPath(PathBuf),
+    #[error("the image's file list names {0:?} twice")]
+    Duplicate(PathBuf),
+    #[error("the image's file list links {0:?} to something outside the image")]
+    LinkOutside(PathBuf),
+    #[error("cannot unpack {path:?} from the image: {source}")]
+    Unpack {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the image's file list: {0}")]
+    Stream(#[source] std::io::Error),
+    #[error("cannot read {path:?} back from the host view: {source}")]
+    Walk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// What the image had at a path, and what the host view made of it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    kind: Kind,
+    uid: u64,
+    gid: u64,
+    /// The mode in the image.
+    image_mode: u32,
+    /// The mode given on the host (owner-writable, no set-id bits); a script that changed it
+    /// decides the image's mode.
+    host_mode: u32,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+/// What the extra-data.d scripts changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Paths (relative) to remove from the image first: deleted ones and ones whose type
+    /// changed; only the topmost of a removed subtree.
+    pub removed: Vec<PathBuf>,
+    /// Paths (relative, parents first) to write into the image; a directory stands for itself
+    /// only, not its contents.
+    pub written: Vec<PathBuf>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.written.is_empty()
+    }
+}
+
+/// The unpacked image.
+pub struct HostView {
+    root: PathBuf,
+    recorded: HashMap<PathBuf, Recorded>,
+}
+
+/// A relative path from the stream, or None if it is absolute or climbs out.
+fn clean_relative(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Whether `path`'s parent directory, with every symlink resolved, is inside `root` (canonical).
+fn parent_inside(root: &Path, path: &Path) -> bool {
+    path.parent().and_then(|p| p.canonicalize().ok()).is_some_and(|p| p.starts_with(root))
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    // Never through a symlink: only what we just created is changed.
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+impl HostView {
+    /// Unpacks the guest's tar stream of the target root into `root` (an empty directory).
+    pub fn unpack(root: &Path, stream: impl Read) -> Result<HostView, HostViewError> {
+        let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
+        let mut archive = tar::Archive::new(stream);
+        archive.set_preserve_permissions(false);
+        archive.set_preserve_mtime(true);
+        archive.set_unpack_xattrs(false);
+        archive.set_overwrite(false);
+        let mut seen: HashSet<PathBuf> = HashSet::new();
+        let mut meta: HashMap<PathBuf, (Kind, u64, u64, u32, u32)> = HashMap::new();
+        for entry in archive.entries().map_err(HostViewError::Stream)? {
+            let mut entry = entry.map_err(HostViewError::Stream)?;
+            let raw = entry.path().map_err(HostViewError::Stream)?.into_owned();
+            let rel = clean_relative(&raw).ok_or_else(|| HostViewError::BadPath(raw.clone()))?;
+            if rel.as_os_str().is_empty() {
+                continue; // the root itself
+            }
+            if !seen.insert(rel.clone()) {
+                return Err(HostViewError::Duplicate(rel));
+            }
+            let h = entry.header();
+            let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+            let image_mode = h.mode().unwrap_or(0o644) & 0o7777;
+            let kind = h.entry_type();
+            let dst = canon_root.join(&rel);
+            let unpack_err = |e: std::io::Error| HostViewError::Unpack { path: rel.clone(), source: e };
+            let (kind, host_mode) = if kind.is_dir() {
+                (Kind::Dir, (image_mode & 0o777) | 0o700)
+            } else if kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous {
+                (Kind::File, (image_mode & 0o777) | 0o600)
+            } else if kind.is_symlink() {
+                (Kind::Symlink, 0o777)
+            } else if kind.is_hard_link() {
+                let target = entry
+                    .link_name()
+                    .map_err(HostViewError::Stream)?
+                    .and_then(|t| clean_relative(&t))
+                    .filter(|t| !t.as_os_str().is_empty())
+                    .ok_or_else(|| HostViewError::LinkOutside(rel.clone()))?;
+                let src = canon_root.join(&target);
+                let src_is_file = std::fs::symlink_metadata(&src).is_ok_and(|m| m.file_type().is_file());
+                if !src_is_file || !parent_inside(&canon_root, &src) || !parent_inside(&canon_root, &dst) {
+                    return Err(HostViewError::LinkOutside(rel));
+                }
+                std::fs::hard_link(&src, &dst).map_err(unpack_err)?;
+                let (k, u, g, m, hm) = meta.get(&target).copied().unwrap_or((Kind::File, uid, gid, image_mode, 0));
+                meta.insert(rel, (k, u, g, m, hm));
+                continue;
+            } else {
+                // Devices, FIFOs and the like stay in the image as they are.
+                continue;
+            };
+            if !entry.unpack_in(&canon_root).map_err(unpack_err)? {
+                return Err(HostViewError::BadPath(raw));
+            }
+            set_mode(&dst, host_mode).map_err(unpack_err)?;
+            meta.insert(rel, (kind, uid, gid, image_mode, host_mode));
+        }
+        // Inode and ctime once everything is in place (unpacking a child changes its parent).
+        let mut recorded = HashMap::with_capacity(meta.len());
+        for (rel, (kind, uid, gid, image_mode, host_mode)) in meta {
+            let path = canon_root.join(&rel);
+            let m =
+                std::fs::symlink_metadata(&path).map_err(|e| HostViewError::Walk { path: rel.clone(), source: e })?;
+            let ino = m.ino();
+            let ctime = (m.ctime(), m.ctime_nsec());
+            recorded.insert(rel, Recorded { kind, uid, gid, image_mode, host_mode, ino, ctime });
+        }
+        Ok(HostView { root: canon_root, recorded })
+    }
+
+    /// The directory the scripts see as `TMP_MOUNT_PATH`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Compares the host view with what was unpacked.
+    pub fn changes(&self) -> Result<Changes, HostViewError> {
+        let mut changes = Changes::default();
+        let mut present = HashSet::new();
+        self.walk(Path::new(""), &mut changes, &mut present)?;
+        // Deleted: recorded, gone, and not under something else that is gone.
+        let gone: BTreeSet<&PathBuf> = self.recorded.keys().filter(|p| !present.contains(*p)).collect();
+        for p in &gone {
+            if !p.ancestors().skip(1).any(|a| gone.contains(&a.to_path_buf())) {
+                changes.removed.push((*p).clone());
+            }
+        }
+        changes.removed.sort();
+        Ok(changes)
+    }
+
+    /// Compares the directory `dir` (relative) and what lies below it, parents first.
+    fn walk(&self, dir: &Path, changes: &mut Changes, present: &mut HashSet<PathBuf>) -> Result<(), HostViewError> {
+        let walk_err = |e: std::io::Error| HostViewError::Walk { path: dir.to_owned(), source: e };
+        let mut names: Vec<_> = std::fs::read_dir(self.root.join(dir))
+            .map_err(walk_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(walk_err)?;
+        names.sort();
+        for name in names {
+            let rel = dir.join(&name);
+            let m = std::fs::symlink_metadata(self.root.join(&rel))
+                .map_err(|e| HostViewError::Walk { path: rel.clone(), source: e })?;
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                continue; // a FIFO or socket a script made: nothing the image can take from here
+            };
+            present.insert(rel.clone());
+            match self.recorded.get(&rel) {
+                None => changes.written.push(rel.clone()),
+                Some(r) if r.kind != kind => {
+                    changes.removed.push(rel.clone());
+                    changes.written.push(rel.clone());
+                }
+                Some(r) if r.ino != m.ino() || r.ctime != (m.ctime(), m.ctime_nsec()) => {
+                    changes.written.push(rel.clone())
+                }
+                Some(_) => {}
+            }
+            if kind == Kind::Dir {
+                self.walk(&rel, changes, present)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `changes.written` as a tar stream the guest unpacks over the target root: owners
+    /// from the image (root for new files), modes as the scripts left them.
+    pub fn write_changes(&self, changes: &Changes, out: impl Write) -> Result<(), HostViewError> {
+        let mut b = tar::Builder::new(out);
+        b.follow_symlinks(false);
+        for rel in &changes.written {
+            let path = self.root.join(rel);
+            let walk_err = |e: std::io::Error| HostViewError::Walk { path: rel.clone(), source: e };
+            let m = std::fs::symlink_metadata(&path).map_err(walk_err)?;
+            let rec = self.recorded.get(rel);
+            let host_mode = m.mode() & 0o7777;
+            let mode = match rec {
+                Some(r) if r.host_mode == host_mode => r.image_mode,
+                _ => host_mode,
+            };
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(rec.map_or(0, |r| r.uid));
+            h.set_gid(rec.map_or(0, |r| r.gid));
+            h.set_mode(mode);
+            h.set_mtime(u64::try_from(m.mtime()).unwrap_or(0));
+            let ft = m.file_type();
+            if ft.is_dir() {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, rel, std::io::empty()).map_err(walk_err)?;
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(walk_err)?;
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, rel, &target).map_err(walk_err)?;
+            } else {
+                let f = std::fs::File::open(&path).map_err(walk_err)?;
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(m.len());
+                // A script still writing would make the size wrong: take exactly what we said.
+                b.append_data(&mut h, rel, f.take(m.len())).map_err(walk_err)?;
+            }
+        }
+        b.into_inner().map_err(HostViewError::Stream)?.flush().map_err(HostViewError::Stream)
+    }
+}
+
+/// Makes every directory under `root` owner-writable, so the tree can be removed whatever modes
+/// the scripts left.
+pub fn make_removable(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700));
+            make_removable(&p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("microdib-hostview-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            make_removable(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_size(size);
+        h.set_mtime(1_000_000);
+        h
+    }
+
+    /// A small image: dirs (one read-only), files, a symlink, a hard link, a device.
+    fn image() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let add_dir = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode| {
+            b.append_data(&mut header(tar::EntryType::Directory, mode, 0, 0), p, std::io::empty()).unwrap()
+        };
+        add_dir(&mut b, "./", 0o755);
+        add_dir(&mut b, "./etc/", 0o755);
+        add_dir(&mut b, "./ro/", 0o555);
+        add_dir(&mut b, "./tmp/", 0o1777);
+        let add_file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode, uid, data: &[u8]| {
+            b.append_data(&mut header(tar::EntryType::Regular, mode, uid, data.len() as u64), p, data).unwrap()
+        };
+        add_file(&mut b, "./etc/hostname", 0o644, 0, b"image\n");
+        add_file(&mut b, "./etc/shadow", 0o000, 0, b"secret\n");
+        add_file(&mut b, "./ro/kept", 0o4755, 7, b"setuid\n");
+        let mut h = header(tar::EntryType::Link, 0o644, 0, 0);
+        b.append_link(&mut h, "./etc/hostname.link", "./etc/hostname").unwrap();
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+        b.append_link(&mut h, "./etc/abs", "/etc/hostname").unwrap();
+        let mut h = header(tar::EntryType::Char, 0o600, 0, 0);
+        b.append_data(&mut h, "./null", std::io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn rel(v: &[&str]) -> Vec<PathBuf> {
+        v.iter().map(PathBuf::from).collect()
+    }
+
+    #[test]
+    fn unchanged_view_has_no_changes_and_changes_carry_image_owners() {
+        let t = TempDir::new("changes");
+        let view = HostView::unpack(&t.0, &image()[..]).unwrap();
+        let root = view.root().to_owned();
+        assert_eq!(std::fs::read(root.join("etc/shadow")).unwrap(), b"secret\n", "readable by the user");
+        assert_eq!(std::fs::read_link(root.join("etc/abs")).unwrap(), Path::new("/etc/hostname"));
+        assert!(!root.join("null").exists(), "devices stay in the image only");
+        assert_eq!(view.changes().unwrap(), Changes::default());
+
+        // What a script might do: write into a read-only directory, edit, delete, retype.
+        std::fs::write(root.join("ro/new"), b"n").unwrap();
+        std::fs::write(root.join("etc/shadow"), b"changed\n").unwrap();
+        std::fs::remove_file(root.join("etc/hostname.link")).unwrap();
+        std::fs::remove_file(root.join("etc/abs")).unwrap();
+        std::fs::create_dir(root.join("etc/abs")).unwrap();
+        std::fs::set_permissions(root.join("ro/kept"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let c = view.changes().unwrap();
+        assert_eq!(c.removed, rel(&["etc/abs", "etc/hostname.link"]));
+        // etc/hostname lost a link, which changed its ctime: written again, harmlessly.
+        assert_eq!(c.written, rel(&["etc", "etc/abs", "etc/hostname", "etc/shadow", "ro", "ro/kept", "ro/new"]));
+
+        let mut tar_bytes = Vec::new();
+        view.write_changes(&c, &mut tar_bytes).unwrap();
+        let mut a = tar::Archive::new(&tar_bytes[..]);
+        let got: Vec<(String, u32, u64, Vec<u8>)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let (mode, uid) = (e.header().mode().unwrap(), e.header().uid().unwrap());
+                let p = e.path().unwrap().display().to_string();
+                let mut d = Vec::new();
+                e.read_to_end(&mut d).unwrap();
+                (p, mode, uid, d)
+            })
+            .collect();
+        assert_eq!(got[0], ("etc".into(), 0o755, 0, vec![]));
+        assert_eq!(got[1].0, "etc/abs");
+        assert_eq!(got[1].2, 0, "new: owned by root");
+        assert_eq!(got[2].0, "etc/hostname");
+        let got = [&got[..2], &got[3..]].concat();
+        assert_eq!(got[2], ("etc/shadow".into(), 0o000, 0, b"changed\n".to_vec()), "image mode kept");
+        assert_eq!(got[3], ("ro".into(), 0o555, 0, vec![]));
+        assert_eq!(got[4], ("ro/kept".into(), 0o700, 7, b"setuid\n".to_vec()), "the script's mode, the image's owner");
+        assert_eq!(got[5], ("ro/new".into(), 0o666 & !umask(), 0, b"n".to_vec()));
+    }
+
+    fn umask() -> u32 {
+        // SAFETY: umask(2) twice restores the value it reads.
+        unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        }
+    }
+
+    #[test]
+    fn deleting_a_tree_removes_only_its_top() {
+        let t = TempDir::new("tree");
+        let view = HostView::unpack(&t.0, &image()[..]).unwrap();
+        make_removable(&view.root().join("ro"));
+        std::fs::remove_dir_all(view.root().join("ro")).unwrap();
+        assert_eq!(view.changes().unwrap(), Changes { removed: rel(&["ro"]), written: vec![] });
+    }
+
+    fn hostile(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Result<HostView, HostViewError> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let bytes = b.into_inner().unwrap();
+        let t = TempDir::new("hostile");
+        let r = HostView::unpack(&t.0, &bytes[..]);
+        // Nothing may have been written next to the view.
+        let outside: Vec<_> = std::fs::read_dir(t.0.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("pwned"))
+            .collect();
+        assert!(outside.is_empty(), "wrote outside: {outside:?}");
+        r
+    }
+
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        // Header::set_path refuses `..`; a hostile guest does not.
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+    }
+
+    #[test]
+    fn hostile_streams_cannot_reach_outside_the_view() {
+        let r = hostile(|b| {
+            let mut h = header(tar::EntryType::Regular, 0o644, 0, 1);
+            raw_name(&mut h, "../pwned-dotdot");
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        assert!(matches!(r, Err(HostViewError::BadPath(_))), "{:?}", r.err());
+
+        // A symlink to a directory outside, then a file through it.
+        let r = hostile(|b| {
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+            b.append_link(&mut h, "escape", "..").unwrap();
+            let mut h = header(tar::EntryType::Regular, 0o644, 0, 1);
+            raw_name(&mut h, "escape/pwned-symlink");
+            b.append(&h, &b"x"[..]).unwrap();
+        });
+        assert!(r.is_err());
+
+        // A hard link to a file outside, through a symlink.
+        let r = hostile(|b| {
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+            b.append_link(&mut h, "up", "/etc").unwrap();
+            let mut h = header(tar::EntryType::Link, 0o644, 0, 0);
+            b.append_link(&mut h, "pwned-link", "up/passwd").unwrap();
+        });
+        assert!(matches!(r, Err(HostViewError::LinkOutside(_))), "{:?}", r.err());
+
+        // The same name twice (a symlink, then a directory whose mode would be set through it).
+        let r = hostile(|b| {
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+            b.append_link(&mut h, "twice", "/tmp").unwrap();
+            b.append_data(&mut header(tar::EntryType::Directory, 0o700, 0, 0), "twice", std::io::empty()).unwrap();
+        });
+        assert!(matches!(r, Err(HostViewError::Duplicate(_))), "{:?}", r.err());
+    }
+}

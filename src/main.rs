@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         },
     };
     // The VMM's own diagnostics (device watchdog, guest exits): warnings, or more with -v.
-    let filter = if c.verbose { "vmm=info,warn" } else { "warn" };
+    let filter = if c.verbose { "vmm=info,microdib=info,warn" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MICRODIB_LOG").unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)

@@ -113,8 +113,10 @@ impl ApplianceVm {
             .name("build-vm".into())
             .spawn(move || vm.run(None))
             .map_err(|e| format!("cannot start the build VM: {e}"))?;
+        let booting = std::time::Instant::now();
         match AgentClient::connect(&spec.vsock, AGENT_TIMEOUT) {
             Ok(agent) => {
+                tracing::info!("the build VM's agent answered after {:.2} s", booting.elapsed().as_secs_f64());
                 Ok(ApplianceVm { trace: false, agent: Some(agent), latch, thread: Some(thread), console: spec.console })
             }
             Err(e) => {

@@ -136,6 +136,10 @@ impl<'a> PhaseRunner<'a> {
             let secs = started.elapsed().as_secs_f64();
             if !partial.is_empty() {
                 tail.push_back(partial.clone());
+                // Output without a final newline: the next progress line starts on its own line.
+                if !quiet {
+                    println!();
+                }
             }
             if capture && !captured.ends_with('\n') {
                 captured.push('\n');

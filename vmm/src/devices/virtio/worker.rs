@@ -30,9 +30,9 @@ where
         let _ = event.read();
         let served = serve(&mut queue, &mem);
         if token == TICK_TOKEN {
-            // A notification that never came, or an interrupt the guest never took.
+            // Requests whose notification is late or lost, or an interrupt the guest never took.
             if served {
-                tracing::info!("{label}: served requests the guest did not notify");
+                tracing::debug!("{label}: served requests found by the watchdog");
             }
             if interrupt.reraise_if_unseen(&mut last_raised) {
                 tracing::info!("{label}: the guest left an interrupt unacknowledged; raised it again");

@@ -673,7 +673,7 @@ impl Muxer {
         self.process_tx();
         self.process_rx();
         if self.txq.next_avail() != tx_before {
-            tracing::info!("virtio-vsock: served TX packets the guest did not notify");
+            tracing::debug!("virtio-vsock: served TX packets found by the watchdog");
         }
         if self.rxq.next_avail() != rx_before {
             tracing::debug!("virtio-vsock: used RX buffers on the watchdog tick");

@@ -498,3 +498,53 @@ echo "image: tmp=$(debugfs -R 'ls -p /tmp' deb.raw 2>/dev/null | awk -F/ '$6 != 
     assert!(s.lines().any(|l| l.starts_with("named: dib-manifest-dpkg-")), "no dpkg manifest in deb.d");
     has("image: tmp=");
 }
+
+/// The README's example (examples/elements/hello-boot, as hack/example-build builds it): an MBR
+/// disk whose EXTLINUX, kernel and initramfs boot in qemu and greet on the serial console.
+#[test]
+fn the_bootable_example_builds_and_boots() {
+    let kernel = kernel();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("example");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        r#""$MICRODIB" -B {lib} -p {els} --skip-base --name {dir}/hello-boot --size 256M --formats qcow2 \
+   --image-cache {dir}/cache hello-boot > {dir}/log 2>&1
+echo "host: status=$?"
+sed 's/^/log: /' {dir}/log
+"#,
+        lib = fixtures().join("lib").display(),
+        els = workspace().join("examples/elements").display(),
+        dir = dir.display(),
+    );
+    let out = run_script_with_env(
+        &script,
+        &[
+            ("MICRODIB", env!("CARGO_BIN_EXE_microdib")),
+            ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_AGENT", guest_agent().to_str().unwrap()),
+            ("HELLO_BOOT_KERNEL", kernel.to_str().unwrap()),
+            ("MICRODIB_LOG", "vmm=info,warn"),
+        ],
+    );
+    let s = text(&out.stdout);
+    assert!(s.lines().any(|l| l == "host: status=0"), "{s}");
+    assert!(s.lines().any(|l| l == "log: hello-boot: EXTLINUX installed"), "{s}");
+    // Boot it: BIOS, the MBR code, EXTLINUX from the ext4 partition, the kernel, the initramfs.
+    let console = dir.join("console");
+    let booted = Command::new("timeout")
+        .args(["300", "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-drive")
+        .arg(format!("file={}/hello-boot.qcow2,format=qcow2,snapshot=on", dir.display()))
+        .status()
+        .unwrap();
+    let said = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(booted.success(), "qemu: {booted:?}\n{said}");
+    assert!(
+        said.lines().any(|l| l.starts_with("hello-boot: booted ") && l.contains("initrd=/boot/initrd.img")),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

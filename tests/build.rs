@@ -452,9 +452,9 @@ cp {rootfs} "$d/helper/home/.cache/image-create/microdib-debian-rootfs.tar.gz"
 mkfs.ext4 -q -F -d "$d/helper" "$d/helper.img" 1G
 set +e
 # --skip-base: diskimage-builder's base wants open-iscsi and friends, which the local repository
-# does not carry. --smp 1: see the README's "Known problem" (fewer resets under emulation).
+# does not carry.
 "$MICRODIB" -B {dib}/lib -p {dib}/elements -p {els} --python {python} --name "$d/out/deb" --size 1536M \
-   --formats raw --drive "$d/helper.img" --image-cache "$d/cache" --extra-packages less --smp 1 --skip-base \
+   --formats raw --drive "$d/helper.img" --image-cache "$d/cache" --extra-packages less --skip-base \
    debian-rootfs dib-run-parts install-static manifests > "$d/stdout" 2> "$d/stderr"
 echo "host: status=$?"
 set -e

@@ -107,6 +107,32 @@ fn bad_inputs_get_virt_dibs_messages() {
     assert!(!text(&out.stderr).contains("If reporting bugs"));
 }
 
+/// Host programs a build needs, checked before anything starts (notes §2.3), with virt-dib's
+/// messages: run with an empty PATH.
+#[test]
+fn missing_host_programs_are_named() {
+    let lib = fixtures().join("lib");
+    let empty = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let python = String::from_utf8(Command::new("sh").args(["-c", "command -v python3"]).output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let base = ["-B", lib.to_str().unwrap()];
+    let cases: &[(&[&str], &str)] = &[
+        (&["fixture-os"], "microdib: error: python needed but not found"),
+        (&["--python", &python, "fixture-os"], "microdib: error: qemu-img needed but not found"),
+        (&["--python", &python, "--formats", "docker", "x"], "microdib: error: docker needed but not found"),
+        (&["--python", &python, "--formats", "raw", "--checksum", "x"], "microdib: error: md5sum needed but not found"),
+    ];
+    for (args, first_line) in cases {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_microdib")).args(base).args(*args).env("PATH", &empty).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(text(&out.stderr).lines().next().unwrap_or(""), *first_line, "{args:?}");
+    }
+}
+
 #[test]
 fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("virt-dib-link");
@@ -132,8 +158,11 @@ mkdir -p "$d/out"
 # A helper drive of our own: the build log and HOME land on it.
 truncate -s 512M "$d/helper.img" && mkfs.ext4 -q -F "$d/helper.img"
 set +e
+# Host variables: only extra-data.d (and DIB_ENV, for DIB_*) may see them.
+export HOST_ONLY=1 DIB_FROM_HOST=x
 "$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M --formats raw,tar,qcow2,tgz --checksum \
    --image-cache "$d/cache" --envvar FROM_USER=yes --envvar ARCH=overridden --exclude-script 30-excluded \
+   --mkfs-options "-m 0" \
    --drive "$d/helper.img" --drive-format raw --machine-readable=file:"$d/events" \
    --extra-packages vim,less --extra-packages tree \
    fixture-os dumper order > "$d/stdout" 2> "$d/stderr"
@@ -144,7 +173,8 @@ cd "$d/out"
 ls -A | sed 's/^/file: /'
 ls -A img.d | sed 's/^/named: /'
 for p in block-device.d root.d pre-install.d install.d post-install.d post-root.d pre-finalise.d finalise.d cleanup.d; do
-  for v in TARGET_ROOT TMP_MOUNT_PATH HOME PATH IMAGE_NAME IMAGE_ELEMENT FROM_USER ARCH FIXTURE_OS_ENV DIB_DEFAULT_INSTALLTYPE IMAGE_BLOCK_DEVICE DIB_NO_TMPFS; do
+  for v in TARGET_ROOT TMP_MOUNT_PATH HOME PATH IMAGE_NAME IMAGE_ELEMENT FROM_USER ARCH FIXTURE_OS_ENV DIB_DEFAULT_INSTALLTYPE IMAGE_BLOCK_DEVICE DIB_NO_TMPFS \
+           DIB_DEBUG_TRACE FS_TYPE DIB_CHECKSUM DIB_ROOT_LABEL DIB_IMAGE_ROOT_FS_UUID DIB_OFFLINE HOST_ONLY DIE_SOURCED; do
     echo "env: $p $v=$(sed -n "s/^$v=//p" img.d/$p.env)"
   done
   echo "pwd: $p $(cat img.d/$p.pwd)"
@@ -156,7 +186,10 @@ debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.
 debugfs -R 'ls -p /home/.cache' "$d/helper.img" 2>/dev/null | grep -q '/image-create/' && echo "helper: image-cache=yes"
 grep -o '"type": "[a-z-]*"' "$d/events" | sort | uniq -c | awk '{{print "event:", $3}}' | tr -d '"'
 
-for v in TMP_MOUNT_PATH TMP_HOOKS_PATH TMPDIR _LIB DIB_PYTHON_EXEC ELEMENTS_PATH DIB_IMAGE_CACHE TARGET_ROOT HOME FROM_USER ARCH FIXTURE_OS_ENV IMAGE_ELEMENT; do
+echo "phases: $(cat img.d/phases)"
+echo "dib-env: $(cat img.d/install.d.dibenv)"
+echo "install-packages: environment.d=$(cat img.d/install-packages.envd)"
+for v in TMP_MOUNT_PATH TMP_HOOKS_PATH TMPDIR _LIB DIB_PYTHON_EXEC ELEMENTS_PATH DIB_IMAGE_CACHE TARGET_ROOT HOME FROM_USER ARCH FIXTURE_OS_ENV IMAGE_ELEMENT HOST_ONLY DIE_SOURCED; do
   echo "extra: env $v=$(sed -n "s/^$v=//p" img.d/extra-data.d.env)"
 done
 echo "extra: host-home=$HOME cwd=$(cat img.d/extra-data.d.pwd) python=$(sed -n 's/^DIB_PYTHON_EXEC=//p' img.d/extra-data.d.env | xargs test -x && echo runs)"
@@ -172,6 +205,8 @@ echo "image: varlog-size=$(debugfs -R 'stat /var/log/fixture.log' img.raw 2>/dev
 echo "image: tmp=$(debugfs -R 'ls -p /tmp' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
 echo "image: root=$(debugfs -R 'ls -p /root' img.raw 2>/dev/null | awk -F/ '$6 != "." && $6 != ".." && $6 != "" {{print $6}}' | tr '\n' ' ')"
 echo "image: label=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Filesystem volume name: *//p')"
+echo "image: uuid=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Filesystem UUID: *//p')"
+echo "image: inodes=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Inode count: *//p') reserved=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Reserved block count: *//p') journal=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Total journal size: *//p')"
 echo "image: size=$(stat -c %s img.raw)"
 echo "tar: $(tar -tf img.tar | grep -c . ) entries, os-release=$(tar -xOf img.tar ./etc/os-release)"
 echo "tgz: $(tar -tzf img.tgz | grep -c .) entries"
@@ -238,6 +273,31 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
         has(&format!("env: {p} IMAGE_BLOCK_DEVICE=/dev/loop0"));
     }
     has("pwd: cleanup.d /sysroot/tmp/in_target.aux/out/img.d");
+    // The other diskimage-builder variables, everywhere; the host's own variables nowhere but in
+    // extra-data.d; lib/die sourced outside the chroot only.
+    for p in ["block-device.d", "root.d", "pre-install.d", "install.d", "finalise.d", "cleanup.d"] {
+        for (v, want) in [
+            ("DIB_DEBUG_TRACE", "0"),
+            ("FS_TYPE", "ext4"),
+            ("DIB_CHECKSUM", "1"),
+            ("DIB_ROOT_LABEL", "cloudimg-rootfs"),
+            ("DIB_OFFLINE", ""),
+            ("HOST_ONLY", ""),
+        ] {
+            has(&format!("env: {p} {v}={want}"));
+        }
+    }
+    for p in ["block-device.d", "root.d", "post-root.d", "pre-finalise.d", "cleanup.d"] {
+        has(&format!("env: {p} DIE_SOURCED=1"));
+    }
+    for p in ["pre-install.d", "install.d", "post-install.d", "finalise.d"] {
+        has(&format!("env: {p} DIE_SOURCED="));
+    }
+    has("dib-env: 1");
+    // Phase order, with --extra-packages right after pre-install.d; install-packages runs
+    // without environment.d (notes §5.3).
+    has("phases: block-device.d root.d extra-data.d pre-install.d extra-packages install.d post-install.d post-root.d pre-finalise.d finalise.d cleanup.d ");
+    has("install-packages: environment.d=no-env-d");
     // Fake sudo and dib-run-parts outside the chroot only; /tmp/in_target.d from after root.d.
     has("path: pre-finalise.d /sysroot/tmp/in_target.aux/fake-bin/sudo /sysroot/tmp/in_target.aux/fake-bin/dib-run-parts no-in-target-link ");
     has("path: install.d no-sudo no-dib-run-parts in_target.aux/hooks ");
@@ -279,6 +339,8 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     assert_eq!(extra("ARCH"), "amd64");
     assert_eq!(extra("FIXTURE_OS_ENV"), "from-environment-d");
     assert_eq!(extra("IMAGE_ELEMENT"), "base dumper fixture-os order");
+    assert_eq!(extra("HOST_ONLY"), "1");
+    assert_eq!(extra("DIE_SOURCED"), "1");
     assert!(s.lines().any(|l| l.starts_with("extra: host-home=")
         && l.ends_with(&format!("cwd={} python=runs", workspace().display()))
         && l.contains(&format!("host-home={} ", extra("HOME")))));
@@ -304,6 +366,11 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     has("image: tmp=");
     has("image: root=notes.txt ");
     has("image: label=cloudimg-rootfs");
+    // mkfs: virt-dib's `-i 4096 -J size=64` for ext4, then --mkfs-options; the UUID scripts saw.
+    has("image: inodes=65536 reserved=0 journal=64M");
+    let uuid = s.lines().find_map(|l| l.strip_prefix("env: root.d DIB_IMAGE_ROOT_FS_UUID=")).unwrap_or_default();
+    assert_eq!(uuid.len(), 36, "{uuid:?}");
+    has(&format!("image: uuid={uuid}"));
     has(&format!("image: size={}", 256 << 20));
     assert!(s.contains("os-release=PRETTY_NAME=\"microdib fixture OS\""));
     has("qcow2: same-as-raw");

@@ -58,8 +58,8 @@ impl<'a> PhaseRunner<'a> {
         Ok(v)
     }
 
-    /// Runs `scripts` of `phase` in `ctx`; returns each script's output when `capture` is set
-    /// (block-device.d reads IMAGE_BLOCK_DEVICE from it).
+    /// Runs `scripts` of `phase` in `ctx`; returns each script's standard output when `capture`
+    /// is set (block-device.d reads IMAGE_BLOCK_DEVICE from it).
     pub fn run(
         &self,
         vm: &mut ApplianceVm,
@@ -108,14 +108,15 @@ impl<'a> PhaseRunner<'a> {
             let mut tail: VecDeque<String> = VecDeque::new();
             let mut partial = String::new();
             let quiet = self.reporter.quiet();
-            let on_output = |_is_err: bool, data: &[u8]| {
+            let on_output = |is_err: bool, data: &[u8]| {
                 if !quiet {
                     let mut o = std::io::stdout().lock();
                     let _ = o.write_all(data);
                     let _ = o.flush();
                 }
                 let text = String::from_utf8_lossy(data);
-                if capture {
+                // Standard output only: a `set -x` trace (stderr) must not count as an answer.
+                if capture && !is_err {
                     captured.push_str(&text);
                 }
                 partial.push_str(&text);

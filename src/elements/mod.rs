@@ -179,6 +179,19 @@ mod tests {
     }
 
     #[test]
+    fn ramdisk_element_comes_first_and_dependency_lines_are_not_trimmed() {
+        assert_eq!(requested(&names(&["os"]), false, Some("rd")), names(&["rd", "base", "os"]));
+        assert_eq!(requested(&names(&["os"]), true, Some("rd")), names(&["rd", "os"]));
+        // virt-dib splits element-deps on newlines only: a trailing space is part of the name.
+        let t = Tree::new("untrimmed");
+        let dir = t.element("p", "myos", &[], &["operating-system"]);
+        std::fs::write(dir.join("element-deps"), "dep-a \n\n").unwrap();
+        t.element("p", "dep-a", &[], &[]);
+        let idx = ElementIndex::load(&[t.path("p")]);
+        assert_eq!(resolve(&idx, &names(&["myos"]), &[]), Err(ResolveError::NotFound("dep-a ".into())));
+    }
+
+    #[test]
     fn resolution_follows_virt_dib() {
         let t = Tree::new("resolve");
         t.element("p", "base", &["dep-a"], &[]);

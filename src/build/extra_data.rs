@@ -87,13 +87,10 @@ impl ExtraData {
         std::fs::write(&info, &self.element_info).map_err(|e| format!("cannot write {}: {e}", info.display()))?;
         let target_dir = mount.join(format!("{}/hooks/{PHASE}", AUX.trim_start_matches('/')));
         let quiet = r.quiet();
-        let mut times = PhaseTimes { phase: PHASE.into(), scripts: Vec::new() };
-        let phase_start = Instant::now();
-        r.json(&[("type", "phase-start"), ("phase", PHASE)]);
+        let mut times = PhaseTimes::start(r, PHASE);
         for script in &self.scripts {
             super::signals::check()?;
-            r.message(&format!("Running: {PHASE}/{script}"));
-            r.json(&[("type", "script-start"), ("phase", PHASE), ("script", script)]);
+            times.script_start(r, script);
             let started = Instant::now();
             let mut cmd = Command::new("bash");
             cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
@@ -111,17 +108,10 @@ impl ExtraData {
                 (None, Some(s)) => ExitStatus::Signal(s),
                 (None, None) => ExitStatus::Code(1),
             };
-            r.json(&[
-                ("type", "script-end"),
-                ("phase", PHASE),
-                ("script", script),
-                ("seconds", &format!("{secs:.3}")),
-                ("status", &status_text(&shown)),
-            ]);
+            times.script_end(r, script, secs, &shown);
             if runner.vars.debug >= 1 {
                 r.debug(&format!("\n{script} completed after {secs:.3} s"));
             }
-            times.scripts.push((script.clone(), secs));
             super::signals::check()?;
             match shown {
                 ExitStatus::Code(0) => {}
@@ -131,11 +121,7 @@ impl ExtraData {
                 }
             }
         }
-        r.json(&[
-            ("type", "phase-end"),
-            ("phase", PHASE),
-            ("seconds", &format!("{:.3}", phase_start.elapsed().as_secs_f64())),
-        ]);
+        times.end(r);
         // virt-dib prints this table on stdout, not in the log, for extra-data.d.
         if runner.vars.debug >= 1 && !quiet {
             print!("{}", profiling_table(&times));

@@ -30,10 +30,43 @@ pub struct PhaseRunner<'a> {
     pub log_hint: String,
 }
 
-/// A phase's scripts and how long each took.
+/// A phase's scripts and how long each took, and the progress events that go with them.
 pub struct PhaseTimes {
     pub phase: String,
     pub scripts: Vec<(String, f64)>,
+    started: Instant,
+}
+
+impl PhaseTimes {
+    /// Starts timing `phase` (the phase-start event).
+    pub fn start(r: &Reporter, phase: &str) -> PhaseTimes {
+        r.json(&[("type", "phase-start"), ("phase", phase)]);
+        PhaseTimes { phase: phase.to_owned(), scripts: Vec::new(), started: Instant::now() }
+    }
+
+    /// `Running: phase/script` and the script-start event.
+    pub fn script_start(&self, r: &Reporter, script: &str) {
+        r.message(&format!("Running: {}/{script}", self.phase));
+        r.json(&[("type", "script-start"), ("phase", &self.phase), ("script", script)]);
+    }
+
+    /// Records how long `script` took and ended (the script-end event).
+    pub fn script_end(&mut self, r: &Reporter, script: &str, secs: f64, status: &ExitStatus) {
+        r.json(&[
+            ("type", "script-end"),
+            ("phase", &self.phase),
+            ("script", script),
+            ("seconds", &format!("{secs:.3}")),
+            ("status", &status_text(status)),
+        ]);
+        self.scripts.push((script.to_owned(), secs));
+    }
+
+    /// The phase-end event.
+    pub fn end(&self, r: &Reporter) {
+        let secs = format!("{:.3}", self.started.elapsed().as_secs_f64());
+        r.json(&[("type", "phase-end"), ("phase", &self.phase), ("seconds", &secs)]);
+    }
 }
 
 impl<'a> PhaseRunner<'a> {
@@ -87,13 +120,10 @@ impl<'a> PhaseRunner<'a> {
         let die = if chroot.is_none() { "1" } else { "0" };
         let wd = new_wd.unwrap_or("");
         let mut captured = String::new();
-        let mut times = PhaseTimes { phase: phase.to_owned(), scripts: Vec::new() };
-        let phase_start = Instant::now();
-        self.reporter.json(&[("type", "phase-start"), ("phase", phase)]);
+        let mut times = PhaseTimes::start(self.reporter, phase);
         for script in scripts {
             super::signals::check()?;
-            self.reporter.message(&format!("Running: {phase}/{script}"));
-            self.reporter.json(&[("type", "script-start"), ("phase", phase), ("script", script)]);
+            times.script_start(self.reporter, script);
             let started = Instant::now();
             let argv = [
                 format!("{aux}/run-and-log.sh"),
@@ -147,17 +177,10 @@ impl<'a> PhaseRunner<'a> {
             }
             let status = status
                 .map_err(|e| BuildError::Error(format!("lost the build VM while running {phase}/{script}: {e}")))?;
-            self.reporter.json(&[
-                ("type", "script-end"),
-                ("phase", phase),
-                ("script", script),
-                ("seconds", &format!("{secs:.3}")),
-                ("status", &status_text(&status)),
-            ]);
+            times.script_end(self.reporter, script, secs, &status);
             if self.vars.debug >= 1 {
                 self.reporter.debug(&format!("{script} completed after {secs:.3} s"));
             }
-            times.scripts.push((script.clone(), secs));
             if !matches!(status, ExitStatus::Code(0)) {
                 let tail: Vec<String> = tail.into_iter().collect();
                 return Err(BuildError::Error(format!(
@@ -169,11 +192,7 @@ impl<'a> PhaseRunner<'a> {
                 )));
             }
         }
-        self.reporter.json(&[
-            ("type", "phase-end"),
-            ("phase", phase),
-            ("seconds", &format!("{:.3}", phase_start.elapsed().as_secs_f64())),
-        ]);
+        times.end(self.reporter);
         self.append_log(vm, &profiling_table(&times))?;
         Ok(captured)
     }
@@ -277,7 +296,7 @@ mod tests {
 
     #[test]
     fn profiling_table_layout() {
-        let t = PhaseTimes { phase: "install.d".into(), scripts: vec![("10-a".into(), 1.5)] };
+        let t = PhaseTimes { phase: "install.d".into(), scripts: vec![("10-a".into(), 1.5)], started: Instant::now() };
         let s = profiling_table(&t);
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines[0], "----------------------- PROFILING -----------------------");

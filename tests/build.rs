@@ -466,7 +466,7 @@ fn block_device_d_and_ramdisk_mode() {
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
 mkdir -p "$d/out"
-timeout -k 10 270 "$MICRODIB" -B {lib} -p {els} --name "$d/out/disk" --size 256M --formats raw --image-cache "$d/cache" \
+timeout -k 10 270 "$MICRODIB" -B {lib} -p {els} --name "$d/out/disk" --size 256M --formats raw --image-cache "$d/cache" --debug 1 \
    fixture-os partitioned dumper > "$d/log" 2>&1
 echo "disk: status=$?"
 sed 's/^/disk: /' "$d/log"
@@ -494,6 +494,12 @@ echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
     has("disk: without-part=/dev/loop0");
     has("disk: table=1");
     has("disk: os-release=PRETTY_NAME=\"microdib fixture OS\"");
+    // --debug 1: virt-dib's extra lines, and the set -x trace (stderr) does not disturb
+    // block-device.d's answer.
+    has("disk: loaded elements:");
+    has(&format!("disk: \t{:<20} 10-one-partition", "block-device.d"));
+    has("disk: Running hooks for block-device.d...");
+    assert!(s.lines().any(|l| l.starts_with("disk: 10-one-partition completed after ")), "{s}");
     has("ramdisk: status=0");
     // virt-dib: the ramdisk element first, no disk formats and no checksums, tar still made.
     has("ramdisk: files=rd.d rd.tar ");

@@ -154,6 +154,9 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         r.debug("loaded elements:");
         for (name, el) in &idx.elements {
             r.debug(&format!("  {name} => {}", el.dir.display()));
+            for (phase, scripts) in el.hooks() {
+                r.debug(&format!("\t{phase:<20} {}", scripts.join(" ")));
+            }
         }
         r.debug("");
     }
@@ -180,6 +183,10 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let hooks_dir = ws.aux().join("hooks");
     hooks::build(&hooks_dir, &expanded, &idx, &c.exclude_scripts, &c.install_type).map_err(|e| e.to_string())?;
     let owners = script_owners(&idx, &expanded);
+    if c.debug >= 1 && crate::preflight::which("tree").is_some() {
+        // virt-dib showed the workspace it had prepared; quietly skipped without tree.
+        let _ = std::process::Command::new("tree").arg("-ps").arg(&ws.dir).status();
+    }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
     let image_cache = image_cache_dir(c)?;
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();

@@ -31,6 +31,25 @@ impl Element {
     pub fn provides(&self) -> Vec<String> {
         self.list("element-provides")
     }
+
+    /// Its phase directories (`*.d`) that hold scripts, with the scripts in run order.
+    pub fn hooks(&self) -> Vec<(String, Vec<String>)> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut phases: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".d") && self.dir.join(n).is_dir())
+            .collect();
+        phases.sort();
+        phases
+            .into_iter()
+            .map(|p| {
+                let scripts = scripts::phase_scripts(&self.dir.join(&p));
+                (p, scripts)
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
 }
 
 /// Every element on the element paths; the first path holding a name wins.
@@ -176,6 +195,35 @@ mod tests {
         assert_eq!(idx.elements.keys().collect::<Vec<_>>(), vec!["extra", "myos"]);
         assert_eq!(idx.get("myos").unwrap().dir, t.0.join("a/myos"));
         assert_eq!(idx.shadowed, vec![("myos".to_owned(), t.0.join("b/myos"))]);
+    }
+
+    #[test]
+    fn hooks_are_the_phase_directories_with_scripts() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = Tree::new("hooks");
+        let dir = t.element("p", "el", &[], &[]);
+        for (f, mode) in
+            [("install.d/20-b", 0o755), ("install.d/5-a", 0o755), ("install.d/x.sh", 0o755), ("root.d/README", 0o644)]
+        {
+            let p = dir.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("static.d.not")).unwrap();
+        let idx = ElementIndex::load(&[t.path("p")]);
+        assert_eq!(idx.get("el").unwrap().hooks(), vec![("install.d".to_owned(), names(&["5-a", "20-b"]))]);
+    }
+
+    #[test]
+    fn dependency_loops_resolve_once() {
+        let t = Tree::new("loop");
+        t.element("p", "myos", &["a"], &["operating-system"]);
+        t.element("p", "a", &["b"], &[]);
+        t.element("p", "b", &["a", "myos"], &[]);
+        let idx = ElementIndex::load(&[t.path("p")]);
+        let set = resolve(&idx, &names(&["myos"]), &[]).unwrap();
+        assert_eq!(set.into_iter().collect::<Vec<_>>(), names(&["a", "b", "myos"]));
     }
 
     #[test]

@@ -212,6 +212,7 @@ echo "tar: $(tar -tf img.tar | grep -c . ) entries, os-release=$(tar -xOf img.ta
 echo "tgz: $(tar -tzf img.tgz | grep -c .) entries"
 qemu-img compare -q -f qcow2 -F raw img.qcow2 img.raw && echo "qcow2: same-as-raw"
 sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && echo "checksums: ok"
+echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
 "#,
         lib = fixtures().join("lib").display(),
         els = fixtures().join("elements").display(),
@@ -375,6 +376,35 @@ sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && 
     assert!(s.contains("os-release=PRETTY_NAME=\"microdib fixture OS\""));
     has("qcow2: same-as-raw");
     has("checksums: ok");
+    has("checksums: modes 640 640 ");
+    // virt-dib's progress messages in its order (notes §15 item 69): formats made from the
+    // mounted file system (alphabetically), the unmount, file formats, then checksums.
+    let messages: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.strip_prefix("stdout: ["))
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .filter(|m| !m.starts_with("Running: "))
+        .collect();
+    let order = [
+        "Preparing auxiliary data",
+        "Opening the disks",
+        "Setting up the destination root",
+        "Installing: vim less tree",
+        "Extracting data out of the image",
+        "Compressing the image as tar",
+        "Compressing the image as tar.gz",
+        "Umounting the disks",
+        "Converting to qcow2",
+        "Generating checksums for ",
+        "Done",
+    ];
+    let mut at = 0;
+    for want in order {
+        match messages[at..].iter().position(|m| m.starts_with(want)) {
+            Some(i) => at += i + 1,
+            None => panic!("message {want:?} missing or out of order in {messages:?}"),
+        }
+    }
 }
 
 /// A failing script stops the build with its element, phase, script and status, and leaves no
@@ -455,6 +485,8 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
     assert!(stdout.contains("] Done"));
     let listing = Command::new("tar").arg("-tf").arg(dir.join("img.tar")).output().unwrap();
     assert!(text(&listing.stdout).lines().any(|l| l == "./etc/order"), "the tar output lacks ./etc/order");
+    // No element wrote into NAME.d, so there is none (virt-dib made it only when non-empty).
+    assert!(!dir.join("img.d").exists(), "an empty img.d was made");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

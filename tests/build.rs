@@ -429,6 +429,20 @@ echo "files: $(ls -A "$d/out" | tr '\n' ' ')"
 echo "kept: status=$?"
 sed 's/^/kept: /' "$d/stdout2" "$d/stderr2"
 echo "kept: $(ls -A "$d/out" | tr '\n' ' ')"
+# SIGTERM in the middle of a script: virt-dib's message and status, nothing left behind.
+mkdir -p "$d/els/sleeper/install.d"
+printf '#!/bin/bash\necho sleeping\nsleep 600\n' > "$d/els/sleeper/install.d/10-sleep"
+chmod +x "$d/els/sleeper/install.d/10-sleep"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/sig" --size 256M --formats raw,tar \
+   --image-cache "$d/cache" fixture-os sleeper > "$d/sig.out" 2> "$d/sig.err" &
+pid=$!
+for i in $(seq 1 300); do grep -q '^sleeping' "$d/sig.out" && break; sleep 1; done
+kill -TERM $pid
+wait $pid
+echo "sig: status=$?"
+sed 's/^/sig: /' "$d/sig.err"
+echo "sig: files=$(ls -A "$d/out" | grep sig | tr '\n' ' ')"
+echo "sig: sleepers=$(pgrep -fc 'sleep 600' || true)"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
         lib = fixtures().join("lib").display(),
@@ -444,6 +458,10 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
     assert!(s.lines().any(|l| l == "kept: status=9"), "{s}");
     assert!(s.lines().any(|l| l == "kept: host script fails"), "{s}");
     assert!(!s.lines().any(|l| l.starts_with("kept: ") && l.contains("error")), "{s}");
+    assert!(s.lines().any(|l| l == "sig: status=1"), "{s}");
+    assert!(s.lines().any(|l| l == "sig: microdib: Exiting on signal SIGTERM"), "{s}");
+    assert!(s.lines().any(|l| l == "sig: files="), "partial outputs left after SIGTERM:\n{s}");
+    assert!(s.lines().any(|l| l == "sig: sleepers=0"), "{s}");
     assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
 }
 
@@ -471,11 +489,12 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
         .arg(fixtures().join("lib"))
         .arg("-p")
         .arg(fixtures().join("elements"))
-        .args(["--size", "256M", "--formats", "tar", "--image-cache"])
+        .args(["--size", "256M", "--formats", "raw,tar", "--image-cache"])
         .arg(dir.join("cache"))
         .arg("--name")
         .arg(&name)
-        .args(["fixture-os", "order"])
+        // An element called ironic-agent means ramdisk mode (virt-dib): no raw, but the tar.
+        .args(["fixture-os", "order", "ironic-agent"])
         .output()
         .unwrap();
     let stdout = text(&out.stdout);
@@ -485,6 +504,7 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
     assert!(stdout.contains("] Done"));
     let listing = Command::new("tar").arg("-tf").arg(dir.join("img.tar")).output().unwrap();
     assert!(text(&listing.stdout).lines().any(|l| l == "./etc/order"), "the tar output lacks ./etc/order");
+    assert!(!dir.join("img.raw").exists(), "ironic-agent did not mean ramdisk mode");
     // No element wrote into NAME.d, so there is none (virt-dib made it only when non-empty).
     assert!(!dir.join("img.d").exists(), "an empty img.d was made");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -652,4 +672,56 @@ sed 's/^/log: /' {dir}/log
         "{said}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Options that reach the file system, the build VM and the outputs: --fs-type, --root-label,
+/// --arch, -m, --smp, -u, --qemu-img-options, and a partitioned qcow2 --drive (the log goes to
+/// its first partition).
+#[test]
+fn file_system_vm_and_output_options() {
+    let script = format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out"
+truncate -s 256M "$d/helper.raw"
+echo 'start=2048, type=83' | sfdisk -q "$d/helper.raw" >/dev/null 2>&1
+mkfs.ext4 -q -F -E offset=1048576 "$d/helper.raw" 250M
+qemu-img convert -O qcow2 "$d/helper.raw" "$d/helper.qcow2"
+rm "$d/helper.raw"
+set +e
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/opt" --size 320M --formats qcow2 -u --qemu-img-options compat=0.10 \
+   --fs-type xfs --root-label mylabel --arch i386 -m 768 --smp 1 --drive "$d/helper.qcow2" \
+   --image-cache "$d/cache" fixture-os dumper > "$d/log" 2>&1
+echo "opt: status=$?"
+set -e
+sed 's/^/log: /' "$d/log"
+cd "$d/out"
+for v in ARCH FS_TYPE DIB_ROOT_LABEL; do echo "opt: env $v=$(sed -n "s/^$v=//p" opt.d/root.d.env)"; done
+echo "opt: vm $(tr '\n' ' ' < opt.d/root.d.vm)"
+echo "opt: $(qemu-img info opt.qcow2 | grep -o 'compat: [0-9.]*')"
+qemu-img convert -O raw opt.qcow2 opt.raw
+echo "opt: fs $(blkid -o value -s TYPE opt.raw) $(blkid -o value -s LABEL opt.raw)"
+qemu-img convert -O raw "$d/helper.qcow2" "$d/helper.raw"
+dd if="$d/helper.raw" of="$d/part.img" bs=1M skip=1 2>/dev/null
+echo "opt: helper-logs=$(debugfs -R ls "$d/part.img" 2>/dev/null | tr -s ' ' '\n' | grep -c '^microdib-.*\.log$')"
+"#,
+        lib = fixtures().join("lib").display(),
+        els = fixtures().join("elements").display(),
+    );
+    let out = run_build_script(&script);
+    let s = text(&out.stdout);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
+    has("opt: status=0");
+    has("opt: env ARCH=i386");
+    has("opt: env FS_TYPE=xfs");
+    has("opt: env DIB_ROOT_LABEL=mylabel");
+    has("opt: compat: 0.10");
+    has("opt: fs xfs mylabel");
+    has("opt: helper-logs=1");
+    let vm = s.lines().find_map(|l| l.strip_prefix("opt: vm ")).unwrap_or_default();
+    let (cpus, mem) = vm.trim().split_once(' ').unwrap_or_default();
+    assert_eq!(cpus, "1", "{vm}");
+    let kib: u64 = mem.parse().unwrap_or(0);
+    assert!((600_000..=786_432).contains(&kib), "MemTotal {kib} kB for -m 768");
 }

@@ -105,6 +105,19 @@ fn bad_inputs_get_virt_dibs_messages() {
     assert!(text(&out.stderr).contains("If reporting bugs, run microdib with debugging enabled"));
     let out = microdib(&["-v", "-x", "--size", "x"]);
     assert!(!text(&out.stderr).contains("If reporting bugs"));
+    // --colours: errors in bold red even when not on a terminal; --wrap: at most 76 columns.
+    let out = microdib(&["--colours", "-B", "/nonexistent", "x"]);
+    assert!(
+        text(&out.stderr).starts_with("\x1b[1;31mmicrodib: error: the specified base path"),
+        "{:?}",
+        text(&out.stderr)
+    );
+    let python = format!("/{}", "no such directory ".repeat(8));
+    let out = microdib(&["--wrap", "-B", lib, "--python", &python, "x"]);
+    let err = text(&out.stderr);
+    let message: Vec<&str> = err.lines().take_while(|l| !l.is_empty()).collect();
+    assert!(message.len() > 1 && message.iter().all(|l| l.chars().count() <= 76), "{err}");
+    assert!(message.concat().contains("needed but not found"), "{err}");
 }
 
 /// Host programs a build needs, checked before anything starts (notes §2.3), with virt-dib's

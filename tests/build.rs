@@ -455,7 +455,7 @@ wait $pid
 echo "sig: status=$?"
 sed 's/^/sig: /' "$d/sig.err"
 echo "sig: files=$(ls -A "$d/out" | grep sig | tr '\n' ' ')"
-echo "sig: sleepers=$(pgrep -fc 'sleep 600' || true)"
+echo "sig: left=$(pgrep -fc -- "$d/out/sig" || true)"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
         lib = fixtures().join("lib").display(),
@@ -474,7 +474,7 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
     assert!(s.lines().any(|l| l == "sig: status=1"), "{s}");
     assert!(s.lines().any(|l| l == "sig: microdib: Exiting on signal SIGTERM"), "{s}");
     assert!(s.lines().any(|l| l == "sig: files="), "partial outputs left after SIGTERM:\n{s}");
-    assert!(s.lines().any(|l| l == "sig: sleepers=0"), "{s}");
+    assert!(s.lines().any(|l| l == "sig: left=0"), "a process of the stopped build is still running:\n{s}");
     assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
 }
 

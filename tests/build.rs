@@ -223,6 +223,9 @@ echo "image: inodes=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Inode count: 
 echo "image: size=$(stat -c %s img.raw)"
 echo "tar: $(tar -tf img.tar | grep -c . ) entries, os-release=$(tar -xOf img.tar ./etc/os-release)"
 echo "tgz: $(tar -tzf img.tgz | grep -c .) entries"
+python3 -c 'import sys, tarfile; print("tar: xattr=" + tarfile.open(sys.argv[1]).getmember("./etc/os-release").pax_headers.get("SCHILY.xattr.user.microdib", "none"))' img.tar
+# Compressed qcow2 clusters are data with no offset of their own in qemu-img's map.
+echo "qcow2: compressed-extents=$(qemu-img map --output=json img.qcow2 | grep '"data": true' | grep -vc '"offset"')"
 qemu-img compare -q -f qcow2 -F raw img.qcow2 img.raw && echo "qcow2: same-as-raw"
 sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && echo "checksums: ok"
 echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
@@ -388,6 +391,8 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     has(&format!("image: size={}", 256 << 20));
     assert!(s.contains("os-release=PRETTY_NAME=\"microdib fixture OS\""));
     has("qcow2: same-as-raw");
+    assert!(!s.lines().any(|l| l == "qcow2: compressed-extents=0"), "qcow2 not compressed without -u");
+    has("tar: xattr=kept");
     has("checksums: ok");
     has("checksums: modes 640 640 ");
     // virt-dib's progress messages in its order (notes §15 item 69): formats made from the
@@ -564,6 +569,7 @@ echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
     has("disk: loaded elements:");
     has(&format!("disk: \t{:<20} 10-one-partition", "block-device.d"));
     has("disk: Running hooks for block-device.d...");
+    assert!(s.lines().any(|l| l.starts_with("disk: + ")), "no set -x trace at --debug 1:\n{s}");
     assert!(s.lines().any(|l| l.starts_with("disk: 10-one-partition completed after ")), "{s}");
     has("ramdisk: status=0");
     // virt-dib: the ramdisk element first, no disk formats and no checksums, tar still made.
@@ -713,6 +719,7 @@ cd "$d/out"
 for v in ARCH FS_TYPE DIB_ROOT_LABEL; do echo "opt: env $v=$(sed -n "s/^$v=//p" opt.d/root.d.env)"; done
 echo "opt: vm $(tr '\n' ' ' < opt.d/root.d.vm)"
 echo "opt: $(qemu-img info opt.qcow2 | grep -o 'compat: [0-9.]*')"
+echo "opt: compressed-extents=$(qemu-img map --output=json opt.qcow2 | grep '"data": true' | grep -vc '"offset"')"
 qemu-img convert -O raw opt.qcow2 opt.raw
 echo "opt: fs $(blkid -o value -s TYPE opt.raw) $(blkid -o value -s LABEL opt.raw)"
 qemu-img convert -O raw "$d/helper.qcow2" "$d/helper.raw"
@@ -730,6 +737,7 @@ echo "opt: helper-logs=$(debugfs -R ls "$d/part.img" 2>/dev/null | tr -s ' ' '\n
     has("opt: env FS_TYPE=xfs");
     has("opt: env DIB_ROOT_LABEL=mylabel");
     has("opt: compat: 0.10");
+    has("opt: compressed-extents=0");
     has("opt: fs xfs mylabel");
     has("opt: helper-logs=1");
     let vm = s.lines().find_map(|l| l.strip_prefix("opt: vm ")).unwrap_or_default();

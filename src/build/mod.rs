@@ -328,13 +328,16 @@ fn extra_data_plan(
 
 /// `--image-cache`, or `$HOME/.cache/image-create`, created as virt-dib did at startup.
 pub fn image_cache_dir(c: &Cmdline) -> Result<PathBuf, String> {
-    let dir = c
-        .image_cache
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/image-create"));
+    let dir = image_cache_path(c.image_cache.as_deref(), std::env::var_os("HOME"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+fn image_cache_path(option: Option<&str>, home: Option<std::ffi::OsString>) -> PathBuf {
+    match option {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(home.unwrap_or_default()).join(".cache/image-create"),
+    }
 }
 
 /// Checks the elements on this host (so mistakes show at once), then runs the build inside a
@@ -603,6 +606,12 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             assert_eq!(host_arch(), "amd64");
         }
+    }
+
+    #[test]
+    fn image_cache_defaults_to_homes_image_create() {
+        assert_eq!(image_cache_path(None, Some("/home/u".into())), PathBuf::from("/home/u/.cache/image-create"));
+        assert_eq!(image_cache_path(Some("rel/c"), Some("/home/u".into())), PathBuf::from("rel/c"));
     }
 
     #[test]

@@ -94,6 +94,8 @@ impl ExtraData {
             let started = Instant::now();
             let mut cmd = Command::new("bash");
             cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
+            // Its own process group: a signal to microdib stops what the script started too.
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             if quiet {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }

@@ -34,7 +34,7 @@ pub fn install() {
             }
             let child = CHILD.load(Ordering::SeqCst);
             if child > 0 {
-                libc::kill(child, libc::SIGTERM);
+                stop_child(child);
             }
         });
     }
@@ -52,11 +52,20 @@ pub fn watch_vm(latch: Option<Arc<ExitLatch>>) {
 }
 
 /// The host process a signal should stop (0 for none); stopped at once if one already came.
+/// A child that leads its own process group is stopped with everything it started.
 pub fn watch_child(pid: u32) {
     CHILD.store(pid as i32, Ordering::SeqCst);
     if pid > 0 && CAUGHT.load(Ordering::SeqCst) != 0 {
-        // SAFETY: kill(2) on the child we just started.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        stop_child(pid as i32);
+    }
+}
+
+fn stop_child(pid: i32) {
+    // SAFETY: kill(2) on our own child, or on the process group it leads.
+    unsafe {
+        if libc::kill(-pid, libc::SIGTERM) != 0 {
+            libc::kill(pid, libc::SIGTERM);
+        }
     }
 }
 

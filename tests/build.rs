@@ -112,6 +112,15 @@ fn bad_inputs_get_virt_dibs_messages() {
         "{:?}",
         text(&out.stderr)
     );
+    // A helper drive that does not exist stops the build before any VM, on a KVM host or before
+    // moving into the emulated one.
+    let out = microdib(&["-B", lib, "-p", els, "--drive", "/nonexistent/helper", "fixture-os"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("microdib: error: cannot open the helper drive /nonexistent/helper: No such file"),
+        "{err:?}"
+    );
     let python = format!("/{}", "no such directory ".repeat(8));
     let out = microdib(&["--wrap", "-B", lib, "--python", &python, "x"]);
     let err = text(&out.stderr);

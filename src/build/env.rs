@@ -299,6 +299,19 @@ mod tests {
     }
 
     #[test]
+    fn offline_and_checksum_flags() {
+        let mut v = vars();
+        v.offline = true;
+        v.checksum = true;
+        let env = v.script_env(&Context::Chroot);
+        assert_eq!((env["DIB_OFFLINE"].as_str(), env["DIB_CHECKSUM"].as_str()), ("1", "1"));
+        v.offline = false;
+        v.checksum = false;
+        let env = v.script_env(&Context::Chroot);
+        assert_eq!((env["DIB_OFFLINE"].as_str(), env["DIB_CHECKSUM"].as_str()), ("", ""));
+    }
+
+    #[test]
     fn host_values_override_envvars_and_keep_the_host_path() {
         let mut v = vars();
         v.user_vars = vec![("ARCH".into(), "mine".into()), ("FROM_USER".into(), "1".into())];

@@ -346,6 +346,10 @@ fn outer_nested(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> 
     let idx = ElementIndex::load(&c.element_paths);
     let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
     elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
+    // The helper drive must open here too: the emulated host can only share what exists.
+    if let Some(d) = &c.drive {
+        guess_drive_format(Path::new(d))?;
+    }
     nested::run(c, r, why)
 }
 

@@ -35,6 +35,16 @@ fn run_build_script(script: &str) -> Output {
     )
 }
 
+/// The fixture library and elements directories, for build scripts.
+fn fixture_dirs() -> (String, String) {
+    (fixtures().join("lib").display().to_string(), fixtures().join("elements").display().to_string())
+}
+
+/// What a build script printed (see `run_build_script`).
+fn build_output(script: &str) -> String {
+    text(&run_build_script(script).stdout)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -172,6 +182,7 @@ fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
 /// environment, in order, with the outputs, NAME.d, the image clean-up and the checksums.
 #[test]
 fn builds_the_fixture_os_with_every_phase() {
+    let (lib, els) = fixture_dirs();
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -239,11 +250,8 @@ qemu-img compare -q -f qcow2 -F raw img.qcow2 img.raw && echo "qcow2: same-as-ra
 sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && echo "checksums: ok"
 echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
 "#,
-        lib = fixtures().join("lib").display(),
-        els = fixtures().join("elements").display(),
     );
-    let out = run_build_script(&script);
-    let s = text(&out.stdout);
+    let s = build_output(&script);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("host: status=0");
     has("stdout: microdib: Elements: base fixture-os dumper order");
@@ -438,6 +446,7 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
 /// output behind; --no-delete-on-failure keeps what was made.
 #[test]
 fn a_failing_script_stops_the_build_and_removes_outputs() {
+    let (lib, els) = fixture_dirs();
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -472,11 +481,8 @@ echo "sig: files=$(ls -A "$d/out" | grep sig | tr '\n' ' ')"
 echo "sig: left=$(pgrep -fc -- "$d/out/sig" || true)"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
-        lib = fixtures().join("lib").display(),
-        els = fixtures().join("elements").display(),
     );
-    let out = run_build_script(&script);
-    let s = text(&out.stdout);
+    let s = build_output(&script);
     assert!(s.contains("host: status=1"), "{s}");
     assert!(s.contains("stderr: microdib: error: install.d/20-fail (element failer) failed: exit status 7"), "{s}");
     assert!(s.contains("stderr: about to fail"), "{s}");
@@ -541,6 +547,7 @@ fn accel_tcg_builds_inside_an_emulated_kvm_host() {
 /// names), and ramdisk mode (NAME.d gets the kernel and initramfs; disk formats are not made).
 #[test]
 fn block_device_d_and_ramdisk_mode() {
+    let (lib, els) = fixture_dirs();
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
@@ -562,11 +569,8 @@ sed 's/^/ramdisk: /' "$d/log2"
 echo "ramdisk: files=$(cd "$d/out" && ls -A | grep '^rd' | tr '\n' ' ')"
 echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
 "#,
-        lib = fixtures().join("lib").display(),
-        els = fixtures().join("elements").display(),
     );
-    let out = run_build_script(&script);
-    let s = text(&out.stdout);
+    let s = build_output(&script);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("disk: status=0");
     has("disk: block-device=/dev/loop0p1");
@@ -623,8 +627,7 @@ echo "image: tmp=$(debugfs -R 'ls -p /tmp' deb.raw 2>/dev/null | awk -F/ '$6 != 
 "#,
         els = fixtures().join("elements").display(),
     );
-    let out = run_build_script(&script);
-    let s = text(&out.stdout);
+    let s = build_output(&script);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("host: status=0");
     for m in [
@@ -707,6 +710,7 @@ sed 's/^/log: /' {dir}/log
 /// its first partition).
 #[test]
 fn file_system_vm_and_output_options() {
+    let (lib, els) = fixture_dirs();
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -735,11 +739,8 @@ qemu-img convert -O raw "$d/helper.qcow2" "$d/helper.raw"
 dd if="$d/helper.raw" of="$d/part.img" bs=1M skip=1 2>/dev/null
 echo "opt: helper-logs=$(debugfs -R ls "$d/part.img" 2>/dev/null | tr -s ' ' '\n' | grep -c '^microdib-.*\.log$')"
 "#,
-        lib = fixtures().join("lib").display(),
-        els = fixtures().join("elements").display(),
     );
-    let out = run_build_script(&script);
-    let s = text(&out.stdout);
+    let s = build_output(&script);
     let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}");
     has("opt: status=0");
     has("opt: env ARCH=i386");

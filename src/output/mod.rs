@@ -1,4 +1,7 @@
-//! Output formats: names, file names, and which ones this build of microdib can write.
+//! Output formats: names, file names, and which ones this build of microdib can write. The
+//! writers (one file each) run on the host, in-process.
+
+pub mod parallel;
 
 use std::fmt;
 

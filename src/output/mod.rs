@@ -2,6 +2,11 @@
 //! writers (one file each) run on the host, in-process.
 
 pub mod parallel;
+pub mod qcow2;
+#[cfg(test)]
+mod roundtrip;
+pub mod sparse;
+pub mod vhd;
 
 use std::fmt;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Worker threads for compression: one per core the process may use.
 pub fn threads() -> usize {
@@ -33,13 +33,16 @@ where
         let _ = token_tx.send(());
     }
     let (job_tx, job_rx) = sync_channel::<(u64, I)>(threads);
-    let job_rx = Mutex::new(job_rx);
+    // Shared by the workers only: if they all die (a panic), the producer's send fails
+    // instead of blocking forever.
+    let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = sync_channel::<(u64, O)>(window);
 
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let done_tx = done_tx.clone();
-            let (job_rx, work, stop) = (&job_rx, &work, &stop);
+            let job_rx = Arc::clone(&job_rx);
+            let (work, stop) = (&work, &stop);
             scope.spawn(move || loop {
                 let job = match job_rx.lock() {
                     Ok(rx) => rx.recv(),
@@ -55,7 +58,7 @@ where
                 }
             });
         }
-        drop(done_tx);
+        drop((done_tx, job_rx));
         let writer = {
             let stop = &stop;
             scope.spawn(move || write_in_order(done_rx, token_tx, sink, stop))
@@ -151,5 +154,18 @@ mod tests {
         assert!(seen <= 40);
         let r = ordered_map(2, (0..100u32).map(Ok), |x| x, |x| if x == 10 { Err(x) } else { Ok(()) });
         assert_eq!(r, Err(10));
+    }
+
+    #[test]
+    fn a_panicking_worker_does_not_hang_the_map() {
+        let r = std::panic::catch_unwind(|| {
+            ordered_map(
+                2,
+                (0..10_000u32).map(Ok::<_, ()>),
+                |x| if x >= 5 { panic!("worker {x}") } else { x },
+                |_| Ok(()),
+            )
+        });
+        assert!(r.is_err());
     }
 }

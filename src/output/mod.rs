@@ -1,7 +1,10 @@
 //! Output formats: names, file names, and which ones this build of microdib can write. The
 //! writers (one file each) run on the host, in-process.
 
+pub mod checksum;
+pub mod gzip;
 pub mod parallel;
+pub mod progress;
 pub mod qcow2;
 #[cfg(test)]
 mod roundtrip;

@@ -199,12 +199,12 @@ struct Run {
 }
 
 /// Writes `src` (a raw disk image) as qcow2 into `out`, an empty file. `progress` gets the
-/// number of source bytes processed so far.
+/// number of source bytes processed so far and stops the conversion by returning an error.
 pub fn write_qcow2(
     src: &File,
     out: &File,
     opts: &Qcow2Options,
-    progress: &mut (dyn FnMut(u64) + Send),
+    progress: &mut (dyn FnMut(u64) -> io::Result<()> + Send),
 ) -> io::Result<Qcow2Summary> {
     let len = src.metadata()?.len();
     let virtual_size = len.div_ceil(512) * 512;
@@ -256,11 +256,10 @@ pub fn write_qcow2(
             table.put(first + i as u64, c)?;
         }
         done = ((first + per_run) * cs).min(len);
-        progress(done);
-        Ok(())
+        progress(done)
     })?;
     let bytes_out = table.finish(virtual_size)?;
-    progress(len);
+    progress(len)?;
     Ok(Qcow2Summary { virtual_size, bytes_out })
 }
 
@@ -553,7 +552,7 @@ pub(crate) mod tests {
     fn convert(raw: &Path, out: &Path, opts: &Qcow2Options) -> Qcow2Summary {
         let src = File::open(raw).unwrap();
         let dst = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(out).unwrap();
-        write_qcow2(&src, &dst, opts, &mut |_| {}).unwrap()
+        write_qcow2(&src, &dst, opts, &mut |_| Ok(())).unwrap()
     }
 
     fn qemu_img(args: &[&str]) -> String {

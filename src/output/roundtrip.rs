@@ -89,13 +89,13 @@ proptest! {
         let mut opts = Qcow2Options::parse(compress, Some(o)).unwrap();
         opts.threads = threads;
         let out = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&img).unwrap();
-        let s = write_qcow2(&File::open(&raw).unwrap(), &out, &opts, &mut |_| {}).unwrap();
+        let s = write_qcow2(&File::open(&raw).unwrap(), &out, &opts, &mut |_| Ok(())).unwrap();
         prop_assert_eq!(s.virtual_size, d.sectors * 512);
         assert_qemu_agrees(&raw, &img, "qcow2");
 
         let vhd = dir.join("disk.vhd");
         let mut w = std::io::BufWriter::new(File::create(&vhd).unwrap());
-        let v = write_vhd(&File::open(&raw).unwrap(), &mut w, &mut |_| {}).unwrap();
+        let v = write_vhd(&File::open(&raw).unwrap(), &mut w, &mut |_| Ok(())).unwrap();
         drop(w);
         prop_assert_eq!(v.virtual_size, d.sectors * 512);
         assert_qemu_agrees(&raw, &vhd, "vpc");

@@ -27,8 +27,12 @@ pub struct VhdSummary {
 }
 
 /// Writes `src` (a raw disk image) as a dynamic VHD to `out`. `progress` gets the number of
-/// source bytes processed so far.
-pub fn write_vhd(src: &File, out: &mut dyn Write, progress: &mut dyn FnMut(u64)) -> io::Result<VhdSummary> {
+/// source bytes processed so far and stops the conversion by returning an error.
+pub fn write_vhd(
+    src: &File,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64) -> io::Result<()>,
+) -> io::Result<VhdSummary> {
     let len = src.metadata()?.len();
     let size = len.div_ceil(SECTOR) * SECTOR;
     if size > MAX_SIZE {
@@ -76,11 +80,11 @@ pub fn write_vhd(src: &File, out: &mut dyn Write, progress: &mut dyn FnMut(u64))
         buf[keep..].fill(0);
         out.write_all(&bitmap)?;
         out.write_all(&buf)?;
-        progress(((b + 1) * BLOCK).min(len));
+        progress(((b + 1) * BLOCK).min(len))?;
     }
     out.write_all(&footer)?;
     out.flush()?;
-    progress(len);
+    progress(len)?;
     Ok(VhdSummary { virtual_size: size, bytes_out: first_block + present.len() as u64 * (BITMAP + BLOCK) + 512 })
 }
 
@@ -189,7 +193,7 @@ mod tests {
         f.write_all_at(b"last", (9 << 20) + 508).unwrap();
         let img = d.join("disk.vhd");
         let mut out = std::io::BufWriter::new(File::create(&img).unwrap());
-        let s = write_vhd(&File::open(&raw).unwrap(), &mut out, &mut |_| {}).unwrap();
+        let s = write_vhd(&File::open(&raw).unwrap(), &mut out, &mut |_| Ok(())).unwrap();
         drop(out);
         assert_eq!(s.bytes_out, std::fs::metadata(&img).unwrap().len());
         // Blocks 0 and 4 only.

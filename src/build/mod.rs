@@ -287,7 +287,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     vm.shutdown()?;
     signals::watch_vm(None);
     signals::check()?;
-    plan.finish(c, r)?;
+    plan.finish(r)?;
     r.message("Done");
     Ok(())
 }
@@ -482,8 +482,15 @@ fn guest_build(
            if [ -d /sysroot/root ]; then find /sysroot/root -type f -name '*.log' -delete; fi"#,
         &[&block_device],
     )?;
-    plan.filesystem_outputs(vm, r)?;
-    guest_sh(vm, r#"set -e; sync; umount -R /sysroot; umount /run/microdib/aux/perm; losetup -D; sync"#, &[])?;
+    plan.filesystem_outputs(vm, r, &ws.dir)?;
+    // fstrim hands freed blocks back (virtio-blk discard punches holes), so the raw disk stays
+    // sparse and the disk-based writers skip them.
+    guest_sh(
+        vm,
+        r#"set -e; fstrim /sysroot 2>/dev/null || true; sync; umount -R /sysroot; umount /run/microdib/aux/perm
+           losetup -D; sync"#,
+        &[],
+    )?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! build succeeds, so a failed or interrupted build leaves nothing half-written behind.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -11,6 +11,11 @@ use super::appliance::ApplianceVm;
 use super::{signals, BuildError};
 use crate::cli::Cmdline;
 use crate::messages::Reporter;
+use crate::output::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
+use crate::output::gzip::ParallelGzEncoder;
+use crate::output::progress::WriterProgress;
+use crate::output::qcow2::{write_qcow2, Qcow2Options};
+use crate::output::vhd::write_vhd;
 use crate::output::Format;
 
 /// The files of one build.
@@ -25,6 +30,11 @@ pub struct OutputPlan {
     pending: std::cell::RefCell<Vec<(PathBuf, PathBuf)>>,
     delete_on_failure: bool,
     done: std::cell::Cell<bool>,
+    checksum: bool,
+    /// Sums taken while writing, by temporary name.
+    sums: std::cell::RefCell<std::collections::BTreeMap<PathBuf, Sums>>,
+    qcow2: Qcow2Options,
+    docker_target: Option<String>,
 }
 
 /// The temporary name of an output: absolute, so tools never read `a:b` as a protocol.
@@ -53,6 +63,10 @@ impl OutputPlan {
             pending: Default::default(),
             delete_on_failure: c.delete_on_failure,
             done: Default::default(),
+            checksum: c.checksum,
+            sums: Default::default(),
+            qcow2: Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref()).map_err(BuildError::Error)?,
+            docker_target: c.docker_target.clone(),
         };
         if let Some(dir) = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
@@ -103,98 +117,152 @@ impl OutputPlan {
         }
     }
 
-    /// tar and tgz: the image's root (mounted at /sysroot) as a tar stream from the appliance.
-    pub fn filesystem_outputs(&self, vm: &mut ApplianceVm, r: &Reporter) -> Result<(), BuildError> {
-        for f in self.formats.iter().copied().filter(|f| f.from_filesystem()) {
-            let (msg, gzip) = match f {
-                Format::Tar => ("Compressing the image as tar", false),
-                Format::Tgz => ("Compressing the image as tar.gz", true),
-                other => return Err(BuildError::Error(format!("output format ‘{other}’ is not supported yet"))),
+    /// The file-system formats (docker, squashfs, tar, tgz) from one tar stream of the image's
+    /// root (mounted at /sysroot), sent by the appliance and fanned out to every writer.
+    pub fn filesystem_outputs(&self, vm: &mut ApplianceVm, r: &Reporter, workspace: &Path) -> Result<(), BuildError> {
+        let formats: Vec<Format> = self.formats.iter().copied().filter(|f| f.from_filesystem()).collect();
+        if formats.is_empty() {
+            return Ok(());
+        }
+        let mut sinks = Vec::new();
+        for &f in &formats {
+            r.message(&match f {
+                Format::Docker => {
+                    format!("Importing the image to docker as ‘{}’", self.docker_target.as_deref().unwrap_or(""))
+                }
+                Format::Squashfs => "Compressing the image as squashfs".to_owned(),
+                Format::Tar => "Compressing the image as tar".to_owned(),
+                _ => "Compressing the image as tar.gz".to_owned(),
+            });
+            let (file, path) = match f {
+                Format::Docker => {
+                    let p = workspace.join(format!("docker.{}.tar", std::process::id()));
+                    (create_new(&p)?, p)
+                }
+                f => {
+                    let fin = self.file(f);
+                    let tmp = partial_name(&fin);
+                    self.pending.borrow_mut().push((tmp.clone(), fin));
+                    (create_new(&tmp)?, tmp)
+                }
             };
-            r.message(msg);
-            let fin = self.file(f);
-            let tmp = partial_name(&fin);
-            self.pending.borrow_mut().push((tmp.clone(), fin.clone()));
-            let file = create_new(&tmp)?;
-            let mut sink: Box<dyn Write> = if gzip {
-                Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::new(file), flate2::Compression::default()))
-            } else {
-                Box::new(std::io::BufWriter::new(file))
-            };
-            let argv = [
-                "tar",
-                "-C",
-                "/sysroot",
-                "--numeric-owner",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--acls",
-                "--sparse",
-                "--exclude=./sys/*",
-                "--exclude=./proc/*",
-                "-cf",
-                "-",
-                ".",
-            ];
-            let mut werr = None;
-            let mut errs = Vec::new();
-            let status = vm
-                .agent()?
-                .run(&argv, &[("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")], Some("/"), |is_err, d| {
-                    if is_err {
-                        errs.extend_from_slice(d);
-                    } else if werr.is_none() {
-                        if let Err(e) = sink.write_all(d) {
-                            werr = Some(e);
-                        }
+            sinks.push(StreamSink::new(f, file, path, self.checksum && f != Format::Docker)?);
+        }
+        // The size of what the tar stream will carry, for the progress bar (0 when unknown).
+        let used = super::phases::guest_sh(vm, "df -B1 --output=used /sysroot | tail -n 1", &[])?;
+        let label = formats.iter().map(|f| f.name()).collect::<Vec<_>>().join("+");
+        let mut progress = WriterProgress::start(r, &label, used.trim().parse().unwrap_or(0));
+        // --sort=name: the same tree gives the same stream, and so the same outputs.
+        let argv = [
+            "tar",
+            "-C",
+            "/sysroot",
+            "--sort=name",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "--sparse",
+            "--exclude=./sys/*",
+            "--exclude=./proc/*",
+            "-cf",
+            "-",
+            ".",
+        ];
+        let mut werr = None;
+        let mut errs = Vec::new();
+        let mut seen = 0u64;
+        let status = vm
+            .agent()?
+            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")], Some("/"), |is_err, d| {
+                if is_err {
+                    errs.extend_from_slice(d);
+                    return;
+                }
+                if werr.is_some() {
+                    return;
+                }
+                seen += d.len() as u64;
+                progress.set(seen);
+                for s in sinks.iter_mut() {
+                    if let Err(e) = s.write_all(d) {
+                        werr = Some(format!("cannot write {}: {e}", s.path.display()));
+                        return;
                     }
-                })
-                .map_err(|e| format!("lost the build VM while writing {}: {e}", fin.display()))?;
-            if let Some(e) = werr {
-                return Err(BuildError::Error(format!("cannot write {}: {e}", fin.display())));
+                }
+                if signals::caught().is_some() {
+                    werr = Some("interrupted".to_owned());
+                }
+            })
+            .map_err(|e| format!("lost the build VM while writing the file-system outputs: {e}"))?;
+        signals::check()?;
+        if let Some(e) = werr {
+            return Err(BuildError::Error(e));
+        }
+        if status != microdib_proto::client::ExitStatus::Code(0) {
+            return Err(BuildError::Error(format!(
+                "tar of the image failed: {}",
+                String::from_utf8_lossy(&errs).trim()
+            )));
+        }
+        let mut written = Vec::new();
+        for s in sinks {
+            let (format, path) = (s.format, s.path.clone());
+            let (bytes, sums) = s.finish().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            written.push((format, bytes));
+            if let Some(sums) = sums {
+                self.sums.borrow_mut().insert(path.clone(), sums);
             }
-            sink.flush().map_err(|e| format!("cannot write {}: {e}", fin.display()))?;
-            drop(sink);
-            if status != microdib_proto::client::ExitStatus::Code(0) {
-                return Err(BuildError::Error(format!(
-                    "tar of the image failed: {}",
-                    String::from_utf8_lossy(&errs).trim()
-                )));
+            if format == Format::Docker {
+                let target = self.docker_target.as_deref().unwrap_or("");
+                run_host(Command::new("docker").arg("import").arg(&path).arg(target), "docker import")?;
+                let _ = std::fs::remove_file(&path);
             }
         }
+        progress.finish(&written);
         Ok(())
     }
 
-    /// After the VM: qcow2 from the disk, checksums, then every output under its final name.
-    pub fn finish(&self, c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
-        if !self.ramdisk && self.formats.contains(&Format::Qcow2) {
-            r.message("Converting to qcow2");
-            let fin = self.file(Format::Qcow2);
-            let tmp = partial_name(&fin);
-            self.pending.borrow_mut().push((tmp.clone(), fin));
-            let mut cmd = Command::new("qemu-img");
-            cmd.arg("convert");
-            if c.compress {
-                cmd.arg("-c");
+    /// After the VM: qcow2 and vhd from the disk, checksums, then every output under its final name.
+    pub fn finish(&self, r: &Reporter) -> Result<(), BuildError> {
+        if !self.ramdisk {
+            let src = std::fs::File::open(&self.target_disk)
+                .map_err(|e| format!("cannot read {}: {e}", self.target_disk.display()))?;
+            let len = src.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Some(opts) = self.formats.contains(&Format::Qcow2).then_some(&self.qcow2) {
+                r.message("Converting to qcow2");
+                self.write_from_disk(Format::Qcow2, r, len, |out, progress| {
+                    write_qcow2(&src, out, opts, progress).map(|s| (s.bytes_out, None))
+                })?;
             }
-            cmd.args(["-f", "raw"]).arg(&self.target_disk).args(["-O", "qcow2"]);
-            if let Some(o) = &c.qemu_img_options {
-                cmd.args(["-o", o]);
+            if self.formats.contains(&Format::Vhd) {
+                r.message("Converting to VHD");
+                let hash = self.checksum;
+                self.write_from_disk(Format::Vhd, r, len, |out, progress| {
+                    let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(4 << 20, out), hash);
+                    let s = write_vhd(&src, &mut w, progress)?;
+                    let (_, sums) = w.finish()?;
+                    Ok((s.bytes_out, sums))
+                })?;
             }
-            cmd.arg(&tmp);
-            run_host(&mut cmd, "qemu-img")?;
         }
-        if c.checksum && !self.ramdisk {
+        if self.checksum && !self.ramdisk {
             // In format-name order, as virt-dib; the sum files are outputs too (renamed below).
             let mut files = self.pending.borrow().clone();
             files.sort_by_key(|(_, fin)| fin.extension().map(|e| e.to_os_string()));
             for (tmp, fin) in &files {
                 r.message(&format!("Generating checksums for {}", fin.display()));
-                for (ext, sum) in checksums(tmp)? {
+                let sums = match self.sums.borrow_mut().remove(tmp) {
+                    Some(s) => s,
+                    // The raw disk, and formats whose header is written last, are read back.
+                    None => sum_file(tmp).map_err(|e| format!("cannot read {}: {e}", tmp.display()))?,
+                };
+                for (ext, sum) in [("md5", &sums.md5), ("sha256", &sums.sha256)] {
                     let sum_fin = PathBuf::from(format!("{}.{ext}", fin.display()));
                     let sum_tmp = partial_name(&sum_fin);
                     self.pending.borrow_mut().push((sum_tmp.clone(), sum_fin));
-                    write_sum_file(&sum_tmp, &sum, fin)?;
+                    write_sum_file(&sum_tmp, sum, fin)
+                        .map_err(|e| format!("cannot write {}: {e}", sum_tmp.display()))?;
                 }
             }
         }
@@ -206,6 +274,86 @@ impl OutputPlan {
         }
         self.done.set(true);
         Ok(())
+    }
+
+    /// Runs one disk-based writer into a new partial file, with progress; a stop signal ends it.
+    fn write_from_disk(
+        &self,
+        f: Format,
+        r: &Reporter,
+        len: u64,
+        write: impl FnOnce(
+            &std::fs::File,
+            &mut (dyn FnMut(u64) -> std::io::Result<()> + Send),
+        ) -> std::io::Result<(u64, Option<Sums>)>,
+    ) -> Result<(), BuildError> {
+        let fin = self.file(f);
+        let tmp = partial_name(&fin);
+        self.pending.borrow_mut().push((tmp.clone(), fin.clone()));
+        let out = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let mut progress = WriterProgress::start(r, f.name(), len);
+        let mut tick = |done| {
+            progress.set(done);
+            match signals::caught() {
+                Some(_) => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stop signal")),
+                None => Ok(()),
+            }
+        };
+        let result = write(&out, &mut tick);
+        signals::check()?;
+        let (bytes, sums) = result.map_err(|e| format!("cannot write {}: {e}", fin.display()))?;
+        progress.finish(&[(f, bytes)]);
+        if let Some(s) = sums {
+            self.sums.borrow_mut().insert(tmp, s);
+        }
+        Ok(())
+    }
+}
+
+/// One writer fed by the image's tar stream.
+struct StreamSink {
+    format: Format,
+    path: PathBuf,
+    writer: SinkWriter,
+}
+
+enum SinkWriter {
+    Plain(HashingWriter<std::io::BufWriter<std::fs::File>>),
+    Gzip(ParallelGzEncoder<HashingWriter<std::io::BufWriter<std::fs::File>>>),
+}
+
+impl StreamSink {
+    fn new(format: Format, file: std::fs::File, path: PathBuf, hash: bool) -> Result<StreamSink, BuildError> {
+        let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), hash);
+        let writer = match format {
+            Format::Tgz => SinkWriter::Gzip(ParallelGzEncoder::new(out, 6)),
+            Format::Tar | Format::Docker => SinkWriter::Plain(out),
+            other => return Err(BuildError::Error(format!("output format ‘{other}’ is not supported yet"))),
+        };
+        Ok(StreamSink { format, path, writer })
+    }
+
+    fn write_all(&mut self, d: &[u8]) -> std::io::Result<()> {
+        match &mut self.writer {
+            SinkWriter::Plain(w) => w.write_all(d),
+            SinkWriter::Gzip(w) => w.write_all(d),
+        }
+    }
+
+    /// Bytes written and, with --checksum, the sums taken on the way.
+    fn finish(self) -> std::io::Result<(u64, Option<Sums>)> {
+        let hashing = match self.writer {
+            SinkWriter::Plain(w) => w,
+            SinkWriter::Gzip(w) => w.finish()?,
+        };
+        let (buf, sums) = hashing.finish()?;
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        Ok((file.metadata()?.len(), sums))
     }
 }
 
@@ -236,58 +384,5 @@ fn run_host(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(BuildError::Error(format!("{what} failed ({s})"))),
         Err(e) => Err(BuildError::Error(format!("{what} failed: {e}"))),
-    }
-}
-
-/// The md5 and sha256 of a file, as (extension, hex digest).
-fn checksums(data: &Path) -> Result<[(&'static str, String); 2], BuildError> {
-    use md5::Digest;
-    let mut f = std::fs::File::open(data).map_err(|e| format!("cannot read {}: {e}", data.display()))?;
-    let mut md5 = md5::Md5::new();
-    let mut sha = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", data.display()))?;
-        if n == 0 {
-            break;
-        }
-        md5.update(&buf[..n]);
-        sha.update(&buf[..n]);
-    }
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    Ok([("md5", hex(&md5.finalize())), ("sha256", hex(&sha.finalize()))])
-}
-
-/// A checksum file in coreutils' format, naming the file as the user did (mode 0640).
-fn write_sum_file(p: &Path, sum: &str, shown: &Path) -> Result<(), BuildError> {
-    let mut o = std::fs::OpenOptions::new();
-    std::os::unix::fs::OpenOptionsExt::mode(o.write(true).create_new(true), 0o640);
-    let mut file = o.open(p).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    writeln!(file, "{sum}  {}", shown.display()).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksums_match_coreutils() {
-        let d = std::env::temp_dir().join(format!("microdib-sums-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let data = d.join("data");
-        std::fs::write(&data, b"hello microdib\n").unwrap();
-        let shown = d.join("out.qcow2");
-        for (ext, sum) in checksums(&data).unwrap() {
-            write_sum_file(&PathBuf::from(format!("{}.{ext}", shown.display())), &sum, &shown).unwrap();
-        }
-        std::fs::copy(&data, &shown).unwrap();
-        for tool in ["md5sum", "sha256sum"] {
-            let expect = Command::new(tool).arg(&shown).output().unwrap().stdout;
-            let ext = if tool == "md5sum" { "md5" } else { "sha256" };
-            let got = std::fs::read(format!("{}.{ext}", shown.display())).unwrap();
-            assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(expect).unwrap());
-        }
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -27,16 +27,16 @@ struct Deflated {
 }
 
 /// A gzip writer compressing on every core; `finish` must be called to complete the file.
-pub struct ParallelGzEncoder {
+pub struct ParallelGzEncoder<W> {
     feed: Option<SyncSender<Vec<u8>>>,
     pending: Vec<u8>,
-    worker: Option<JoinHandle<io::Result<()>>>,
+    worker: Option<JoinHandle<io::Result<W>>>,
 }
 
-impl ParallelGzEncoder {
-    pub fn new<W: Write + Send + 'static>(mut out: W, level: u32) -> ParallelGzEncoder {
+impl<W: Write + Send + 'static> ParallelGzEncoder<W> {
+    pub fn new(mut out: W, level: u32) -> ParallelGzEncoder<W> {
         let (tx, rx) = sync_channel::<Vec<u8>>(2);
-        let worker = std::thread::spawn(move || -> io::Result<()> {
+        let worker = std::thread::spawn(move || -> io::Result<W> {
             // mtime 0, no name: the output depends on the input only. OS 3 = Unix.
             out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3])?;
             let mut dict = Vec::new();
@@ -61,7 +61,8 @@ impl ParallelGzEncoder {
             out.write_all(&FINAL_EMPTY_BLOCK)?;
             out.write_all(&crc.finalize().to_le_bytes())?;
             out.write_all(&(len as u32).to_le_bytes())?;
-            out.flush()
+            out.flush()?;
+            Ok(out)
         });
         ParallelGzEncoder { feed: Some(tx), pending: Vec::with_capacity(BLOCK), worker: Some(worker) }
     }
@@ -78,23 +79,24 @@ impl ParallelGzEncoder {
         }
     }
 
-    fn join(&mut self) -> io::Result<()> {
+    fn join(&mut self) -> io::Result<W> {
         self.feed = None;
         match self.worker.take().map(|w| w.join()) {
             Some(Ok(r)) => r,
             Some(Err(_)) => Err(io::Error::other("gzip worker panicked")),
-            None => Ok(()),
+            None => Err(io::Error::other("gzip worker already stopped")),
         }
     }
 
-    /// Writes the end of the stream and waits for everything to be written.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Writes the end of the stream, waits for everything to be written and gives the
+    /// underlying writer back.
+    pub fn finish(mut self) -> io::Result<W> {
         self.send_pending()?;
         self.join()
     }
 }
 
-impl Write for ParallelGzEncoder {
+impl<W: Write + Send + 'static> Write for ParallelGzEncoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = buf.len().min(BLOCK - self.pending.len());
         self.pending.extend_from_slice(&buf[..n]);
@@ -109,9 +111,13 @@ impl Write for ParallelGzEncoder {
     }
 }
 
-impl Drop for ParallelGzEncoder {
+impl<W> Drop for ParallelGzEncoder<W> {
     fn drop(&mut self) {
-        let _ = self.join();
+        // Ends the worker (it sees the closed feed); an unfinished file is a partial output.
+        self.feed = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 

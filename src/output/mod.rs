@@ -62,7 +62,7 @@ impl Format {
 
     /// Whether this microdib can write it yet.
     pub fn supported(self) -> bool {
-        matches!(self, Format::Qcow2 | Format::Raw | Format::Tar | Format::Tgz)
+        matches!(self, Format::Docker | Format::Qcow2 | Format::Raw | Format::Tar | Format::Tgz | Format::Vhd)
     }
 }
 

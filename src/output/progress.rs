@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use super::Format;
 use crate::messages::Reporter;
 
 /// How often JSON progress events are sent at most.
@@ -46,26 +47,27 @@ impl<'r> WriterProgress<'r> {
         }
     }
 
-    /// The writer is done: `out` bytes were written.
-    pub fn finish(self, out: u64) {
+    /// The writers are done: one line per output with its size (they shared the input).
+    pub fn finish(self, outputs: &[(Format, u64)]) {
         let secs = self.start.elapsed().as_secs_f64();
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
         let rate = self.total as f64 / secs.max(1e-6);
-        let line = format!(
-            "         {}: {} in {secs:.1} s ({}/s), {} written",
-            self.format,
-            human(self.total as f64),
-            human(rate),
-            human(out as f64)
-        );
-        if !self.reporter.quiet() {
-            let mut o = std::io::stdout().lock();
-            let _ = writeln!(o, "{line}");
+        for (format, out) in outputs {
+            if !self.reporter.quiet() {
+                let mut o = std::io::stdout().lock();
+                let _ = writeln!(
+                    o,
+                    "         {format}: {} in {secs:.1} s ({}/s), {} written",
+                    human(self.total as f64),
+                    human(rate),
+                    human(*out as f64)
+                );
+            }
+            let (secs, out) = (format!("{secs:.3}"), out.to_string());
+            self.reporter.json(&[("type", "written"), ("format", format.name()), ("seconds", &secs), ("bytes", &out)]);
         }
-        let (secs, out) = (format!("{secs:.3}"), out.to_string());
-        self.reporter.json(&[("type", "written"), ("format", &self.format), ("seconds", &secs), ("bytes", &out)]);
     }
 }
 

@@ -2,6 +2,7 @@
 //! writers (one file each) run on the host, in-process.
 
 pub mod parallel;
+pub mod squashfs;
 
 use std::fmt;
 

@@ -200,18 +200,21 @@ pub fn write_from_tar(
     let mut sink =
         Sink { out: &mut o, start: None, sizes: Vec::new(), holes: 0, runs: Vec::new(), fragments: Vec::new() };
     {
-        let input = Input::new(entries, &mut st, count, progress);
+        let input = Input::new(entries, &mut st, count.clone(), progress);
         let comp = &comp;
         crate::output::parallel::ordered_map(opts.threads, input, |job| work(comp, job), |done| sink.take(done))?;
     }
+    // GNU tar pads the archive to its record size after the end marker: read that too, so a
+    // tar piping into us never fails on a closed pipe, and progress ends at the stream size.
+    io::copy(&mut archive.into_inner(), &mut io::sink())?;
+    progress(count.get());
     let (runs, fragments) = (std::mem::take(&mut sink.runs), std::mem::take(&mut sink.fragments));
     if st.fragments as usize != fragments.len() || st.block_runs as usize != runs.len() {
         return Err(io::Error::other("squashfs writer: block bookkeeping out of step"));
     }
     let t = finish::write_tables(&st.tree, &st.xattrs, &runs, &fragments, bs, &comp, &mut o)?;
-    if st.deduplicated {
-        flags |= FLAG_DUPLICATES;
-    }
+    // Like mksquashfs, the flag says duplicates are looked for (and would be shared).
+    flags |= FLAG_DUPLICATES;
     if t.xattr_id_table_start == tables::INVALID {
         flags |= FLAG_NO_XATTRS;
     }

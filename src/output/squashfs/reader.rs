@@ -53,7 +53,6 @@ pub(super) struct State {
     pub fragments: u32,
     /// Files whose full blocks were kept (ids of the sink's block runs).
     pub block_runs: u32,
-    pub deduplicated: bool,
     dedup: HashMap<(u64, [u8; 32]), FileData>,
     frag: Vec<u8>,
     block_size: usize,
@@ -72,7 +71,6 @@ impl State {
             bytes_in: 0,
             fragments: 0,
             block_runs: 0,
-            deduplicated: false,
             dedup: HashMap::new(),
             frag: Vec::new(),
             block_size,
@@ -380,7 +378,6 @@ impl<'a, 'p, R: Read> Input<'a, 'p, R> {
             if cur.full_blocks > 0 {
                 self.queue.push_back(Job::FileEnd { dup: true });
             }
-            self.st.deduplicated = true;
             self.st.tree.set_file(cur.node, earlier);
             return Ok(());
         }

@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(&b[..4], b"hsqs");
         assert_eq!(u16::from_le_bytes([b[22], b[23]]), 17);
         assert_eq!(u16::from_le_bytes([b[28], b[29]]), 4);
-        assert_eq!(&b[48..56], &[0xff; 8]);
+        assert_eq!(&b[56..64], &[0xff; 8]);
     }
 
     #[test]

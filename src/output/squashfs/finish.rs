@@ -31,15 +31,15 @@ pub(super) struct Tables {
     pub xattr_id_table_start: u64,
 }
 
-fn type_bits(kind: &Kind) -> (u16, u16) {
-    // (S_IFMT bits, basic squashfs type used in directory entries)
+/// The basic squashfs type, used in directory entries.
+fn basic_type(kind: &Kind) -> u16 {
     match kind {
-        Kind::Dir(_) => (0o040000, 1),
-        Kind::File(_) => (0o100000, 2),
-        Kind::Symlink(_) => (0o120000, 3),
-        Kind::BlockDev(_) => (0o060000, 4),
-        Kind::CharDev(_) => (0o020000, 5),
-        Kind::Fifo => (0o010000, 6),
+        Kind::Dir(_) => 1,
+        Kind::File(_) => 2,
+        Kind::Symlink(_) => 3,
+        Kind::BlockDev(_) => 4,
+        Kind::CharDev(_) => 5,
+        Kind::Fifo => 6,
     }
 }
 
@@ -100,7 +100,7 @@ pub(super) fn write_tables(
     for &id in &order {
         let node = &tree.nodes[id as usize];
         let c = Common {
-            mode: type_bits(&node.kind).0 | (node.perm & 0o7777),
+            mode: node.perm & 0o7777,
             uid: ids.index(node.uid)?,
             gid: ids.index(node.gid)?,
             mtime: node.mtime,
@@ -115,7 +115,7 @@ pub(super) fn write_tables(
                         name,
                         inode_ref: iref[k as usize],
                         number: number[k as usize],
-                        ty: type_bits(&tree.nodes[k as usize].kind).1,
+                        ty: basic_type(&tree.nodes[k as usize].kind),
                     })
                     .collect();
                 let subdirs = kids.values().filter(|&&k| matches!(tree.nodes[k as usize].kind, Kind::Dir(_))).count();

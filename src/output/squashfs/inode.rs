@@ -4,7 +4,8 @@
 pub(super) const NO_FRAGMENT: u32 = 0xFFFF_FFFF;
 const NO_XATTR: u32 = 0xFFFF_FFFF;
 
-/// The fields every inode starts with; `mode` includes the S_IFMT type bits, as mksquashfs.
+/// The fields every inode starts with; `mode` is the permission bits only: the kernel adds
+/// the type from the inode type (and refuses type bits here).
 pub(super) struct Common {
     pub mode: u16,
     pub uid: u16,

@@ -298,6 +298,10 @@ fn round_trip_through_unsquashfs() {
             assert!(info.contains(o), "{info}");
         }
 
+        if let Some(keep) = std::env::var_os("SQUASHFS_TEST_KEEP") {
+            // For looking at the images by hand (e.g. mounting them).
+            fs::copy(&image, Path::new(&keep).join(format!("{name}.sqfs"))).unwrap();
+        }
         let out = tmp.0.join(format!("{name}-out"));
         run(Command::new("unsquashfs").arg("-d").arg(&out).arg(&image));
         compare_trees(&src, &out);
@@ -510,4 +514,22 @@ fn compare_with_mksquashfs() {
             assert!(r.success());
         }
     }
+}
+
+/// A hand tool: SQUASHFS_DEBUG_TAR=in.tar SQUASHFS_DEBUG_OUT=out.sqfs [SQUASHFS_DEBUG_COMP=zstd]
+#[test]
+#[ignore]
+fn debug_convert() {
+    let (Some(input), Some(output)) = (std::env::var_os("SQUASHFS_DEBUG_TAR"), std::env::var_os("SQUASHFS_DEBUG_OUT"))
+    else {
+        return;
+    };
+    let compression = match std::env::var("SQUASHFS_DEBUG_COMP").as_deref() {
+        Ok("zstd") => SquashfsCompression::Zstd(3),
+        Ok("gzip") => SquashfsCompression::Gzip(9),
+        _ => SquashfsCompression::Xz,
+    };
+    let opts = SquashfsOptions { compression, ..Default::default() };
+    let s = write_from_tar(File::open(input).unwrap(), &File::create(output).unwrap(), &opts, &mut |_| {}).unwrap();
+    eprintln!("{s:?}");
 }

@@ -50,9 +50,17 @@ fn children(tree: &Tree, id: u32) -> Vec<u32> {
     }
 }
 
-/// Post-order over the reachable tree: (write order, inode number by node, parent dir by
-/// node, directory entries naming each node). Iterative: a hostile stream may nest deeply.
-fn number(tree: &Tree) -> io::Result<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>)> {
+/// The inodes in write order, and per node (index = node id): inode number (0 = not
+/// reachable), parent directory, and how many directory entries name it.
+struct Numbering {
+    order: Vec<u32>,
+    number: Vec<u32>,
+    parent: Vec<u32>,
+    refs: Vec<u32>,
+}
+
+/// Post-order over the reachable tree. Iterative: a hostile stream may nest deeply.
+fn number(tree: &Tree) -> io::Result<Numbering> {
     let n = tree.nodes.len();
     let (mut number, mut parent, mut refs) = (vec![0u32; n], vec![0u32; n], vec![0u32; n]);
     let mut order = Vec::new();
@@ -78,7 +86,7 @@ fn number(tree: &Tree) -> io::Result<(Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>)> {
             number[dir as usize] = order.len() as u32;
         }
     }
-    Ok((order, number, parent, refs))
+    Ok(Numbering { order, number, parent, refs })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -91,7 +99,7 @@ pub(super) fn write_tables(
     comp: &Compressor,
     out: &mut Out,
 ) -> io::Result<Tables> {
-    let (order, number, parent, refs) = number(tree)?;
+    let Numbering { order, number, parent, refs } = number(tree)?;
     let count = u32::try_from(order.len()).map_err(|_| invalid("too many inodes".into()))?;
     let mut ids = Ids::default();
     let mut inodes = MetadataWriter::new(comp);

@@ -145,8 +145,8 @@ fn pax_u64(v: &[u8]) -> Option<u64> {
 fn pax_time(v: &[u8]) -> Option<u64> {
     let s = std::str::from_utf8(v).ok()?;
     let whole = s.split('.').next()?;
-    if whole.starts_with('-') {
-        return whole[1..].parse::<u64>().ok().map(|_| 0);
+    if let Some(negative) = whole.strip_prefix('-') {
+        return negative.parse::<u64>().ok().map(|_| 0);
     }
     whole.parse().ok()
 }
@@ -235,7 +235,7 @@ impl Read for Sparse<'_> {
 }
 
 fn parse_map(nums: &[u64], size: u64) -> Result<Vec<(u64, u64)>, String> {
-    if nums.len() % 2 != 0 {
+    if !nums.len().is_multiple_of(2) {
         return Err("odd number of values in the sparse map".into());
     }
     let mut map = Vec::with_capacity(nums.len() / 2);

@@ -85,7 +85,7 @@ fn content(len: usize, seed: u32) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             out.push(x as u8);
         } else {
             out.extend_from_slice(words[(x % 5) as usize]);

@@ -127,9 +127,21 @@ pub(super) fn write_tables(
                     })
                     .collect();
                 let subdirs = kids.values().filter(|&&k| matches!(tree.nodes[k as usize].kind, Kind::Dir(_))).count();
-                let listing = dir::listing(&entries);
+                let (listing, headers) = dir::listing(&entries);
                 let (block, offset) = dirs.position();
-                dirs.write(&listing)?;
+                // Written header by header to note which ones start a new metadata block.
+                let (mut index, mut index_count, mut last_block) = (Vec::new(), 0u16, block);
+                for (k, &(at, first)) in headers.iter().enumerate() {
+                    let end = headers.get(k + 1).map_or(listing.len(), |h| h.0);
+                    let (here, _) = dirs.position();
+                    if here != last_block && index_count < u16::MAX {
+                        let here32 = u32::try_from(here).map_err(|_| invalid("directory table too large".into()))?;
+                        dir::index_entry(&mut index, at as u32, here32, entries[first].name);
+                        index_count += 1;
+                        last_block = here;
+                    }
+                    dirs.write(&listing[at..end])?;
+                }
                 let at = DirLocation {
                     block: u32::try_from(block).map_err(|_| invalid("directory table too large".into()))?,
                     offset,
@@ -137,7 +149,7 @@ pub(super) fn write_tables(
                 };
                 let parent = if id == ROOT { count + 1 } else { number[parent[id as usize] as usize] };
                 let nlink = u32::try_from(subdirs + 2).unwrap_or(u32::MAX);
-                inode::dir(&c, &at, nlink, parent, node.xattr)
+                inode::dir(&c, &at, nlink, parent, node.xattr, index_count, &index)
             }
             Kind::File(f) => {
                 let (start, sizes, sparse) = match f.blocks {

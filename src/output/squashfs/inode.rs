@@ -37,10 +37,19 @@ pub(super) struct DirLocation {
     pub size: u32,
 }
 
-pub(super) fn dir(c: &Common, at: &DirLocation, nlink: u32, parent: u32, xattr: Option<u32>) -> Vec<u8> {
-    let mut b = Vec::with_capacity(40);
-    match (u16::try_from(at.size), xattr) {
-        (Ok(size), None) => {
+/// A directory inode; `index` holds `index_count` serialized index entries.
+pub(super) fn dir(
+    c: &Common,
+    at: &DirLocation,
+    nlink: u32,
+    parent: u32,
+    xattr: Option<u32>,
+    index_count: u16,
+    index: &[u8],
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(40 + index.len());
+    match (u16::try_from(at.size), xattr, index_count) {
+        (Ok(size), None, 0) => {
             header(&mut b, 1, c);
             u32s(&mut b, &[at.block, nlink]);
             b.extend_from_slice(&size.to_le_bytes());
@@ -50,10 +59,10 @@ pub(super) fn dir(c: &Common, at: &DirLocation, nlink: u32, parent: u32, xattr: 
         _ => {
             header(&mut b, 8, c);
             u32s(&mut b, &[nlink, at.size, at.block, parent]);
-            // No directory index: it only speeds up lookups in very large directories.
-            b.extend_from_slice(&0u16.to_le_bytes());
+            b.extend_from_slice(&index_count.to_le_bytes());
             b.extend_from_slice(&at.offset.to_le_bytes());
             u32s(&mut b, &[xattr.unwrap_or(NO_XATTR)]);
+            b.extend_from_slice(index);
         }
     }
     b
@@ -153,9 +162,10 @@ mod tests {
     #[test]
     fn dir_forms_and_devices() {
         let small = DirLocation { block: 0, offset: 4, size: 3 };
-        assert_eq!(dir(&C, &small, 2, 1, None).len(), 32);
+        assert_eq!(dir(&C, &small, 2, 1, None, 0, &[]).len(), 32);
+        assert_eq!(dir(&C, &small, 2, 1, None, 1, &[0; 13]).len(), 40 + 13);
         let big = DirLocation { block: 0, offset: 4, size: 70000 };
-        assert_eq!(dir(&C, &big, 2, 1, None).len(), 40);
+        assert_eq!(dir(&C, &big, 2, 1, None, 0, &[]).len(), 40);
         assert_eq!(encode_dev(1, 3), Some(0x103));
         assert_eq!(encode_dev(259, 0x12345), Some((0x45) | (259 << 8) | (0x12300 << 12)));
         assert_eq!(encode_dev(4096, 0), None);

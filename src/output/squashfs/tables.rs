@@ -56,16 +56,18 @@ impl Ids {
         if let Some(&i) = self.map.get(&id) {
             return Ok(i);
         }
+        // no_ids is a u16, so at most 65535 ids can be counted.
         let i = u16::try_from(self.list.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "more than 65536 distinct uids/gids"))?;
+            .ok()
+            .filter(|&i| i < u16::MAX)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "more than 65535 distinct uids/gids"))?;
         self.map.insert(id, i);
         self.list.push(id);
         Ok(i)
     }
 
     pub(super) fn count(&self) -> u16 {
-        // `index` refuses the 65537th id, but 65536 itself would wrap: the kernel reads
-        // no_ids as u16, so cap here and let `index` be the gate.
+        // `index` keeps the list below 65536 entries.
         u16::try_from(self.list.len()).unwrap_or(u16::MAX)
     }
 
@@ -160,9 +162,10 @@ mod tests {
         assert_eq!(ids.index(1234).unwrap(), 1);
         assert_eq!(ids.index(0).unwrap(), 0);
         assert_eq!(ids.bytes(), vec![0, 0, 0, 0, 0xd2, 4, 0, 0]);
-        for i in 2..65536u32 {
+        for i in 2..65535u32 {
             ids.index(100_000 + i).unwrap();
         }
+        assert_eq!(ids.count(), 65535);
         assert!(ids.index(7).is_err());
     }
 }

@@ -28,7 +28,9 @@ use std::rc::Rc;
 use compress::Compressor;
 use finish::Run;
 use reader::{Counting, Input, Job, State};
-use tables::{Out, Superblock, FLAG_COMPRESSOR_OPTIONS, FLAG_DUPLICATES, FLAG_EXPORTABLE, FLAG_NO_XATTRS};
+use tables::{
+    Out, Superblock, FLAG_ALWAYS_FRAGMENTS, FLAG_COMPRESSOR_OPTIONS, FLAG_DUPLICATES, FLAG_EXPORTABLE, FLAG_NO_XATTRS,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SquashfsCompression {
@@ -184,7 +186,8 @@ pub fn write_from_tar(
     let comp = Compressor::new(opts.compression, bs);
     out.set_len(0)?;
     let mut o = Out { file: out, pos: tables::SUPERBLOCK_SIZE };
-    let mut flags = FLAG_EXPORTABLE;
+    // Tail ends of files bigger than a block go to fragments too (mksquashfs -always-use-fragments).
+    let mut flags = FLAG_EXPORTABLE | FLAG_ALWAYS_FRAGMENTS;
     if let Some(options) = comp.options() {
         // Read before the decompressor exists: always stored uncompressed.
         let mut block = (options.len() as u16 | 0x8000).to_le_bytes().to_vec();

@@ -12,6 +12,7 @@ use super::metadata::{metadata_block, METADATA_SIZE};
 pub(super) const SUPERBLOCK_SIZE: u64 = 96;
 pub(super) const INVALID: u64 = u64::MAX;
 
+pub(super) const FLAG_ALWAYS_FRAGMENTS: u16 = 0x20;
 pub(super) const FLAG_DUPLICATES: u16 = 0x40;
 pub(super) const FLAG_EXPORTABLE: u16 = 0x80;
 pub(super) const FLAG_NO_XATTRS: u16 = 0x200;

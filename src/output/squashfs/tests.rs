@@ -324,6 +324,7 @@ fn round_trip_through_unsquashfs() {
         assert!(info.contains(&format!("Block size {block_size}\n")), "{info}");
         assert!(info.contains("Filesystem is exportable via NFS"), "{info}");
         assert!(info.contains("Duplicates are removed"), "{info}");
+        assert!(info.contains("Always-use-fragments option is specified"), "{info}");
         assert!(info.contains("Number of xattr ids 5"), "{info}");
         if let Some(o) = option {
             assert!(info.contains(o), "{info}");

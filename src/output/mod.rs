@@ -9,6 +9,7 @@ pub mod qcow2;
 #[cfg(test)]
 mod roundtrip;
 pub mod sparse;
+pub mod squashfs;
 pub mod vhd;
 
 use std::fmt;

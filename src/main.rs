@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     // Capabilities: --machine-readable alone (before the -B check, as virt-dib does).
     if c.machine_readable.is_some() && c.elements.is_empty() {
         let mut lines = vec![prog.clone()];
-        lines.extend(Format::ALL.iter().filter(|f| f.supported()).map(|f| format!("output:{f}")));
+        lines.extend(Format::ALL.iter().map(|f| format!("output:{f}")));
         reporter.raw_machine(&lines.join("\n"));
         return ExitCode::SUCCESS;
     }

@@ -69,9 +69,15 @@ fn help_version_and_option_listings() {
 fn machine_readable_lists_the_formats_before_checking_b() {
     let out = microdib(&["--machine-readable"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(text(&out.stdout), "microdib\noutput:qcow2\noutput:raw\noutput:tar\noutput:tgz\n");
+    assert_eq!(
+        text(&out.stdout),
+        "microdib\noutput:docker\noutput:qcow2\noutput:raw\noutput:squashfs\noutput:tar\noutput:tgz\noutput:vhd\n"
+    );
     let out = microdib(&["--machine-readable=stream:stderr"]);
-    assert_eq!(text(&out.stderr), "microdib\noutput:qcow2\noutput:raw\noutput:tar\noutput:tgz\n");
+    assert_eq!(
+        text(&out.stderr),
+        "microdib\noutput:docker\noutput:qcow2\noutput:raw\noutput:squashfs\noutput:tar\noutput:tgz\noutput:vhd\n"
+    );
 }
 
 /// Runs microdib with `args` and returns (status, stderr's first line).

@@ -24,6 +24,7 @@ complete -c microdib -l ramdisk-element -d 'Main element for building ramdisks' 
 complete -c microdib -l root-label -d 'Label for the root fs' -r
 complete -c microdib -l size -d 'Set output disk size' -r
 complete -c microdib -l smp -d 'Set number of vCPUs' -r
+complete -c microdib -l squashfs-compression -d 'Compression of the squashfs output (default: xz)' -r
 complete -c microdib -l checksum -d 'Generate MD5 and SHA256 checksum files'
 complete -c microdib -l color -l colors -l colour -l colours -d 'Use ANSI colour sequences even if not tty'
 complete -c microdib -l debug-gc -d ''

@@ -15,6 +15,7 @@ use crate::output::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::output::gzip::ParallelGzEncoder;
 use crate::output::progress::WriterProgress;
 use crate::output::qcow2::{write_qcow2, Qcow2Options};
+use crate::output::squashfs::{write_from_tar, SquashfsOptions};
 use crate::output::vhd::write_vhd;
 use crate::output::Format;
 
@@ -34,6 +35,7 @@ pub struct OutputPlan {
     /// Sums taken while writing, by temporary name.
     sums: std::cell::RefCell<std::collections::BTreeMap<PathBuf, Sums>>,
     qcow2: Qcow2Options,
+    squashfs: SquashfsOptions,
     docker_target: Option<String>,
 }
 
@@ -66,6 +68,13 @@ impl OutputPlan {
             checksum: c.checksum,
             sums: Default::default(),
             qcow2: Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref()).map_err(BuildError::Error)?,
+            squashfs: SquashfsOptions {
+                compression: c.squashfs_compression,
+                // virt-dib gave mksquashfs `-e sys/* proc/* dev/*`.
+                exclude_contents_of: ["dev", "proc", "sys"].map(String::from).to_vec(),
+                mkfs_time: build_time(),
+                ..Default::default()
+            },
             docker_target: c.docker_target.clone(),
         };
         if let Some(dir) = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -146,7 +155,7 @@ impl OutputPlan {
                     (create_new(&tmp)?, tmp)
                 }
             };
-            sinks.push(StreamSink::new(f, file, path, self.checksum && f != Format::Docker)?);
+            sinks.push(StreamSink::new(f, file, path, self.checksum && f != Format::Docker, &self.squashfs)?);
         }
         // The size of what the tar stream will carry, for the progress bar (0 when unknown).
         let used = super::phases::guest_sh(vm, "df -B1 --output=used /sysroot | tail -n 1", &[])?;
@@ -195,7 +204,15 @@ impl OutputPlan {
                 }
             })
             .map_err(|e| format!("lost the build VM while writing the file-system outputs: {e}"))?;
+        // Every writer is finished (its threads joined) before any error is reported; a writer's
+        // own error says more than the broken pipe the stream then met.
+        let finished: Vec<_> = sinks.into_iter().map(|s| (s.format, s.path.clone(), s.finish())).collect();
         signals::check()?;
+        for (_, path, r) in &finished {
+            if let Err(e) = r {
+                return Err(BuildError::Error(format!("cannot write {}: {e}", path.display())));
+            }
+        }
         if let Some(e) = werr {
             return Err(BuildError::Error(e));
         }
@@ -206,9 +223,8 @@ impl OutputPlan {
             )));
         }
         let mut written = Vec::new();
-        for s in sinks {
-            let (format, path) = (s.format, s.path.clone());
-            let (bytes, sums) = s.finish().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        for (format, path, r) in finished {
+            let Ok((bytes, sums)) = r else { continue };
             written.push((format, bytes));
             if let Some(sums) = sums {
                 self.sums.borrow_mut().insert(path.clone(), sums);
@@ -325,15 +341,36 @@ struct StreamSink {
 enum SinkWriter {
     Plain(HashingWriter<std::io::BufWriter<std::fs::File>>),
     Gzip(ParallelGzEncoder<HashingWriter<std::io::BufWriter<std::fs::File>>>),
+    /// The squashfs writer parses the stream on its own thread, fed through a pipe.
+    Squashfs(std::io::PipeWriter, std::thread::JoinHandle<std::io::Result<u64>>),
 }
 
 impl StreamSink {
-    fn new(format: Format, file: std::fs::File, path: PathBuf, hash: bool) -> Result<StreamSink, BuildError> {
-        let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), hash);
+    fn new(
+        format: Format,
+        file: std::fs::File,
+        path: PathBuf,
+        hash: bool,
+        squashfs: &SquashfsOptions,
+    ) -> Result<StreamSink, BuildError> {
         let writer = match format {
-            Format::Tgz => SinkWriter::Gzip(ParallelGzEncoder::new(out, 6)),
-            Format::Tar | Format::Docker => SinkWriter::Plain(out),
-            other => return Err(BuildError::Error(format!("output format ‘{other}’ is not supported yet"))),
+            Format::Squashfs => {
+                let (input, feed) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+                let opts = squashfs.clone();
+                let worker = std::thread::spawn(move || {
+                    let s =
+                        write_from_tar(std::io::BufReader::with_capacity(1 << 20, input), &file, &opts, &mut |_| {})?;
+                    Ok(s.bytes_out)
+                });
+                SinkWriter::Squashfs(feed, worker)
+            }
+            f => {
+                let out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), hash);
+                match f {
+                    Format::Tgz => SinkWriter::Gzip(ParallelGzEncoder::new(out, 6)),
+                    _ => SinkWriter::Plain(out),
+                }
+            }
         };
         Ok(StreamSink { format, path, writer })
     }
@@ -342,6 +379,7 @@ impl StreamSink {
         match &mut self.writer {
             SinkWriter::Plain(w) => w.write_all(d),
             SinkWriter::Gzip(w) => w.write_all(d),
+            SinkWriter::Squashfs(w, _) => w.write_all(d),
         }
     }
 
@@ -350,6 +388,12 @@ impl StreamSink {
         let hashing = match self.writer {
             SinkWriter::Plain(w) => w,
             SinkWriter::Gzip(w) => w.finish()?,
+            SinkWriter::Squashfs(feed, worker) => {
+                drop(feed);
+                let bytes = worker.join().map_err(|_| std::io::Error::other("the squashfs writer panicked"))??;
+                // Its superblock is written last: its sums are taken from the file afterwards.
+                return Ok((bytes, None));
+            }
         };
         let (buf, sums) = hashing.finish()?;
         let file = buf.into_inner().map_err(|e| e.into_error())?;
@@ -372,6 +416,13 @@ impl Drop for OutputPlan {
             }
         }
     }
+}
+
+/// SOURCE_DATE_EPOCH (reproducible builds) or now, as squashfs's creation time.
+fn build_time() -> u32 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let t = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or(now);
+    u32::try_from(t).unwrap_or(u32::MAX)
 }
 
 /// Runs a host tool; a stop signal kills it.

@@ -40,6 +40,8 @@ pub struct Cmdline {
     pub color: bool,
     pub debug: i64,
     pub docker_target: Option<String>,
+    /// microdib's own: how the squashfs output is compressed.
+    pub squashfs_compression: crate::output::squashfs::SquashfsCompression,
     pub drive: Option<String>,
     pub drive_format: Option<String>,
     pub element_paths: Vec<String>,
@@ -85,6 +87,7 @@ impl Default for Cmdline {
             color: false,
             debug: 0,
             docker_target: None,
+            squashfs_compression: crate::output::squashfs::SquashfsCompression::Xz,
             drive: None,
             drive_format: None,
             element_paths: Vec::new(),
@@ -198,6 +201,10 @@ fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Actio
             }
             Opt::DebugGc => {}
             Opt::DockerTarget => c.docker_target = Some(v),
+            Opt::SquashfsCompression => {
+                c.squashfs_compression = crate::output::squashfs::SquashfsCompression::parse(&v)
+                    .map_err(|e| CliError::Error(format!("--squashfs-compression: {e}")))?
+            }
             Opt::Drive => c.drive = Some(v),
             Opt::DriveFormat => c.drive_format = Some(v),
             Opt::ElementPath => c.element_paths.push(v),

@@ -8,6 +8,7 @@ use super::getopt::{ArgKind, OptSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Opt {
     Accel,
+    SquashfsCompression,
     Arch,
     BasePath,
     Checksum,
@@ -125,6 +126,14 @@ pub const OPTIONS: &[OptionDoc] = &[
     opt(Opt::Size, &[], &["size"], Arg, "<size>", "Set output disk size"),
     opt(Opt::SkipBase, &[], &["skip-base"], Flag, "", "Skip the inclusion of the ‘base’ element"),
     opt(Opt::Smp, &[], &["smp"], Arg, "<vcpus>", "Set number of vCPUs"),
+    opt(
+        Opt::SquashfsCompression,
+        &[],
+        &["squashfs-compression"],
+        Arg,
+        "<xz|zstd[:N]|gzip[:N]>",
+        "Compression of the squashfs output (default: xz)",
+    ),
     opt(Opt::NoCompression, &['u'], &[], Flag, "", "Do not compress the qcow2 image"),
     opt(Opt::Version, &['V'], &["version"], Flag, "", "Display version and exit"),
     opt(Opt::Verbose, &['v'], &["verbose"], Flag, "", "Enable debugging messages"),

@@ -60,11 +60,6 @@ impl Format {
     pub fn from_filesystem(self) -> bool {
         matches!(self, Format::Docker | Format::Squashfs | Format::Tar | Format::Tgz)
     }
-
-    /// Whether this microdib can write it yet.
-    pub fn supported(self) -> bool {
-        matches!(self, Format::Docker | Format::Qcow2 | Format::Raw | Format::Tar | Format::Tgz | Format::Vhd)
-    }
 }
 
 impl fmt::Display for Format {

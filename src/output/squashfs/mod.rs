@@ -54,6 +54,24 @@ pub struct SquashfsOptions {
     pub mkfs_time: u32,
 }
 
+impl SquashfsCompression {
+    /// `xz`, `zstd[:LEVEL]` (level 3 by default: fast, unlike mksquashfs's 15) or
+    /// `gzip[:LEVEL]` (9 by default, as mksquashfs).
+    pub fn parse(s: &str) -> Result<SquashfsCompression, String> {
+        let bad = || format!("squashfs compression must be xz, zstd[:LEVEL] (1-22) or gzip[:LEVEL] (1-9), not ‘{s}’");
+        let (name, level) = match s.split_once(':') {
+            Some((n, l)) => (n, Some(l.parse::<i32>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        match (name, level) {
+            ("xz", None) => Ok(SquashfsCompression::Xz),
+            ("zstd", l) if (1..=22).contains(&l.unwrap_or(3)) => Ok(SquashfsCompression::Zstd(l.unwrap_or(3))),
+            ("gzip", l) if (1..=9).contains(&l.unwrap_or(9)) => Ok(SquashfsCompression::Gzip(l.unwrap_or(9) as u32)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 impl Default for SquashfsOptions {
     fn default() -> Self {
         SquashfsOptions {

@@ -193,6 +193,7 @@ fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
 #[test]
 fn builds_the_fixture_os_with_every_phase() {
     let (lib, els) = fixture_dirs();
+    let root = env!("CARGO_MANIFEST_DIR");
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -203,7 +204,12 @@ truncate -s 512M "$d/helper.img" && mkfs.ext4 -q -F "$d/helper.img"
 set +e
 # Host variables: only extra-data.d (and DIB_ENV, for DIB_*) may see them.
 export HOST_ONLY=1 DIB_FROM_HOST=x
-"$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M --formats raw,tar,qcow2,tgz --checksum \
+# docker import is the host's job: a stand-in records what it was given.
+mkdir "$d/bin"
+printf '#!/bin/sh\necho "docker: $1 $3 entries=$(tar -tf "$2" | grep -c .)" > "%s/docker.log"\n' "$d" > "$d/bin/docker"
+chmod +x "$d/bin/docker"
+PATH="$d/bin:$PATH" "$MICRODIB" -B {lib} -p {els} --name "$d/out/img" --size 256M \
+   --formats raw,tar,qcow2,tgz,vhd,squashfs,docker --docker-target microdib/fixture:1 --checksum \
    --image-cache "$d/cache" --envvar FROM_USER=yes --envvar ARCH=overridden --exclude-script 30-excluded \
    --mkfs-options "-m 0" \
    --drive "$d/helper.img" --drive-format raw --machine-readable=file:"$d/events" \
@@ -257,7 +263,24 @@ python3 -c 'import sys, tarfile; print("tar: xattr=" + tarfile.open(sys.argv[1])
 # Compressed qcow2 clusters are data with no offset of their own in qemu-img's map.
 echo "qcow2: compressed-extents=$(qemu-img map --output=json img.qcow2 | grep '"data": true' | grep -vc '"offset"')"
 qemu-img compare -q -f qcow2 -F raw img.qcow2 img.raw && echo "qcow2: same-as-raw"
-sha256sum -c img.qcow2.sha256 >/dev/null && md5sum -c img.raw.md5 >/dev/null && echo "checksums: ok"
+qemu-img check -q img.qcow2 && echo "qcow2: check-ok"
+qemu-img compare -q -f vpc -F raw img.vhd img.raw && echo "vhd: same-as-raw"
+echo "vhd: $(qemu-img info img.vhd | grep -E '^(file format|virtual size)' | tr '\n' ' ')"
+gunzip -t img.tgz && gunzip -c img.tgz | cmp -s - img.tar && echo "tgz: gunzip-t-ok same-as-tar"
+# squashfs against the tar: both unpacked, then compared entry by entry (owners, modes, links,
+# content, xattrs); squashfs leaves /dev empty as virt-dib's mksquashfs did.
+mkdir "$d/x-tar"
+tar --xattrs --xattrs-include='*' --numeric-owner -xpf img.tar -C "$d/x-tar"
+find "$d/x-tar/dev" -mindepth 1 -delete
+unsquashfs -q -n -d "$d/x-squash" img.squash > /dev/null
+diff <({root}/hack/tree-manifest "$d/x-tar") <({root}/hack/tree-manifest "$d/x-squash") > "$d/squash.diff" \
+  && echo "squashfs: same-as-tar entries=$(unsquashfs -lln img.squash | grep -c squashfs-root)" || head -n 20 "$d/squash.diff"
+unsquashfs -s img.squash | grep -o 'Compression xz' | sed 's/^/squashfs: /'
+python3 -c 'import os, sys; print("squashfs: xattr=" + os.getxattr(sys.argv[1], "user.microdib").decode())' "$d/x-squash/etc/os-release"
+cat "$d/docker.log"
+for f in img.raw img.qcow2 img.squash img.tar img.tgz img.vhd; do
+  sha256sum -c $f.sha256 >/dev/null && md5sum -c $f.md5 >/dev/null && echo "checksums: ok $f"
+done
 echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
 "#,
     );
@@ -284,9 +307,20 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     // In-chroot output reaches the console too (virt-dib kept it in the log only).
     has("stdout: dumper: install.d ran");
     has("stdout: dumper: finalise.d ran");
-    for f in
-        ["img.raw", "img.qcow2", "img.tar", "img.tgz", "img.d", "img.raw.md5", "img.raw.sha256", "img.qcow2.sha256"]
-    {
+    for f in [
+        "img.raw",
+        "img.qcow2",
+        "img.tar",
+        "img.tgz",
+        "img.vhd",
+        "img.squash",
+        "img.d",
+        "img.raw.md5",
+        "img.raw.sha256",
+        "img.qcow2.sha256",
+        "img.squash.md5",
+        "img.vhd.sha256",
+    ] {
         has(&format!("file: {f}"));
     }
     assert!(!s.contains("file: .img"), "a temporary output was left behind");
@@ -420,7 +454,18 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     has("qcow2: same-as-raw");
     assert!(!s.lines().any(|l| l == "qcow2: compressed-extents=0"), "qcow2 not compressed without -u");
     has("tar: xattr=kept");
-    has("checksums: ok");
+    has("qcow2: check-ok");
+    has("vhd: same-as-raw");
+    has(&format!("vhd: file format: vpc virtual size: 256 MiB ({} bytes) ", 256 << 20));
+    has("tgz: gunzip-t-ok same-as-tar");
+    assert!(s.lines().any(|l| l.starts_with("squashfs: same-as-tar entries=")), "squashfs differs from the tar");
+    has("squashfs: Compression xz");
+    has("squashfs: xattr=kept");
+    let tar_entries = s.lines().find_map(|l| l.strip_prefix("tar: ")?.split_once(" entries")).map(|(n, _)| n);
+    has(&format!("docker: import microdib/fixture:1 entries={}", tar_entries.unwrap_or("?")));
+    for f in ["raw", "qcow2", "squash", "tar", "tgz", "vhd"] {
+        has(&format!("checksums: ok img.{f}"));
+    }
     has("checksums: modes 640 640 ");
     // virt-dib's progress messages in its order (notes §15 item 69): formats made from the
     // mounted file system (alphabetically), the unmount, file formats, then checksums.
@@ -436,10 +481,13 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
         "Setting up the destination root",
         "Installing: vim less tree",
         "Extracting data out of the image",
+        "Importing the image to docker as ‘microdib/fixture:1’",
+        "Compressing the image as squashfs",
         "Compressing the image as tar",
         "Compressing the image as tar.gz",
         "Umounting the disks",
         "Converting to qcow2",
+        "Converting to VHD",
         "Generating checksums for ",
         "Done",
     ];

@@ -23,8 +23,28 @@ where
     W: Fn(I) -> O + Sync,
     S: FnMut(O) -> Result<(), E> + Send,
 {
+    ordered_map_window(threads, 4 * threads.max(1), input, work, sink)
+}
+
+/// [`ordered_map`] with at most `window` items in flight: for inputs that mix heavy items with
+/// many cheap ones, which would otherwise fill the window and leave workers idle.
+pub fn ordered_map_window<I, O, E, In, W, S>(
+    threads: usize,
+    window: usize,
+    input: In,
+    work: W,
+    sink: S,
+) -> Result<(), E>
+where
+    I: Send,
+    O: Send,
+    E: Send,
+    In: IntoIterator<Item = Result<I, E>>,
+    W: Fn(I) -> O + Sync,
+    S: FnMut(O) -> Result<(), E> + Send,
+{
     let threads = threads.max(1);
-    let window = 4 * threads;
+    let window = window.max(threads);
     let stop = AtomicBool::new(false);
     // A token per item in flight: the producer takes one, the sink gives it back once the
     // item is written, so the reorder buffer never holds more than `window` items.

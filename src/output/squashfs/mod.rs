@@ -223,7 +223,16 @@ pub fn write_from_tar(
     {
         let input = Input::new(entries, &mut st, count.clone(), progress);
         let comp = &comp;
-        crate::output::parallel::ordered_map(opts.threads, input, |job| work(comp, job), |done| sink.take(done))?;
+        // Every file adds a cheap end-of-file item: a wide window keeps the workers busy through
+        // runs of small files (at most 64 blocks, 8 MiB at the default block size, wait in it).
+        let window = (4 * opts.threads).max(64);
+        crate::output::parallel::ordered_map_window(
+            opts.threads,
+            window,
+            input,
+            |job| work(comp, job),
+            |done| sink.take(done),
+        )?;
     }
     // GNU tar pads the archive to its record size after the end marker: read that too, so a
     // tar piping into us never fails on a closed pipe, and progress ends at the stream size.

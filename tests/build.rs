@@ -257,6 +257,7 @@ echo "image: label=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Filesystem vol
 echo "image: uuid=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Filesystem UUID: *//p')"
 echo "image: inodes=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Inode count: *//p') reserved=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Reserved block count: *//p') journal=$(dumpe2fs -h img.raw 2>/dev/null | sed -n 's/^Total journal size: *//p')"
 echo "image: size=$(stat -c %s img.raw)"
+echo "image: trim-markers=$(grep -a -c MICRODIB-TRIM-MARKER img.raw)"
 echo "tar: $(tar -tf img.tar | grep -c . ) entries, os-release=$(tar -xOf img.tar ./etc/os-release)"
 echo "tgz: $(tar -tzf img.tgz | grep -c .) entries"
 python3 -c 'import sys, tarfile; print("tar: xattr=" + tarfile.open(sys.argv[1]).getmember("./etc/os-release").pax_headers.get("SCHILY.xattr.user.microdib", "none"))' img.tar
@@ -450,6 +451,7 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     assert_eq!(uuid.len(), 36, "{uuid:?}");
     has(&format!("image: uuid={uuid}"));
     has(&format!("image: size={}", 256 << 20));
+    has("image: trim-markers=0");
     assert!(s.contains("os-release=PRETTY_NAME=\"microdib fixture OS\""));
     has("qcow2: same-as-raw");
     assert!(!s.lines().any(|l| l == "qcow2: compressed-extents=0"), "qcow2 not compressed without -u");

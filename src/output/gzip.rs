@@ -48,6 +48,7 @@ impl<W: Write + Send + 'static> ParallelGzEncoder<W> {
             let mut len = 0u64;
             ordered_map(
                 threads(),
+                4 * threads(),
                 blocks,
                 |b| deflate(&b, level),
                 |d: io::Result<Deflated>| {

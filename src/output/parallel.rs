@@ -12,29 +12,11 @@ pub fn threads() -> usize {
 }
 
 /// Takes items from `input` (on the calling thread), runs `work` on them on `threads` workers
-/// and hands the results to `sink` in input order (on one more thread). At most `4 * threads`
-/// items are in flight. The first error from `input` or `sink` stops everything and is returned.
-pub fn ordered_map<I, O, E, In, W, S>(threads: usize, input: In, work: W, sink: S) -> Result<(), E>
-where
-    I: Send,
-    O: Send,
-    E: Send,
-    In: IntoIterator<Item = Result<I, E>>,
-    W: Fn(I) -> O + Sync,
-    S: FnMut(O) -> Result<(), E> + Send,
-{
-    ordered_map_window(threads, 4 * threads.max(1), input, work, sink)
-}
-
-/// [`ordered_map`] with at most `window` items in flight: for inputs that mix heavy items with
-/// many cheap ones, which would otherwise fill the window and leave workers idle.
-pub fn ordered_map_window<I, O, E, In, W, S>(
-    threads: usize,
-    window: usize,
-    input: In,
-    work: W,
-    sink: S,
-) -> Result<(), E>
+/// and hands the results to `sink` in input order (on one more thread). At most `window` items
+/// are in flight (4 per thread keeps workers busy when items cost alike; inputs that mix heavy
+/// items with many cheap ones need more). The first error from `input` or `sink` stops
+/// everything and is returned.
+pub fn ordered_map<I, O, E, In, W, S>(threads: usize, window: usize, input: In, work: W, sink: S) -> Result<(), E>
 where
     I: Send,
     O: Send,
@@ -142,6 +124,7 @@ mod tests {
         let input = (0..1000u32).map(Ok::<_, String>);
         ordered_map(
             3,
+            12,
             input,
             |x| {
                 // Uneven work so results finish out of order.
@@ -163,6 +146,7 @@ mod tests {
         let mut seen = 0;
         let r = ordered_map(
             2,
+            8,
             input,
             |x| x,
             |_| {
@@ -172,7 +156,7 @@ mod tests {
         );
         assert_eq!(r, Err("bad 40".to_owned()));
         assert!(seen <= 40);
-        let r = ordered_map(2, (0..100u32).map(Ok), |x| x, |x| if x == 10 { Err(x) } else { Ok(()) });
+        let r = ordered_map(2, 8, (0..100u32).map(Ok), |x| x, |x| if x == 10 { Err(x) } else { Ok(()) });
         assert_eq!(r, Err(10));
     }
 
@@ -181,6 +165,7 @@ mod tests {
         let r = std::panic::catch_unwind(|| {
             ordered_map(
                 2,
+                8,
                 (0..10_000u32).map(Ok::<_, ()>),
                 |x| if x >= 5 { panic!("worker {x}") } else { x },
                 |_| Ok(()),

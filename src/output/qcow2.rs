@@ -133,20 +133,20 @@ impl Qcow2Options {
 }
 
 fn split_qemu_options(s: &str) -> Result<Vec<(String, String)>, String> {
-    let mut items = vec![String::new()];
+    let mut items = Vec::new();
+    let mut cur = String::new();
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             ',' if chars.peek() == Some(&',') => {
                 chars.next();
-                items.last_mut().map(|i| i.push(','));
+                cur.push(',');
             }
-            ',' => items.push(String::new()),
-            c => {
-                items.last_mut().map(|i| i.push(c));
-            }
+            ',' => items.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
         }
     }
+    items.push(cur);
     items
         .into_iter()
         .filter(|i| !i.is_empty())
@@ -251,7 +251,7 @@ pub fn write_qcow2(
         (run.first, cl)
     };
     let mut done = 0u64;
-    ordered_map(opts.threads, runs, work, |(first, cl): (u64, Vec<Cluster>)| {
+    ordered_map(opts.threads, 4 * opts.threads, runs, work, |(first, cl): (u64, Vec<Cluster>)| {
         for (i, c) in cl.into_iter().enumerate() {
             table.put(first + i as u64, c)?;
         }

@@ -226,7 +226,7 @@ pub fn write_from_tar(
         // Every file adds a cheap end-of-file item: a wide window keeps the workers busy through
         // runs of small files (at most 64 blocks, 8 MiB at the default block size, wait in it).
         let window = (4 * opts.threads).max(64);
-        crate::output::parallel::ordered_map_window(
+        crate::output::parallel::ordered_map(
             opts.threads,
             window,
             input,

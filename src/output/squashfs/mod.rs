@@ -118,7 +118,7 @@ fn compress(comp: &Compressor, data: Vec<u8>) -> io::Result<Stored> {
 
 fn work(comp: &Compressor, job: Job) -> io::Result<Done> {
     Ok(match job {
-        Job::Block(data) if data.iter().all(|&b| b == 0) => Done::Block(Stored::Hole),
+        Job::Block(data) if crate::output::sparse::is_zero(&data) => Done::Block(Stored::Hole),
         Job::Block(data) => Done::Block(compress(comp, data)?),
         Job::FileEnd { dup } => Done::FileEnd { dup },
         Job::Fragment(data) => Done::Fragment(compress(comp, data)?),

@@ -9,3 +9,4 @@ pub mod messages;
 pub mod output;
 pub mod preflight;
 pub mod shell;
+pub mod stamp;

@@ -73,17 +73,7 @@ pub fn host_arch() -> String {
 
 /// A random (version 4) UUID for the root file system.
 pub fn random_uuid() -> String {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom fills the buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 16 {
-        // Never expected; the time and pid still make it unique enough for a label.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        b[..8].copy_from_slice(&t.as_nanos().to_le_bytes()[..8]);
-        b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
+    let b = crate::stamp::random_uuid_bytes();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }

@@ -72,7 +72,7 @@ impl OutputPlan {
                 compression: c.squashfs_compression,
                 // virt-dib gave mksquashfs `-e sys/* proc/* dev/*`.
                 exclude_contents_of: ["dev", "proc", "sys"].map(String::from).to_vec(),
-                mkfs_time: build_time(),
+                mkfs_time: u32::try_from(crate::stamp::creation_time()).unwrap_or(u32::MAX),
                 ..Default::default()
             },
             docker_target: c.docker_target.clone(),
@@ -416,13 +416,6 @@ impl Drop for OutputPlan {
             }
         }
     }
-}
-
-/// SOURCE_DATE_EPOCH (reproducible builds) or now, as squashfs's creation time.
-fn build_time() -> u32 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let t = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or(now);
-    u32::try_from(t).unwrap_or(u32::MAX)
 }
 
 /// Runs a host tool; a stop signal kills it.

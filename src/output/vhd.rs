@@ -90,16 +90,8 @@ pub fn write_vhd(
 
 /// Timestamp and unique id of a new image.
 fn first_footer_fields() -> (u32, [u8; 16]) {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(VHD_EPOCH);
-    let secs = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse().ok()).unwrap_or(now);
-    let mut id = [0u8; 16];
-    // A random version-4 UUID; the image still works if the kernel has no entropy to give.
-    // SAFETY: getrandom writes at most id.len() bytes into id.
-    unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    (secs.saturating_sub(VHD_EPOCH) as u32, id)
+    let secs = crate::stamp::creation_time().max(VHD_EPOCH);
+    ((secs - VHD_EPOCH) as u32, crate::stamp::random_uuid_bytes())
 }
 
 fn footer(size: u64, (timestamp, id): (u32, [u8; 16])) -> [u8; FOOTER_LEN] {

@@ -11,6 +11,8 @@ use crate::output::Format;
 pub struct HostTools {
     /// The Python interpreter, exported to extra-data.d as DIB_PYTHON_EXEC.
     pub python: PathBuf,
+    /// The guest network's backend; None with --no-network.
+    pub passt: Option<PathBuf>,
 }
 
 /// `which`: a name with a slash must be executable itself; a bare name is searched in PATH.
@@ -61,7 +63,12 @@ pub fn check(c: &Cmdline) -> Result<HostTools, String> {
             crate::output::qcow2::Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref())?;
         }
     }
-    Ok(HostTools { python })
+    // The appliance network is on by default, as in virt-dib; passt provides it.
+    let passt = match c.network {
+        true => Some(which("passt").ok_or("passt is not installed: install the 'passt' package or use --no-network")?),
+        false => None,
+    };
+    Ok(HostTools { python, passt })
 }
 
 #[cfg(test)]
@@ -93,6 +100,7 @@ mod tests {
         std::fs::create_dir_all(&lib).unwrap();
         std::fs::write(lib.join("die"), "").unwrap();
         let mut c = cmdline(Some(lib.to_str().unwrap()), &["x"]);
+        c.network = false;
         assert!(check(&c).is_ok());
         c.qemu_img_options = Some("compat=9".into());
         assert!(check(&c).unwrap_err().contains("invalid value ‘9’ for qcow2 option ‘compat’"));

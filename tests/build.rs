@@ -166,6 +166,10 @@ fn missing_host_programs_are_named() {
              cluster_size, compression_type, preallocation, lazy_refcounts, refcount_bits)",
         ),
         (&["--python", &python, "--formats", "docker", "x"], "microdib: error: docker needed but not found"),
+        (
+            &["--python", &python, "x"],
+            "microdib: error: passt is not installed: install the 'passt' package or use --no-network",
+        ),
     ];
     for (args, first_line) in cases {
         let out =
@@ -815,4 +819,104 @@ echo "opt: helper-logs=$(debugfs -R ls "$d/part.img" 2>/dev/null | tr -s ' ' '\n
     assert_eq!(cpus, "1", "{vm}");
     let kib: u64 = mem.parse().unwrap_or(0);
     assert!((600_000..=786_432).contains(&kib), "MemTotal {kib} kB for -m 768");
+}
+
+/// The appliance network (passt): a root.d script (in the appliance) and an install.d script
+/// (in the chroot, through bash's /dev/tcp) fetch a file from an HTTP server on the host's
+/// loopback through the gateway address; the chroot sees the appliance's resolv.conf while it
+/// runs and the target keeps its own. With --no-network the same fetch fails at once and
+/// DIB_OFFLINE=1. passt is gone after a success, a failure and a SIGTERM.
+#[test]
+fn the_network_reaches_the_host_and_no_network_is_offline() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+srv=
+trap '[ -n "$srv" ] && kill $srv; rm -rf "$d"' EXIT
+mkdir -p "$d/www" "$d/out" "$d/els/fetcher/root.d" "$d/els/fetcher/install.d" "$d/els/fetcher/finalise.d"
+head -c 3000000 /dev/urandom > "$d/www/blob"
+echo "want: $(sha256sum < "$d/www/blob" | cut -c1-64)"
+python3 -u -m http.server --bind 127.0.0.1 --directory "$d/www" 0 > "$d/srv.log" 2>&1 &
+srv=$!
+for i in $(seq 1 100); do grep -q 'port [0-9]' "$d/srv.log" && break; sleep 0.1; done
+export FETCH_PORT=$(sed -n 's/.* port \([0-9]*\) .*/\1/p' "$d/srv.log" | head -1)
+cat > "$d/els/fetcher/root.d/50-fetch" <<'S'
+#!/bin/bash
+echo "root.d: DIB_OFFLINE=[$DIB_OFFLINE]"
+start=$(date +%s%N)
+if curl -fsS --max-time 60 -o "$TARGET_ROOT/fetched" "http://10.0.2.2:$FETCH_PORT/blob"; then
+  echo "root.d: fetched $(sha256sum < "$TARGET_ROOT/fetched" | cut -c1-64)"
+else
+  echo "root.d: fetch failed after $(( ($(date +%s%N) - start) / 1000000 )) ms"
+fi
+echo 'nameserver 192.0.2.53' > "$TARGET_ROOT/etc/resolv.conf"
+S
+cat > "$d/els/fetcher/install.d/50-fetch" <<'S'
+#!/bin/bash
+echo "install.d: resolv.conf=$(cat /etc/resolv.conf)"
+if exec 3<>/dev/tcp/10.0.2.2/$FETCH_PORT; then
+  printf 'GET /blob HTTP/1.0\r\n\r\n' >&3
+  echo "install.d: $(head -1 <&3 | tr -d '\r')"
+fi
+S
+printf '#!/bin/bash\necho "finalise.d: resolv.conf=$(cat /etc/resolv.conf)"\n' > "$d/els/fetcher/finalise.d/50-show"
+printf '#!/bin/bash\nexit 3\n' > "$d/els/fetcher/finalise.d/90-maybe-fail"
+sed -i 's/^exit 3$/[ -n "$FAIL" ] \&\& exit 3; true/' "$d/els/fetcher/finalise.d/90-maybe-fail"
+chmod +x "$d"/els/fetcher/*/*
+build() {{ # NAME ARGS...: a build whose output lines start with NAME, then its passt's fate
+  local name=$1; shift
+  timeout -k 10 270 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/$name" --size 256M --formats tar \
+     --image-cache "$d/cache" --envvar FETCH_PORT --envvar FAIL --debug 1 "$@" fixture-os fetcher > "$d/$name.log" 2>&1
+  echo "$name: status=$?"
+  grep -e '^root.d: ' -e '^install.d: ' -e '^finalise.d: ' -e 'passt' -e 'error' "$d/$name.log" | sed "s/^/$name: /"
+  for pid in $(sed -n 's/.*passt (pid \([0-9]*\)).*/\1/p' "$d/$name.log"); do
+    kill -0 "$pid" 2>/dev/null && echo "$name: passt $pid still running" || echo "$name: passt gone"
+  done
+}}
+build net
+echo "net: image resolv.conf=$(tar -xOf "$d/out/net.tar" ./etc/resolv.conf)"
+build offline --no-network
+FAIL=1 build failing
+# SIGTERM while a script runs: passt goes with the build.
+mkdir -p "$d/els/sleeper/install.d"
+printf '#!/bin/bash\necho sleeping\nsleep 600\n' > "$d/els/sleeper/install.d/10-sleep"
+chmod +x "$d/els/sleeper/install.d/10-sleep"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/sig" --size 256M --formats tar --debug 1 \
+   --image-cache "$d/cache" fixture-os sleeper > "$d/sig.log" 2>&1 &
+pid=$!
+for i in $(seq 1 300); do grep -q '^sleeping' "$d/sig.log" && break; sleep 1; done
+ppid=$(sed -n 's/.*passt (pid \([0-9]*\)).*/\1/p' "$d/sig.log")
+kill -0 "$ppid" 2>/dev/null && echo "sig: passt ran"
+kill -TERM $pid
+wait $pid
+echo "sig: status=$?"
+kill -0 "$ppid" 2>/dev/null && echo "sig: passt $ppid still running" || echo "sig: passt gone"
+"#,
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    let want = s.lines().find_map(|l| l.strip_prefix("want: ")).expect("no checksum").to_owned();
+    has("net: status=0");
+    has("net: root.d: DIB_OFFLINE=[]");
+    has(&format!("net: root.d: fetched {want}"));
+    has("net: install.d: resolv.conf=nameserver 10.0.2.3");
+    has("net: install.d: HTTP/1.0 200 OK");
+    has("net: finalise.d: resolv.conf=nameserver 10.0.2.3");
+    has("net: image resolv.conf=nameserver 192.0.2.53");
+    has("net: passt gone");
+    has("offline: status=0");
+    has("offline: root.d: DIB_OFFLINE=[1]");
+    has("offline: finalise.d: resolv.conf=nameserver 192.0.2.53");
+    let ms: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("offline: root.d: fetch failed after ")?.strip_suffix(" ms")?.parse().ok())
+        .unwrap_or_else(|| panic!("the fetch did not fail without the network:\n{s}"));
+    assert!(ms < 5000, "failing without a network took {ms} ms");
+    assert!(!s.lines().any(|l| l.starts_with("offline: ") && l.contains("passt")), "passt ran with --no-network:\n{s}");
+    assert!(!s.contains("offline: install.d: HTTP/1.0 200"), "chroot reached the host with --no-network:\n{s}");
+    has("failing: status=1");
+    has("failing: passt gone");
+    has("sig: passt ran");
+    has("sig: status=1");
+    has("sig: passt gone");
 }

@@ -12,6 +12,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+mod network;
+
 use microdib_proto::{
     read_frame, write_frame, Input, ProtoError, Request, Response, AGENT_PORT, PROTOCOL_VERSION, READY_BANNER,
 };
@@ -165,6 +167,8 @@ fn run_command(sink: &Sink, requests: &mut UnixStream, job: Job) -> Response {
     // Its own process group, so everything it starts can be stopped with it.
     cmd.process_group(0);
     let chroot_dir = chroot.as_ref().map(|r| String::from_utf8_lossy(r).into_owned());
+    // Held until the command is done: the chroot sees the appliance's resolv.conf meanwhile.
+    let _resolv_conf = chroot_dir.as_deref().and_then(|r| network::ResolvConfSwap::enter(std::path::Path::new(r)));
     match chroot {
         None => {
             if let Some(dir) = &cwd {
@@ -458,6 +462,7 @@ fn main() {
                 power_off();
             }
         }
+        network::setup(&network::kernel_cmdline());
         supervise();
     }
     let listener = match vsock_listen(AGENT_PORT) {

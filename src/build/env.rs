@@ -39,6 +39,9 @@ pub struct BuildVars {
     pub fs_type: String,
     pub checksum: bool,
     pub block_device: String,
+    /// What diskimage-builder's block-device layer reported (IMAGE_BLOCK_DEVICES,
+    /// DIB_BOOT_LABEL, ...), once it has made the image; empty before and without it.
+    pub layer_vars: Vec<(String, String)>,
 }
 
 /// `IMAGE_BLOCK_DEVICE_WITHOUT_PART`: `/dev/loop0p1` -> `/dev/loop0`; anything else unchanged.
@@ -135,6 +138,9 @@ impl BuildVars {
         set("DIB_NO_TMPFS", "1".into());
         set("FS_TYPE", self.fs_type.clone());
         set("DIB_CHECKSUM", if self.checksum { "1" } else { "" }.to_owned());
+        for (k, v) in &self.layer_vars {
+            set(k, v.clone());
+        }
         let path = match ctx {
             Context::Outside { .. } => format!("{aux}/fake-bin:{aux}/hooks/bin:{base_path}"),
             Context::Chroot => {

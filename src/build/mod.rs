@@ -4,6 +4,7 @@
 //! image clean-up, then the outputs and checksums.
 
 pub mod appliance;
+pub mod block_layer;
 pub mod env;
 pub mod extra_data;
 pub mod host_view;
@@ -22,6 +23,7 @@ use crate::cli::{Accel, Cmdline};
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::messages::Reporter;
 use appliance::{ApplianceSpec, ApplianceVm};
+use block_layer::BlockLayer;
 use env::{BuildVars, Context, HostPaths, SYSROOT};
 use extra_data::ExtraData;
 use outputs::OutputPlan;
@@ -128,7 +130,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     };
     let ws = Workspace::create()?;
     let image_name = Path::new(&c.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.name.clone());
-    let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
+    let requested = requested_elements(c);
     r.info(&format!("Elements: {}", requested.join(" ")));
     if c.debug >= 1 {
         r.debug(&format!("tmpdir: {}", ws.dir.display()));
@@ -167,6 +169,18 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         r.debug("");
     }
     let ramdisk = c.ramdisk || expanded.contains("ironic-agent");
+    let arch = c.arch.clone().unwrap_or_else(host_arch);
+    let block_config = user_vars.iter().find(|(k, _)| k == "DIB_BLOCK_DEVICE_CONFIG").map(|(_, v)| v.as_str());
+    let mut block_layer = match ramdisk {
+        true => None,
+        false => BlockLayer::plan(
+            &idx,
+            &expanded,
+            Path::new(c.basepath.as_deref().unwrap_or_default()),
+            &arch,
+            block_config,
+        )?,
+    };
 
     r.message("Preparing auxiliary data");
     ws.write_aux(&image_name, &c.extra_packages)?;
@@ -182,7 +196,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let vars = BuildVars {
         user_vars,
-        arch: c.arch.clone().unwrap_or_else(host_arch),
+        arch,
         image_name: image_name.clone(),
         elements: expanded_list.clone(),
         offline: !c.network,
@@ -196,6 +210,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         fs_type: c.fs_type.clone(),
         checksum: c.checksum,
         block_device: "/dev/loop0".into(),
+        layer_vars: Vec::new(),
     };
     let extra_data = extra_data_plan(c, &ws, &hooks_dir, &idx, &expanded, &vars, &tools, &image_cache);
     if c.debug >= 1 {
@@ -223,6 +238,27 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
             DiskConfig { path: p, format: DiskFormat::Raw, read_only: false, id: "microdib-helper".into() }
         }
     };
+    let mut disks = vec![
+        DiskConfig {
+            path: plan.target_disk.clone(),
+            format: DiskFormat::Raw,
+            read_only: false,
+            id: "microdib-target".into(),
+        },
+        helper,
+    ];
+    if block_layer.is_some() {
+        // The tree is built here until the block-device layer has made the image's file systems.
+        let p = ws.dir.join("build.raw");
+        let f = std::fs::File::create(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        f.set_len(c.size).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
+        disks.push(DiskConfig {
+            path: p,
+            format: DiskFormat::Raw,
+            read_only: false,
+            id: block_layer::BUILD_DISK_SERIAL.into(),
+        });
+    }
     let kernel = appliance::find_kernel()?;
     let agent = appliance::find_agent()?;
     let files =
@@ -232,15 +268,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         kernel,
         initrd: files.initrd,
         root: files.root,
-        disks: vec![
-            DiskConfig {
-                path: plan.target_disk.clone(),
-                format: DiskFormat::Raw,
-                read_only: false,
-                id: "microdib-target".into(),
-            },
-            helper,
-        ],
+        disks,
         memory_mib: c.memsize.map(|m| m.max(256) as u64).unwrap_or(DEFAULT_MEMORY_MIB),
         vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(if nested::inside() {
             NESTED_VCPUS
@@ -260,7 +288,8 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".to_owned()
     };
     let runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint };
-    let result = guest_build(c, &mut vm, runner, &ws, &plan, &hooks_dir, &image_name, &extra_data);
+    let result =
+        guest_build(c, &mut vm, runner, &ws, &plan, &hooks_dir, &image_name, &extra_data, block_layer.as_mut());
     if let Err(e) = result {
         if let Some(end) = vm.ended() {
             if signals::caught().is_none() {
@@ -330,11 +359,22 @@ fn image_cache_path(option: Option<&str>, home: Option<std::ffi::OsString>) -> P
     }
 }
 
+/// The elements asked for: virt-dib's (ramdisk element, base, the command line), plus the block
+/// device element disk-image-create adds for `vm`.
+fn requested_elements(c: &Cmdline) -> Vec<String> {
+    let mut named = c.elements.clone();
+    let arch = c.arch.clone().unwrap_or_else(host_arch);
+    if let Some(e) = block_layer::default_element(&c.elements, &arch) {
+        named.push(e.to_owned());
+    }
+    elements::requested(&named, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()))
+}
+
 /// Checks the elements on this host (so mistakes show at once), then runs the build inside a
 /// software-emulated KVM host.
 fn outer_nested(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     let idx = ElementIndex::load(&c.element_paths);
-    let requested = elements::requested(&c.elements, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()));
+    let requested = requested_elements(c);
     elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
     // The helper drive must open here too: the emulated host can only share what exists.
     if let Some(d) = &c.drive {
@@ -382,6 +422,7 @@ fn guest_build(
     hooks_dir: &Path,
     image_name: &str,
     extra_data: &ExtraData,
+    mut block_layer: Option<&mut BlockLayer>,
 ) -> Result<(), BuildError> {
     let r = runner.reporter;
     // The aux tree lives in a tmpfs in the appliance, bound into the target at /tmp/in_target.aux;
@@ -401,23 +442,37 @@ fn guest_build(
     // block-device.d, before any file system exists. Its scripts, root.d's and cleanup.d's are
     // the ones copied at the start (as in virt-dib); the other phases are read again from the
     // image just before they run, since earlier scripts may add some.
-    guest_sh(vm, "set -e; mount -t tmpfs -o mode=0755 sysroot /sysroot; mkdir -p /sysroot/tmp", &[])?;
-    mount_aux(vm)?;
-    let loop_dev = guest_sh(vm, "losetup --show -f /dev/vda", &[])?;
-    let mut block_device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or("/dev/vda").to_owned();
-    runner.vars.block_device = block_device.clone();
-    let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
-    let out = runner.run(vm, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
-    if !scripts.is_empty() {
-        block_device = block_device_from_output(&out, &block_device)?;
+    let mut block_device = "/dev/vda".to_owned();
+    if let Some(layer) = block_layer.as_deref() {
+        // diskimage-builder's block-device layer makes the disk later; the tree starts on the
+        // scratch disk.
+        r.message("Setting up the destination root");
+        layer.prepare(vm, SYSROOT)?;
+        guest_sh(vm, "mkdir -p /sysroot/tmp", &[])?;
+    } else {
+        guest_sh(vm, "set -e; mount -t tmpfs -o mode=0755 sysroot /sysroot; mkdir -p /sysroot/tmp", &[])?;
+        mount_aux(vm)?;
+        let loop_dev = guest_sh(vm, "losetup --show -f /dev/vda", &[])?;
+        block_device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or("/dev/vda").to_owned();
         runner.vars.block_device = block_device.clone();
-    }
-    guest_sh(vm, "sync; umount -R /sysroot", &[])?;
+        let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
+        let out = runner.run(vm, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
+        if !scripts.is_empty() {
+            block_device = block_device_from_output(&out, &block_device)?;
+            runner.vars.block_device = block_device.clone();
+        }
+        guest_sh(vm, "sync; umount -R /sysroot", &[])?;
 
-    r.message("Setting up the destination root");
-    make_filesystem(vm, c, &runner.vars, &block_device)?;
-    guest_sh(vm, r#"set -e; mount "$1" /sysroot; mkdir -p /sysroot/tmp"#, &[&block_device])?;
+        r.message("Setting up the destination root");
+        make_filesystem(vm, c, &runner.vars, &block_device)?;
+        guest_sh(vm, r#"set -e; mount "$1" /sysroot; mkdir -p /sysroot/tmp"#, &[&block_device])?;
+    }
     mount_aux(vm)?;
+    // How the image's root is mounted at /sysroot again after it was unmounted there.
+    let remount = match block_layer.as_deref() {
+        Some(layer) => layer.remount_script(),
+        None => r#"mount "$1" /sysroot"#.to_owned(),
+    };
     guest_sh(vm, "mkdir /sysroot/subroot", &[])?;
     let scripts = phase_scripts(&hooks_dir.join("root.d"));
     runner.run(vm, "root.d", &outside("/sysroot/subroot"), &scripts, None, false)?;
@@ -445,8 +500,32 @@ fn guest_build(
     let scripts = runner.guest_scripts(vm, "post-root.d")?;
     runner.run(vm, "post-root.d", &outside(SYSROOT), &scripts, None, false)?;
 
-    // Remount, as virt-dib does between post-install.d and finalise.d.
-    guest_sh(vm, r#"set -e; sync; umount -R /sysroot; mount "$1" /sysroot"#, &[&block_device])?;
+    match block_layer.as_deref_mut() {
+        Some(layer) => {
+            // disk-image-create's turn: the layer makes and mounts the image, the tree moves in.
+            let mut mkfs_opts = if c.fs_type == "ext4" { "-i 4096 -J size=64".to_owned() } else { String::new() };
+            if let Some(o) = &c.mkfs_options {
+                mkfs_opts = format!("{mkfs_opts} {o}").trim().to_owned();
+            }
+            let params = block_layer::Params {
+                fs_type: c.fs_type.clone(),
+                root_label: runner.vars.root_label.clone(),
+                size_bytes: c.size,
+                mkfs_opts,
+            };
+            layer.enter_image(vm, SYSROOT, &params)?;
+            for (k, v) in &layer.exported {
+                if k == "IMAGE_BLOCK_DEVICE" {
+                    runner.vars.block_device = v.clone();
+                }
+            }
+            runner.vars.layer_vars = layer.exported.clone();
+        }
+        None => {
+            // Remount, as virt-dib does between post-install.d and finalise.d.
+            guest_sh(vm, &format!("set -e; sync; umount -R /sysroot; {remount}"), &[&block_device])?;
+        }
+    }
     mount_aux(vm)?;
     let scripts = runner.guest_scripts(vm, "pre-finalise.d")?;
     runner.run(vm, "pre-finalise.d", &outside(SYSROOT), &scripts, None, false)?;
@@ -465,22 +544,26 @@ fn guest_build(
     // Final clean-up of the image.
     guest_sh(
         vm,
-        r#"set -e; sync; umount -R /sysroot; mount "$1" /sysroot
-           find /sysroot/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-           [ -d /sysroot/var/log ] || { echo "the image has no /var/log" >&2; exit 1; }
-           find /sysroot/var/log -type f -exec truncate -s 0 {} +
-           if [ -d /sysroot/root ]; then find /sysroot/root -type f -name '*.log' -delete; fi"#,
+        &format!(
+            r#"set -e; sync; umount -R /sysroot; {remount}
+           find /sysroot/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +
+           [ -d /sysroot/var/log ] || {{ echo "the image has no /var/log" >&2; exit 1; }}
+           find /sysroot/var/log -type f -exec truncate -s 0 {{}} +
+           if [ -d /sysroot/root ]; then find /sysroot/root -type f -name '*.log' -delete; fi"#
+        ),
         &[&block_device],
     )?;
     plan.filesystem_outputs(vm, r, &ws.dir)?;
     // fstrim hands freed blocks back (virtio-blk discard punches holes), so the raw disk stays
     // sparse and the disk-based writers skip them.
-    guest_sh(
-        vm,
-        r#"set -e; fstrim /sysroot 2>/dev/null || true; sync; umount -R /sysroot; umount /run/microdib/aux/perm
-           losetup -D; sync"#,
-        &[],
-    )?;
+    guest_sh(vm, "fstrim /sysroot 2>/dev/null || true; sync", &[])?;
+    match block_layer.as_deref() {
+        Some(layer) => layer.finish(vm, SYSROOT)?,
+        None => {
+            guest_sh(vm, "umount -R /sysroot", &[])?;
+        }
+    }
+    guest_sh(vm, "set -e; umount /run/microdib/aux/perm; losetup -D; sync", &[])?;
     Ok(())
 }
 
@@ -566,7 +649,7 @@ fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[Stri
 }
 
 /// Sends a host directory into the appliance as a tar stream owned by root.
-fn tar_in(vm: &mut ApplianceVm, src: &Path, dest: &str) -> Result<(), BuildError> {
+pub(super) fn tar_in(vm: &mut ApplianceVm, src: &Path, dest: &str) -> Result<(), BuildError> {
     use std::process::{Command, Stdio};
     guest_sh(vm, r#"mkdir -p "$1""#, &[dest])?;
     let mut tar = Command::new("tar")

@@ -50,8 +50,8 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     writable.sort();
     writable.dedup();
     writable.retain(|d| !d.starts_with(&cwd));
-    if writable.len() > 4 {
-        return Err(BuildError::Error("too many separate output directories for the emulated host (at most 4)".into()));
+    if writable.len() > 3 {
+        return Err(BuildError::Error("too many separate output directories for the emulated host (at most 3)".into()));
     }
     let ws = super::workspace::Workspace::create()?;
     let script = ws.dir.join("nested-run");

@@ -6,6 +6,7 @@
 //! time; several commands run at once over several connections.
 
 pub mod client;
+pub mod net;
 
 use std::io::{Read, Write};
 

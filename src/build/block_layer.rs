@@ -29,7 +29,7 @@ const MODULES: &[&str] = &["yaml", "_yaml", "networkx", "stevedore"];
 pub fn default_element(cmdline_elements: &[String], arch: &str) -> Option<&'static str> {
     let vm = cmdline_elements.iter().any(|e| e == "vm");
     let chosen = cmdline_elements.iter().any(|e| e.starts_with("block-device-"));
-    (vm && !chosen).then(|| if matches!(arch, "arm64" | "aarch64") { "block-device-efi" } else { "block-device-mbr" })
+    (vm && !chosen).then_some(if matches!(arch, "arm64" | "aarch64") { "block-device-efi" } else { "block-device-mbr" })
 }
 
 /// The layer's plan for one build.

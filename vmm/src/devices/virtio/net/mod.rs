@@ -282,6 +282,12 @@ impl Datapath {
             }
             budget -= 1;
             let b = &mut self.backend;
+            if !b.hung_up && !b.reader.has_frame() && !has_buffers(&self.mem, &self.rxq) {
+                // Leave the data in the socket: the backend sees our backlog, not our memory.
+                // (After a hang-up nothing more can come: reading finds the end early.)
+                self.rx_waiting = true;
+                break;
+            }
             let frame = match b.reader.next_frame(&mut Sock(&b.sock)) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -349,6 +355,11 @@ impl Datapath {
             tracing::info!("virtio-net: the guest left an interrupt unacknowledged; raised it again");
         }
     }
+}
+
+/// Whether the guest made RX buffers available that the device has not used yet.
+fn has_buffers(mem: &GuestMemoryMmap, rxq: &Queue) -> bool {
+    rxq.avail_idx(mem, std::sync::atomic::Ordering::Acquire).is_ok_and(|idx| idx.0 != rxq.next_avail())
 }
 
 /// Puts one frame into the guest's RX buffers behind a zeroed header. With MRG_RXBUF it may span

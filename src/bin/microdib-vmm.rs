@@ -54,6 +54,11 @@ struct Args {
     /// Give the guest a virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// Give the guest a network (virtio-net, MAC 52:54:00:12:34:56, MTU 1500) through passt:
+    /// address 10.0.2.15/24, gateway 10.0.2.2, DNS 10.0.2.3; outbound only, no host ports
+    /// opened. Configure the guest e.g. with --append 'ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off'.
+    #[arg(long)]
+    net: bool,
     /// Only check whether this host's KVM can run a Linux guest, and say why not.
     #[arg(long)]
     check_kvm: bool,
@@ -186,6 +191,17 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
     if args.rng {
         virtio_devices.push(Box::new(vmm::devices::virtio::rng::Rng::default()));
     }
+    // Spawned from this (the main) thread, which outlives the VM: passt's parent-death signal
+    // is tied to it. Kept until the VM has ended; dropping it kills passt.
+    let _passt = if args.net {
+        use vmm::devices::virtio::net::{Net, Passt, PasstOptions};
+        let opts = PasstOptions::default();
+        let (passt, sock) = Passt::spawn(&opts)?;
+        virtio_devices.push(Box::new(Net::new(sock, [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], opts.mtu)?));
+        Some(passt)
+    } else {
+        None
+    };
     let config = VmConfig {
         kernel,
         initramfs: args.initramfs,

@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 pub mod worker;
@@ -104,7 +105,7 @@ pub enum ActivateError {
 
 /// A virtio device behind a transport.
 pub trait VirtioDevice: Send {
-    /// virtio device ID (2 = block, 4 = rng, ...).
+    /// virtio device ID (1 = net, 2 = block, 4 = rng, ...).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];

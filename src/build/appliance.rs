@@ -9,6 +9,9 @@ use std::time::Duration;
 use microdib_proto::client::AgentClient;
 use microdib_proto::APPLIANCE_DISK_SERIAL;
 use vmm::devices::virtio::block::{Block, DiskConfig, DiskFormat};
+use microdib_proto::net::GuestNetwork;
+use vmm::devices::virtio::net::passt::{Passt, PasstOptions};
+use vmm::devices::virtio::net::Net;
 use vmm::devices::virtio::{rng::Rng, vsock::Vsock, VirtioDevice};
 use vmm::vm::ExitLatch;
 use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
@@ -69,7 +72,18 @@ pub struct ApplianceSpec {
     pub vcpus: u8,
     pub vsock: PathBuf,
     pub console: PathBuf,
+    /// The guest network (passt); None with --no-network: no network device at all.
+    pub network: Option<NetworkSpec>,
 }
+
+/// Where passt is and where its messages go.
+pub struct NetworkSpec {
+    pub passt: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The guest's MAC address: locally administered, qemu's usual prefix.
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 /// A running build VM and its agent.
 pub struct ApplianceVm {
@@ -80,6 +94,8 @@ pub struct ApplianceVm {
     latch: Arc<ExitLatch>,
     thread: Option<JoinHandle<vmm::Result<GuestExit>>>,
     console: PathBuf,
+    /// The network backend: killed when the VM is dropped (after the VM itself has stopped).
+    passt: Option<Passt>,
 }
 
 impl ApplianceVm {
@@ -98,10 +114,32 @@ impl ApplianceVm {
         }
         devices.push(Box::new(Vsock::new(3, &spec.vsock).map_err(|e| error_chain(&e))?));
         devices.push(Box::new(Rng::default()));
+        let mut cmdline = DEFAULT_CMDLINE.to_owned();
+        let passt = match &spec.network {
+            Some(n) => {
+                let net = GuestNetwork::DEFAULT;
+                let opts = PasstOptions {
+                    binary: n.passt.clone(),
+                    address: net.address,
+                    prefix_len: net.prefix_len,
+                    gateway: net.gateway,
+                    dns_forward: Some(net.dns),
+                    mtu: net.mtu,
+                    extra_args: Vec::new(),
+                    log: Some(n.log.clone()),
+                };
+                let (passt, socket) = Passt::spawn(&opts).map_err(|e| error_chain(&e))?;
+                devices.push(Box::new(Net::new(socket, GUEST_MAC, net.mtu).map_err(|e| error_chain(&e))?));
+                cmdline.push(' ');
+                cmdline.push_str(&net.cmdline_word());
+                Some(passt)
+            }
+            None => None,
+        };
         let config = VmConfig {
             kernel: spec.kernel,
             initramfs: Some(spec.initrd),
-            cmdline: DEFAULT_CMDLINE.into(),
+            cmdline,
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
             console: ConsoleOutput::File(spec.console.clone()),
@@ -117,11 +155,18 @@ impl ApplianceVm {
         match AgentClient::connect(&spec.vsock, AGENT_TIMEOUT) {
             Ok(agent) => {
                 tracing::info!("the build VM's agent answered after {:.2} s", booting.elapsed().as_secs_f64());
-                Ok(ApplianceVm { trace: false, agent: Some(agent), latch, thread: Some(thread), console: spec.console })
+                Ok(ApplianceVm {
+                    trace: false,
+                    agent: Some(agent),
+                    latch,
+                    thread: Some(thread),
+                    console: spec.console,
+                    passt,
+                })
             }
             Err(e) => {
                 let mut me =
-                    ApplianceVm { trace: false, agent: None, latch, thread: Some(thread), console: spec.console };
+                    ApplianceVm { trace: false, agent: None, latch, thread: Some(thread), console: spec.console, passt };
                 let why = me.latch.get().map(|x| x.to_string()).unwrap_or_else(|| e.to_string());
                 me.stop_now();
                 Err(format!("the build VM did not come up ({why}){}", me.console_tail()))
@@ -134,6 +179,11 @@ impl ApplianceVm {
         if self.trace {
             eprintln!("appliance: {}", what.iter().map(|a| crate::shell::quote(a)).collect::<Vec<_>>().join(" "));
         }
+    }
+
+    /// The pid of the network backend, if there is one.
+    pub fn passt_pid(&self) -> Option<u32> {
+        self.passt.as_ref().map(Passt::pid)
     }
 
     /// The agent connection.

@@ -277,10 +277,17 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         }),
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
+        network: tools
+            .passt
+            .clone()
+            .map(|passt| appliance::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
     };
     signals::check()?;
     let mut vm = ApplianceVm::start(&host, spec)?;
     vm.trace = c.trace;
+    if let (Some(pid), true) = (vm.passt_pid(), c.debug >= 1) {
+        r.debug(&format!("network: passt (pid {pid})"));
+    }
     signals::watch_vm(Some(vm.latch()));
     let log_hint = if c.drive.is_some() {
         format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))

@@ -543,6 +543,20 @@ echo "sig: status=$?"
 sed 's/^/sig: /' "$d/sig.err"
 echo "sig: files=$(ls -A "$d/out" | grep sig | tr '\n' ' ')"
 echo "sig: left=$(pgrep -fc -- "$d/out/sig" || true)"
+# The same during an extra-data.d script, which runs on the host as microdib's child: it must
+# hear the SIGTERM too (microdib's threads block it; children must not inherit that).
+mkdir -p "$d/els/host-sleeper/extra-data.d"
+printf '#!/bin/bash\necho host sleeping\nsleep 600\n' > "$d/els/host-sleeper/extra-data.d/10-sleep"
+chmod +x "$d/els/host-sleeper/extra-data.d/10-sleep"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/hsig" --size 256M --formats raw \
+   --image-cache "$d/cache" fixture-os host-sleeper > "$d/hsig.out" 2> "$d/hsig.err" &
+pid=$!
+for i in $(seq 1 300); do grep -q '^host sleeping' "$d/hsig.out" && break; sleep 1; done
+start=$(date +%s)
+kill -TERM $pid
+wait $pid
+echo "hsig: status=$? after $(( $(date +%s) - start )) s"
+echo "hsig: left=$(pgrep -fc -- "sleep 600" || true)"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
     );
@@ -560,6 +574,10 @@ echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
     assert!(s.lines().any(|l| l == "sig: files="), "partial outputs left after SIGTERM:\n{s}");
     assert!(s.lines().any(|l| l == "sig: left=0"), "a process of the stopped build is still running:\n{s}");
     assert!(s.lines().any(|l| l == "tmp: 0"), "temporary directories left behind:\n{s}");
+    let hsig = s.lines().find(|l| l.starts_with("hsig: status=")).unwrap_or_else(|| panic!("{s}"));
+    let secs: u64 = hsig.rsplit(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+    assert!(hsig.starts_with("hsig: status=1 ") && secs < 60, "SIGTERM during extra-data.d: {hsig}\n{s}");
+    assert!(s.lines().any(|l| l == "hsig: left=0"), "the host script outlived the build:\n{s}");
 }
 
 /// `--accel tcg` (and `auto` on a host like ours, whose KVM cannot run the build VM): microdib
@@ -919,4 +937,64 @@ kill -0 "$ppid" 2>/dev/null && echo "sig: passt $ppid still running" || echo "si
     has("sig: passt ran");
     has("sig: status=1");
     has("sig: passt gone");
+}
+
+/// diskimage-builder's block-device layer (its own Python code, from the PyPI package, run in
+/// the build VM) with its block-device-mbr element: the disk gets an MBR with one bootable
+/// partition holding the tree, an fstab written by the layer, and finalise.d sees the layer's
+/// variables. (The full `debian-minimal vm` build is hack/e2e-debian.)
+#[test]
+fn diskimage_builders_block_device_layer_partitions_the_image() {
+    let made = Command::new(workspace().join("hack/dib-rootfs")).output().expect("cannot run hack/dib-rootfs");
+    assert!(made.status.success(), "hack/dib-rootfs failed:\n{}", text(&made.stderr));
+    let dib = text(&made.stdout).lines().nth(1).unwrap_or_default().to_owned();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out"
+timeout -k 10 270 "$MICRODIB" -B {dib}/lib -p {els} -p {dib}/elements --name "$d/out/bd" --size 256M --formats raw,tar \
+   --image-cache "$d/cache" --no-network --skip-base fixture-os block-device-mbr dumper > "$d/log" 2>&1
+echo "host: status=$?"
+sed 's/^/log: /' "$d/log"
+sfdisk -d "$d/out/bd.raw" | grep '^/' | sed 's/^[^:]*: */table: /'
+start=$(sfdisk -J "$d/out/bd.raw" | python3 -c 'import json, sys; print(json.load(sys.stdin)["partitiontable"]["partitions"][0]["start"])')
+part="$d/out/bd.raw?offset=$((start * 512))"
+echo "fs: $(debugfs -R 'stats' "$part" 2>/dev/null | grep -E '^Filesystem volume name' | tr -s ' ')"
+echo "image: os-release=$(debugfs -R 'cat /etc/os-release' "$part" 2>/dev/null)"
+echo "image: fstab=$(debugfs -R 'cat /etc/fstab' "$part" 2>/dev/null | grep -v '^#' | tr -s ' \t' ' ')"
+echo "tar: $(tar -tf "$d/out/bd.tar" | grep -c '^./etc/os-release$')"
+for v in IMAGE_BLOCK_DEVICE IMAGE_BLOCK_DEVICES DIB_ROOT_LABEL DIB_ROOT_FSTYPE DIB_MOUNTPOINTS DIB_BOOT_LABEL DIB_BLOCK_DEVICE; do
+  echo "finalise.d: $(grep "^$v=" "$d/out/bd.d/finalise.d.env" || echo "no $v")"
+done
+echo "phases: $(cat "$d/out/bd.d/phases")"
+"#,
+        els = fixtures().join("elements").display(),
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("host: status=0");
+    has("log: microdib: Elements: fixture-os block-device-mbr dumper");
+    // One bootable partition at 1 MiB filling the disk, as the element's config asks.
+    let table: Vec<&str> = s.lines().filter(|l| l.starts_with("table: ")).collect();
+    assert_eq!(table.len(), 1, "{s}");
+    assert!(
+        table[0].contains("start=        2048") && table[0].contains("type=83") && table[0].contains("bootable"),
+        "{s}"
+    );
+    has("fs: Filesystem volume name: cloudimg-rootfs");
+    has("image: os-release=PRETTY_NAME=\"microdib fixture OS\"");
+    has("image: fstab=LABEL=cloudimg-rootfs / ext4 defaults 0 1");
+    has("tar: 1");
+    assert!(s.lines().any(|l| l.starts_with("finalise.d: IMAGE_BLOCK_DEVICE=/dev/loop")), "{s}");
+    assert!(
+        s.lines().any(|l| l.starts_with("finalise.d: IMAGE_BLOCK_DEVICES=") && l.contains("[root]=/dev/mapper/loop")),
+        "{s}"
+    );
+    has("finalise.d: DIB_ROOT_LABEL=cloudimg-rootfs");
+    has("finalise.d: DIB_ROOT_FSTYPE=ext4");
+    has("finalise.d: DIB_MOUNTPOINTS=/");
+    has("finalise.d: DIB_BOOT_LABEL=");
+    has("finalise.d: DIB_BLOCK_DEVICE=mbr");
+    // block-device.d is virt-dib's mechanism; with the layer it does not run.
+    assert!(s.lines().any(|l| l.starts_with("phases: ") && !l.contains("block-device.d")), "{s}");
 }

@@ -7,9 +7,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use microdib_proto::client::AgentClient;
+use microdib_proto::net::GuestNetwork;
 use microdib_proto::APPLIANCE_DISK_SERIAL;
 use vmm::devices::virtio::block::{Block, DiskConfig, DiskFormat};
-use microdib_proto::net::GuestNetwork;
 use vmm::devices::virtio::net::passt::{Passt, PasstOptions};
 use vmm::devices::virtio::net::Net;
 use vmm::devices::virtio::{rng::Rng, vsock::Vsock, VirtioDevice};
@@ -165,8 +165,14 @@ impl ApplianceVm {
                 })
             }
             Err(e) => {
-                let mut me =
-                    ApplianceVm { trace: false, agent: None, latch, thread: Some(thread), console: spec.console, passt };
+                let mut me = ApplianceVm {
+                    trace: false,
+                    agent: None,
+                    latch,
+                    thread: Some(thread),
+                    console: spec.console,
+                    passt,
+                };
                 let why = me.latch.get().map(|x| x.to_string()).unwrap_or_else(|| e.to_string());
                 me.stop_now();
                 Err(format!("the build VM did not come up ({why}){}", me.console_tail()))

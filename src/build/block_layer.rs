@@ -143,6 +143,7 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
             &[&self.config, &yaml],
         )?;
         self.layer(vm, "init")?;
+        // `create` partitions, makes the file systems and mounts them under mount-base.
         self.layer(vm, "create")?;
         let mut exported = Vec::new();
         for (var, symbol) in [
@@ -161,7 +162,6 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
         self.exported = exported;
         // fstab goes to <build-dir>/built/etc/fstab: the tree, through the symlink.
         self.layer(vm, "writefstab")?;
-        self.layer(vm, "mount")?;
         guest_sh(
             vm,
             &format!(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
@@ -92,7 +92,7 @@ impl ExtraData {
             super::signals::check()?;
             times.script_start(r, script);
             let started = Instant::now();
-            let mut cmd = Command::new("bash");
+            let mut cmd = super::signals::command("bash");
             cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
             // Its own process group: a signal to microdib stops what the script started too.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

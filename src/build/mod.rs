@@ -189,7 +189,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let owners = script_owners(&idx, &expanded);
     if c.debug >= 1 && crate::preflight::which("tree").is_some() {
         // virt-dib showed the workspace it had prepared; quietly skipped without tree.
-        let _ = std::process::Command::new("tree").arg("-ps").arg(&ws.dir).status();
+        let _ = signals::command("tree").arg("-ps").arg(&ws.dir).status();
     }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
     let image_cache = image_cache_dir(c)?;
@@ -277,10 +277,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         }),
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
-        network: tools
-            .passt
-            .clone()
-            .map(|passt| appliance::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        network: tools.passt.clone().map(|passt| appliance::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
     };
     signals::check()?;
     let mut vm = ApplianceVm::start(&host, spec)?;
@@ -657,9 +654,9 @@ fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[Stri
 
 /// Sends a host directory into the appliance as a tar stream owned by root.
 pub(super) fn tar_in(vm: &mut ApplianceVm, src: &Path, dest: &str) -> Result<(), BuildError> {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     guest_sh(vm, r#"mkdir -p "$1""#, &[dest])?;
-    let mut tar = Command::new("tar")
+    let mut tar = signals::command("tar")
         .args(["--owner=root", "--group=root", "-C"])
         .arg(src)
         .args(["-cf", "-", "."])

@@ -5,7 +5,6 @@
 //! directory and the output, helper-drive and cache directories writable.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::{appliance, signals, BuildError};
 use crate::cli::Cmdline;
@@ -57,7 +56,7 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     let script = ws.dir.join("nested-run");
     super::workspace::write_executable(&script, NESTED_RUN)?;
     let vm_memory = c.memsize.unwrap_or(1024).max(256) as u64;
-    let mut cmd = Command::new("bash");
+    let mut cmd = signals::command("bash");
     cmd.arg(&script).args(["--memory", &(vm_memory + 2048).to_string(), "--cpus", "2"]);
     for d in &writable {
         cmd.arg("--rw").arg(d);

@@ -109,7 +109,7 @@ impl OutputPlan {
             Path::new(&self.name).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let named = PathBuf::from(format!("{}.d", self.name));
         std::fs::create_dir_all(&named).map_err(|e| format!("cannot create {}: {e}", named.display()))?;
-        let mut tar = Command::new("tar")
+        let mut tar = super::signals::command("tar")
             .arg("-C")
             .arg(target_parent)
             .args(["--no-same-owner", "-xf", "-", &format!("./{image_name}.d")])
@@ -231,7 +231,7 @@ impl OutputPlan {
             }
             if format == Format::Docker {
                 let target = self.docker_target.as_deref().unwrap_or("");
-                run_host(Command::new("docker").arg("import").arg(&path).arg(target), "docker import")?;
+                run_host(super::signals::command("docker").arg("import").arg(&path).arg(target), "docker import")?;
                 let _ = std::fs::remove_file(&path);
             }
         }

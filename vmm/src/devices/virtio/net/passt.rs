@@ -109,7 +109,7 @@ impl Passt {
         let mut cmd = Command::new(&program);
         cmd.arg("--fd").arg(theirs_fd.to_string()).args(opts.args()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure only makes async-signal-safe calls (prctl, getppid, fcntl).
+        // SAFETY: the closure only makes async-signal-safe calls (prctl, sigprocmask, getppid, fcntl).
         unsafe {
             cmd.pre_exec(move || {
                 // Die with us. The signal is tied to the thread that spawns passt, not the
@@ -118,6 +118,10 @@ impl Passt {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Our threads block the stop signals; passt must not inherit that.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
                 if libc::getppid() != parent {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH)); // we died already
                 }

@@ -546,7 +546,8 @@ echo "sig: left=$(pgrep -fc -- "$d/out/sig" || true)"
 # The same during an extra-data.d script, which runs on the host as microdib's child: it must
 # hear the SIGTERM too (microdib's threads block it; children must not inherit that).
 mkdir -p "$d/els/host-sleeper/extra-data.d"
-printf '#!/bin/bash\necho host sleeping\nsleep 600\n' > "$d/els/host-sleeper/extra-data.d/10-sleep"
+# (Named so that pgrep finds it and not this script, whose text holds the name's recipe.)
+printf '#!/bin/bash\necho host sleeping\nexec -a "host-sleeper-$((6*100))" sleep 600\n' > "$d/els/host-sleeper/extra-data.d/10-sleep"
 chmod +x "$d/els/host-sleeper/extra-data.d/10-sleep"
 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/hsig" --size 256M --formats raw \
    --image-cache "$d/cache" fixture-os host-sleeper > "$d/hsig.out" 2> "$d/hsig.err" &
@@ -556,7 +557,7 @@ start=$(date +%s)
 kill -TERM $pid
 wait $pid
 echo "hsig: status=$? after $(( $(date +%s) - start )) s"
-echo "hsig: left=$(pgrep -fc -- "sleep 600" || true)"
+echo "hsig: left=$(pgrep -fc -- "host-sleeper-[6]00" || true)"
 echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
 "#,
     );

@@ -33,6 +33,15 @@ fn needed(prog: &str) -> Result<PathBuf, String> {
     which(prog).ok_or_else(|| format!("{prog} needed but not found"))
 }
 
+/// The python of the virtualenv holding `lib` (diskimage-builder installed there by pip), as
+/// disk-image-create would run under it: its host-side Python steps import diskimage_builder.
+fn venv_python(lib: &Path) -> Option<PathBuf> {
+    let lib = std::path::absolute(lib).ok()?;
+    lib.ancestors().find(|d| d.join("pyvenv.cfg").is_file()).and_then(|venv| {
+        ["bin/python3", "bin/python"].iter().map(|p| venv.join(p)).find(|p| which(&p.to_string_lossy()).is_some())
+    })
+}
+
 /// Runs the checks; the error is the message for `prog: error: ...`.
 pub fn check(c: &Cmdline) -> Result<HostTools, String> {
     let base = c.basepath.as_deref().filter(|b| !b.is_empty()).ok_or("-B must be specified")?;
@@ -50,7 +59,10 @@ pub fn check(c: &Cmdline) -> Result<HostTools, String> {
     // Debian 12 has no `python` unless python-is-python3 is installed: fall back to python3.
     let python = match python {
         Some(p) => p,
-        None => which("python").or_else(|| which("python3")).ok_or("python needed but not found")?,
+        None => match venv_python(Path::new(base)) {
+            Some(p) => p,
+            None => which("python").or_else(|| which("python3")).ok_or("python needed but not found")?,
+        },
     };
     for f in &c.formats {
         if *f == Format::Docker {
@@ -81,6 +93,19 @@ mod tests {
             elements: elements.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_library_inside_a_virtualenv_brings_its_python() {
+        let venv = std::env::temp_dir().join(format!("microdib-venv-{}", std::process::id()));
+        let lib = venv.join("lib/python3.11/site-packages/diskimage_builder/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(venv.join("bin")).unwrap();
+        assert_eq!(venv_python(&lib), None, "no pyvenv.cfg yet");
+        std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+        std::os::unix::fs::symlink(which("sh").unwrap(), venv.join("bin/python3")).unwrap();
+        assert_eq!(venv_python(&lib), Some(venv.join("bin/python3")));
+        std::fs::remove_dir_all(&venv).unwrap();
     }
 
     #[test]

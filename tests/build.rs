@@ -45,6 +45,15 @@ fn build_output(script: &str) -> String {
     text(&run_build_script(script).stdout)
 }
 
+/// hack/dib-rootfs's three lines: the Debian root tarball, the diskimage-builder package
+/// directory (from PyPI) and its virtualenv's python.
+fn dib_rootfs() -> [String; 3] {
+    let made = Command::new(workspace().join("hack/dib-rootfs")).output().expect("cannot run hack/dib-rootfs");
+    assert!(made.status.success(), "hack/dib-rootfs failed:\n{}", text(&made.stderr));
+    let made = text(&made.stdout);
+    [0, 1, 2].map(|i| made.lines().nth(i).unwrap_or_default().to_owned())
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -679,10 +688,7 @@ echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
 /// `--extra-packages` through apt from the local repository inside that root.
 #[test]
 fn real_diskimage_builder_elements_build_a_debian_image() {
-    let made = Command::new(workspace().join("hack/dib-rootfs")).output().expect("cannot run hack/dib-rootfs");
-    assert!(made.status.success(), "hack/dib-rootfs failed:\n{}", text(&made.stderr));
-    let made = text(&made.stdout);
-    let [rootfs, dib, python] = [0, 1, 2].map(|i| made.lines().nth(i).unwrap_or_default().to_owned());
+    let [rootfs, dib, python] = dib_rootfs();
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -946,9 +952,7 @@ kill -0 "$ppid" 2>/dev/null && echo "sig: passt $ppid still running" || echo "si
 /// variables. (The full `debian-minimal vm` build is hack/e2e-debian.)
 #[test]
 fn diskimage_builders_block_device_layer_partitions_the_image() {
-    let made = Command::new(workspace().join("hack/dib-rootfs")).output().expect("cannot run hack/dib-rootfs");
-    assert!(made.status.success(), "hack/dib-rootfs failed:\n{}", text(&made.stderr));
-    let dib = text(&made.stdout).lines().nth(1).unwrap_or_default().to_owned();
+    let [_, dib, _] = dib_rootfs();
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT

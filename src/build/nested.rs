@@ -56,8 +56,13 @@ pub fn run(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
     let script = ws.dir.join("nested-run");
     super::workspace::write_executable(&script, NESTED_RUN)?;
     let vm_memory = c.memsize.unwrap_or(1024).max(256) as u64;
+    // The emulated host's /tmp is RAM, and the build's throwaway disks live there: the scratch
+    // disk the tree is built on (up to --size) and the helper disk with the download cache. A
+    // debian-minimal vm build was killed for memory with only 2 GiB on top of the build VM's.
+    // qemu takes the memory only as it is touched.
+    let scratch_mib = (c.size >> 20).min(8192) + 1024;
     let mut cmd = signals::command("bash");
-    cmd.arg(&script).args(["--memory", &(vm_memory + 2048).to_string(), "--cpus", "2"]);
+    cmd.arg(&script).args(["--memory", &(vm_memory + 2048 + scratch_mib).to_string(), "--cpus", "2"]);
     for d in &writable {
         cmd.arg("--rw").arg(d);
     }

@@ -131,11 +131,11 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
     /// of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
     pub fn enter_image(&mut self, vm: &mut ApplianceVm, sysroot: &str, params: &Params) -> Result<(), BuildError> {
         let yaml = format!(
-            "config: {WORK}/config.yaml\nimage-dir: {WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {WORK}/mnt\nbuild-dir: {WORK}\nimage-size: {}KiB\nroot-fs-opts: '{}'\n",
-            params.fs_type,
-            params.root_label,
+            "config: {WORK}/config.yaml\nimage-dir: {WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {WORK}/mnt\nbuild-dir: {WORK}\nimage-size: {}KiB\nroot-fs-opts: {}\n",
+            yaml_string(&params.fs_type),
+            yaml_string(&params.root_label),
             params.size_bytes / 1024,
-            params.mkfs_opts.replace('\'', "''"),
+            yaml_string(&params.mkfs_opts),
         );
         guest_sh(
             vm,
@@ -216,6 +216,11 @@ pub struct Params {
     pub mkfs_opts: String,
 }
 
+/// A YAML single-quoted scalar (user text such as a label stays text).
+fn yaml_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// disk-image-create's fallback when no element has a config: one loop image, no partitions.
 const FALLBACK_CONFIG: &str = "- local_loop:\n    name: image0\n";
 
@@ -238,6 +243,12 @@ mod tests {
 
     fn v(xs: &[&str]) -> Vec<String> {
         xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn params_are_yaml_strings() {
+        assert_eq!(yaml_string("img: it's"), "'img: it''s'");
+        assert_eq!(yaml_string(""), "''");
     }
 
     #[test]

@@ -231,12 +231,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
             read_only: false,
             id: "microdib-helper".into(),
         },
-        None => {
-            let p = ws.dir.join("helper.raw");
-            let f = std::fs::File::create(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-            f.set_len(HELPER_SIZE).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
-            DiskConfig { path: p, format: DiskFormat::Raw, read_only: false, id: "microdib-helper".into() }
-        }
+        None => throwaway_disk(ws.dir.join("helper.raw"), HELPER_SIZE, "microdib-helper")?,
     };
     let mut disks = vec![
         DiskConfig {
@@ -249,15 +244,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     ];
     if block_layer.is_some() {
         // The tree is built here until the block-device layer has made the image's file systems.
-        let p = ws.dir.join("build.raw");
-        let f = std::fs::File::create(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
-        f.set_len(c.size).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
-        disks.push(DiskConfig {
-            path: p,
-            format: DiskFormat::Raw,
-            read_only: false,
-            id: block_layer::BUILD_DISK_SERIAL.into(),
-        });
+        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.size, block_layer::BUILD_DISK_SERIAL)?);
     }
     let kernel = appliance::find_kernel()?;
     let agent = appliance::find_agent()?;
@@ -361,6 +348,13 @@ fn image_cache_path(option: Option<&str>, home: Option<std::ffi::OsString>) -> P
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(home.unwrap_or_default()).join(".cache/image-create"),
     }
+}
+
+/// A sparse raw disk of `size` bytes in the workspace (gone with it), with serial `id`.
+fn throwaway_disk(path: PathBuf, size: u64, id: &str) -> Result<DiskConfig, BuildError> {
+    let f = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
+    Ok(DiskConfig { path, format: DiskFormat::Raw, read_only: false, id: id.into() })
 }
 
 /// The elements asked for: virt-dib's (ramdisk element, base, the command line), plus the block

@@ -194,10 +194,10 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
     // Spawned from this (the main) thread, which outlives the VM: passt's parent-death signal
     // is tied to it. Kept until the VM has ended; dropping it kills passt.
     let _passt = if args.net {
-        use vmm::devices::virtio::net::{Net, Passt, PasstOptions};
+        use vmm::devices::virtio::net::{Net, Passt, PasstOptions, DEFAULT_MAC};
         let opts = PasstOptions::default();
         let (passt, sock) = Passt::spawn(&opts)?;
-        virtio_devices.push(Box::new(Net::new(sock, [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], opts.mtu)?));
+        virtio_devices.push(Box::new(Net::new(sock, DEFAULT_MAC, opts.mtu)?));
         Some(passt)
     } else {
         None

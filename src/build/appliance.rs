@@ -11,7 +11,7 @@ use microdib_proto::net::GuestNetwork;
 use microdib_proto::APPLIANCE_DISK_SERIAL;
 use vmm::devices::virtio::block::{Block, DiskConfig, DiskFormat};
 use vmm::devices::virtio::net::passt::{Passt, PasstOptions};
-use vmm::devices::virtio::net::Net;
+use vmm::devices::virtio::net::{Net, DEFAULT_MAC};
 use vmm::devices::virtio::{rng::Rng, vsock::Vsock, VirtioDevice};
 use vmm::vm::ExitLatch;
 use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
@@ -82,9 +82,6 @@ pub struct NetworkSpec {
     pub log: PathBuf,
 }
 
-/// The guest's MAC address: locally administered, qemu's usual prefix.
-const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
 /// A running build VM and its agent.
 pub struct ApplianceVm {
     /// -x: print each command sent to the appliance on stderr.
@@ -129,7 +126,7 @@ impl ApplianceVm {
                     log: Some(n.log.clone()),
                 };
                 let (passt, socket) = Passt::spawn(&opts).map_err(|e| error_chain(&e))?;
-                devices.push(Box::new(Net::new(socket, GUEST_MAC, net.mtu).map_err(|e| error_chain(&e))?));
+                devices.push(Box::new(Net::new(socket, DEFAULT_MAC, net.mtu).map_err(|e| error_chain(&e))?));
                 cmdline.push(' ');
                 cmdline.push_str(&net.cmdline_word());
                 Some(passt)

@@ -27,6 +27,8 @@ use stream::{FrameReader, FrameWriter, StreamError, MAX_FRAME};
 pub use passt::{Passt, PasstOptions};
 
 const VIRTIO_ID_NET: u32 = 1;
+/// The guest's MAC address unless told otherwise: locally administered, qemu's usual prefix.
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const QUEUE_SIZES: &[u16] = &[256, 256];
 
 pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;

@@ -110,6 +110,13 @@ impl Block {
     pub fn size(&self) -> u64 {
         self.disk.size
     }
+
+    /// Serves every available request on `queue`, as the worker does on a notification; for the
+    /// fuzz target, which drives the device without a transport.
+    pub fn serve_queue(&self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut buf = vec![0u8; CHUNK];
+        serve(&self.disk, &self.id, queue, mem, &mut buf)
+    }
 }
 
 /// One request's outcome: status byte and bytes written into the guest's buffers.

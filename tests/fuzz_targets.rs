@@ -1,0 +1,17 @@
+//! The cargo-fuzz targets (vmm/fuzz, their own workspace, run with nightly by hack/fuzz) must
+//! keep compiling against the VMM's API: an API change once left one unbuildable unnoticed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn fuzz_targets_compile() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO"))
+        .args(["check", "--locked", "--quiet", "--bins", "--manifest-path"])
+        .arg(root.join("vmm/fuzz/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", root.join("target/fuzz-check"))
+        .output()
+        .expect("cannot run cargo");
+    assert!(out.status.success(), "the fuzz targets do not compile:\n{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1002,4 +1002,9 @@ echo "phases: $(cat "$d/out/bd.d/phases")"
     has("finalise.d: DIB_BLOCK_DEVICE=mbr");
     // block-device.d is virt-dib's mechanism; with the layer it does not run.
     assert!(s.lines().any(|l| l.starts_with("phases: ") && !l.contains("block-device.d")), "{s}");
+    // The layer's step is announced between post-install.d and finalise.d.
+    let at = |m: &str| s.lines().position(|l| l.starts_with("log: [") && l.contains(m)).unwrap_or(usize::MAX);
+    assert!(at("Running: post-install.d") < at("Partitioning the disk"), "{s}");
+    assert!(at("Partitioning the disk") < at("Copying the tree into the image"), "{s}");
+    assert!(at("Copying the tree into the image") < at("Running: finalise.d"), "{s}");
 }

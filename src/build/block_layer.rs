@@ -12,6 +12,7 @@ use super::appliance::ApplianceVm;
 use super::phases::guest_sh;
 use super::BuildError;
 use crate::elements::ElementIndex;
+use crate::messages::Reporter;
 
 /// The virtual element the layer's elements provide.
 pub const PROVIDED: &str = "block-device";
@@ -129,7 +130,13 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
     /// After post-install.d: partition and format the target disk through the layer, mount it,
     /// copy the tree built at `sysroot` into it and bind it there instead. `params` is the rest
     /// of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
-    pub fn enter_image(&mut self, vm: &mut ApplianceVm, sysroot: &str, params: &Params) -> Result<(), BuildError> {
+    pub fn enter_image(
+        &mut self,
+        vm: &mut ApplianceVm,
+        sysroot: &str,
+        params: &Params,
+        r: &Reporter,
+    ) -> Result<(), BuildError> {
         let yaml = format!(
             "config: {WORK}/config.yaml\nimage-dir: {WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {WORK}/mnt\nbuild-dir: {WORK}\nimage-size: {}KiB\nroot-fs-opts: {}\n",
             yaml_string(&params.fs_type),
@@ -142,6 +149,7 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
             &format!(r#"set -e; printf '%s' "$1" > {WORK}/config.yaml; printf '%s' "$2" > {WORK}/params.yaml"#),
             &[&self.config, &yaml],
         )?;
+        r.message("Partitioning the disk (diskimage-builder's block-device layer)");
         self.layer(vm, "init")?;
         // `create` partitions, makes the file systems and mounts them under mount-base.
         self.layer(vm, "create")?;
@@ -162,6 +170,7 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
         self.exported = exported;
         // fstab goes to <build-dir>/built/etc/fstab: the tree, through the symlink.
         self.layer(vm, "writefstab")?;
+        r.message("Copying the tree into the image");
         guest_sh(
             vm,
             &format!(

@@ -511,7 +511,7 @@ fn guest_build(
                 size_bytes: c.size,
                 mkfs_opts,
             };
-            layer.enter_image(vm, SYSROOT, &params)?;
+            layer.enter_image(vm, SYSROOT, &params, runner.reporter)?;
             for (k, v) in &layer.exported {
                 if k == "IMAGE_BLOCK_DEVICE" {
                     runner.vars.block_device = v.clone();

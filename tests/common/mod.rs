@@ -34,12 +34,17 @@ pub fn native_kvm() -> Result<(), String> {
 pub static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 pub fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
-    run_script_with_memory(script, env, None)
+    run_script_nested_sized(script, env, None, 600)
 }
 
 /// Like `run_script_with_env`; when nested, the emulated machine gets `nested_memory_mib` (for
-/// tests that keep their data in its /tmp, which is RAM).
-pub fn run_script_with_memory(script: &str, env: &[(&str, &str)], nested_memory_mib: Option<u32>) -> Output {
+/// tests that keep their data in its /tmp, which is RAM) and `nested_timeout_s` to finish.
+pub fn run_script_nested_sized(
+    script: &str,
+    env: &[(&str, &str)],
+    nested_memory_mib: Option<u32>,
+    nested_timeout_s: u32,
+) -> Output {
     let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
     for attempt in 1.. {
         let mut cmd = match native_kvm() {
@@ -49,7 +54,7 @@ pub fn run_script_with_memory(script: &str, env: &[(&str, &str)], nested_memory_
                 if let Some(m) = nested_memory_mib {
                     c.args(["--memory", &m.to_string()]);
                 }
-                c.args(["--timeout", "600", "--", "bash"]);
+                c.args(["--timeout", &nested_timeout_s.to_string(), "--", "bash"]);
                 c
             }
         };

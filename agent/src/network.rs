@@ -188,7 +188,8 @@ pub struct ResolvConfSwap {
 }
 
 /// Per root: commands inside, and where the target's own resolv.conf waits (None if it had none).
-static SWAPS: Mutex<Option<HashMap<PathBuf, (usize, Option<PathBuf>)>>> = Mutex::new(None);
+type SwapTable = HashMap<PathBuf, (usize, Option<PathBuf>)>;
+static SWAPS: Mutex<Option<SwapTable>> = Mutex::new(None);
 
 impl ResolvConfSwap {
     /// Swaps in the appliance's resolv.conf under `root` if the network is on and `root/etc` is

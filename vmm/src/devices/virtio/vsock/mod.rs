@@ -1,21 +1,28 @@
 //! virtio-vsock with a userspace host side (no vhost): see `muxer` for the Unix-socket
 //! protocol. The device thread waits in epoll on the queues, the listener and every host socket.
+//! `vhost_user` serves the same muxer to another VMM (qemu) as a vhost-user backend.
 
 pub mod muxer;
 pub mod packet;
+#[cfg(test)]
+mod testing;
+pub mod vhost_user;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{read_config_bytes, ActivateError, ActiveQueues, VirtioDevice, WATCHDOG_PERIOD};
-use muxer::{HostSide, Muxer, TOKEN_FD_BASE, TOKEN_LISTENER};
+use super::{read_config_bytes, ActivateError, ActiveQueues, Interrupt, VirtioDevice, INT_USED_RING, WATCHDOG_PERIOD};
+use muxer::{GuestQueues, HostSide, Muxer};
 
 const VIRTIO_ID_VSOCK: u32 = 19;
 const QUEUE_SIZES: &[u16] = &[256, 256, 256];
@@ -37,6 +44,27 @@ pub enum VsockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the vhost-user vsock backend: {0}")]
+    VhostUser(String),
+}
+
+/// The guest CID must be one a guest may have (3 up to u32::MAX).
+fn check_cid(guest_cid: u64) -> Result<(), VsockError> {
+    if guest_cid < 3 || guest_cid > u64::from(u32::MAX) {
+        return Err(VsockError::ReservedCid(guest_cid));
+    }
+    Ok(())
+}
+
+/// Binds a Unix socket at `path`, replacing a stale socket but nothing else.
+fn bind_socket(path: &Path) -> Result<UnixListener, VsockError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(VsockError::NotASocket(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path); // a stale socket from an earlier run
+    }
+    UnixListener::bind(path).map_err(|source| VsockError::Listen { path: path.to_owned(), source })
 }
 
 /// The vsock device.
@@ -51,17 +79,8 @@ pub struct Vsock {
 impl Vsock {
     /// Listens on `uds_path` at once, so host clients may connect before the guest is up.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
-        if guest_cid < 3 || guest_cid > u64::from(u32::MAX) {
-            return Err(VsockError::ReservedCid(guest_cid));
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(uds_path) {
-            if !meta.file_type().is_socket() {
-                return Err(VsockError::NotASocket(uds_path.to_owned()));
-            }
-            let _ = std::fs::remove_file(uds_path); // a stale socket from an earlier run
-        }
-        let listener =
-            UnixListener::bind(uds_path).map_err(|source| VsockError::Listen { path: uds_path.to_owned(), source })?;
+        check_cid(guest_cid)?;
+        let listener = bind_socket(uds_path)?;
         Ok(Vsock { guest_cid, uds_path: uds_path.to_owned(), listener, config: guest_cid.to_le_bytes(), running: None })
     }
 
@@ -80,15 +99,33 @@ impl Drop for Vsock {
     }
 }
 
+/// What the device thread owns: guest memory, the RX and TX queues and the interrupt.
+struct DeviceQueues {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
 /// The device thread. `_stop` is kept open here so its epoll registration stays valid.
-fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
+fn run(mut muxer: Muxer, dev: DeviceQueues, events: Vec<EventFd>, _stop: EventFd) {
+    let DeviceQueues { mem, mut rx, mut tx, interrupt } = dev;
     let mut ready = vec![EpollEvent::default(); 64];
     let mut next_tick = Instant::now() + WATCHDOG_PERIOD;
+    // The interrupt count at the last watchdog tick.
+    let mut last_raised = 0;
     loop {
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + WATCHDOG_PERIOD;
-            muxer.watchdog();
+            let mut q = GuestQueues::new(&mem, &mut rx, &mut tx);
+            muxer.watchdog(&mut q);
+            if q.interrupt() {
+                interrupt.signal(INT_USED_RING);
+            }
+            if interrupt.reraise_if_unseen(&mut last_raised) {
+                tracing::info!("virtio-vsock: the guest left an interrupt unacknowledged; raised it again");
+            }
         }
         // Sleep until something happens, the next handshake deadline or the next tick.
         let wake = muxer.next_deadline().map_or(next_tick, |d| d.min(next_tick));
@@ -101,6 +138,7 @@ fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
                 return;
             }
         };
+        let mut q = GuestQueues::new(&mem, &mut rx, &mut tx);
         for ev in &ready[..n] {
             match ev.data() {
                 TOKEN_STOP => return,
@@ -109,25 +147,17 @@ fn run(mut muxer: Muxer, events: Vec<EventFd>, _stop: EventFd) {
                 }
                 TOKEN_TX => {
                     let _ = events[1].read();
-                    muxer.process_tx();
+                    muxer.process_tx(&mut q);
                 }
                 TOKEN_EVENT => {
                     let _ = events[2].read();
                 }
-                TOKEN_LISTENER => muxer.accept_host_clients(),
-                t if t >= TOKEN_FD_BASE => {
-                    let fd = (t - TOKEN_FD_BASE) as i32;
-                    muxer.host_socket_event(fd, ev.event_set());
-                }
-                _ => {}
+                token => muxer.host_event(token, ev.event_set()),
             }
         }
-        muxer.expire_handshakes(std::time::Instant::now());
-        muxer.process_rx();
-        // TX left waiting for room in the control queue: RX just made some.
-        while muxer.tx_stalled() {
-            muxer.process_tx();
-            muxer.process_rx();
+        muxer.settle(&mut q);
+        if q.interrupt() {
+            interrupt.signal(INT_USED_RING);
         }
     }
 }
@@ -163,18 +193,14 @@ impl VirtioDevice for Vsock {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)).map_err(w)?;
         }
         let listener = self.listener.try_clone().map_err(w)?;
-        let muxer = Muxer::new(
-            mem,
-            rxq,
-            txq,
-            interrupt,
-            HostSide { guest_cid: self.guest_cid, listener, uds_path: self.uds_path.clone(), epoll },
-        )
-        .map_err(w)?;
+        let muxer =
+            Muxer::new(HostSide { guest_cid: self.guest_cid, listener, uds_path: self.uds_path.clone(), epoll })
+                .map_err(w)?;
+        let dev = DeviceQueues { mem, rx: rxq, tx: txq, interrupt };
         let thread_stop = stop.try_clone().map_err(w)?;
         let thread = std::thread::Builder::new()
             .name("virtio-vsock".into())
-            .spawn(move || run(muxer, events, thread_stop))
+            .spawn(move || run(muxer, dev, events, thread_stop))
             .map_err(w)?;
         self.running = Some((stop, thread));
         Ok(())

@@ -9,13 +9,16 @@
 //! Every packet the guest sends is checked (CIDs, type, length, connection state) and anything
 //! wrong is answered with RST, never trusted. Credit-based flow control limits what each side
 //! may have in flight; host sockets are non-blocking and edge-triggered, so nothing here waits.
+//!
+//! The muxer owns the host side only. Queue work borrows the guest memory and the RX/TX queues
+//! from whoever owns them (`GuestQueues`): the in-process device (`super::Vsock`) and the
+//! vhost-user backend (`super::vhost_user`) serve the guest through this same code.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
@@ -23,7 +26,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::packet::*;
-use crate::devices::virtio::{Interrupt, INT_USED_RING};
 
 /// Receive buffer we advertise per connection (bytes from the guest not yet given to the host).
 pub const BUF_ALLOC: u32 = 256 * 1024;
@@ -176,12 +178,32 @@ pub struct HostSide {
     pub epoll: Epoll,
 }
 
-/// Connection multiplexer and the three queues.
+/// What one pass of queue work borrows from the queues' owner: guest memory and the RX and TX
+/// queues, plus what the pass found about interrupts.
+pub struct GuestQueues<'a> {
+    pub mem: &'a GuestMemoryMmap,
+    pub rx: &'a mut Queue,
+    pub tx: &'a mut Queue,
+    /// Set by the muxer when it used buffers and the driver of RX (resp. TX) wants to be told.
+    /// The owner interrupts the guest after the pass (in-process: one interrupt if either is
+    /// set; vhost-user: each flagged queue's call eventfd).
+    pub notify_rx: bool,
+    pub notify_tx: bool,
+}
+
+impl<'a> GuestQueues<'a> {
+    pub fn new(mem: &'a GuestMemoryMmap, rx: &'a mut Queue, tx: &'a mut Queue) -> Self {
+        GuestQueues { mem, rx, tx, notify_rx: false, notify_tx: false }
+    }
+
+    /// Whether the guest must be interrupted.
+    pub fn interrupt(&self) -> bool {
+        self.notify_rx || self.notify_tx
+    }
+}
+
+/// Connection multiplexer: host sockets and connection state; see `GuestQueues` for the queues.
 pub struct Muxer {
-    mem: GuestMemoryMmap,
-    rxq: Queue,
-    txq: Queue,
-    interrupt: Arc<Interrupt>,
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
@@ -194,26 +216,14 @@ pub struct Muxer {
     next_local_port: u32,
     /// TX processing stopped because `control` was full.
     tx_stalled: bool,
-    /// The interrupt count at the last watchdog tick.
-    last_raised: u64,
 }
 
 impl Muxer {
-    pub fn new(
-        mem: GuestMemoryMmap,
-        rxq: Queue,
-        txq: Queue,
-        interrupt: Arc<Interrupt>,
-        host: HostSide,
-    ) -> std::io::Result<Muxer> {
+    pub fn new(host: HostSide) -> std::io::Result<Muxer> {
         let HostSide { guest_cid, listener, uds_path, epoll } = host;
         listener.set_nonblocking(true)?;
         epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, TOKEN_LISTENER))?;
         Ok(Muxer {
-            mem,
-            rxq,
-            txq,
-            interrupt,
             guest_cid,
             uds_path,
             listener,
@@ -224,12 +234,36 @@ impl Muxer {
             control: VecDeque::new(),
             next_local_port: FIRST_LOCAL_PORT,
             tx_stalled: false,
-            last_raised: 0,
         })
     }
 
     pub fn epoll(&self) -> &Epoll {
         &self.epoll
+    }
+
+    /// An event from `epoll()`: the listener or a host socket. Other tokens are the caller's
+    /// own and are ignored here.
+    pub fn host_event(&mut self, token: u64, events: EventSet) {
+        match token {
+            TOKEN_LISTENER => self.accept_host_clients(),
+            t if t >= TOKEN_FD_BASE => {
+                let fd = (t - TOKEN_FD_BASE) as RawFd;
+                self.host_socket_event(fd, events);
+            }
+            _ => {}
+        }
+    }
+
+    /// What follows every batch of events: handshake deadlines, RX (control packets and host
+    /// data), and TX that waited for room in the control queue.
+    pub fn settle(&mut self, q: &mut GuestQueues) {
+        self.expire_handshakes(Instant::now());
+        self.process_rx(q);
+        // TX left waiting for room in the control queue: RX just made some.
+        while self.tx_stalled() {
+            self.process_tx(q);
+            self.process_rx(q);
+        }
     }
 
     fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
@@ -283,7 +317,7 @@ impl Muxer {
     // ---- guest -> host -------------------------------------------------------------------
 
     /// Handles every packet the guest queued on TX (or as many as the control queue allows).
-    pub fn process_tx(&mut self) {
+    pub fn process_tx(&mut self, q: &mut GuestQueues) {
         let mut used = false;
         self.tx_stalled = false;
         loop {
@@ -291,9 +325,9 @@ impl Muxer {
                 self.tx_stalled = true;
                 break;
             }
-            let Some(chain) = self.txq.pop_descriptor_chain(&self.mem) else { break };
+            let Some(chain) = q.tx.pop_descriptor_chain(q.mem) else { break };
             let head = chain.head_index();
-            let parsed = Reader::new(&self.mem, chain).ok().and_then(|mut r| {
+            let parsed = Reader::new(q.mem, chain).ok().and_then(|mut r| {
                 let mut hb = [0u8; HDR_LEN];
                 r.read_exact(&mut hb).ok()?;
                 let h = Header::decode(&hb);
@@ -305,7 +339,7 @@ impl Muxer {
                 r.read_exact(&mut payload).ok()?;
                 Some((h, Some(payload)))
             });
-            if self.txq.add_used(&self.mem, head, 0).is_err() {
+            if q.tx.add_used(q.mem, head, 0).is_err() {
                 break;
             }
             used = true;
@@ -316,7 +350,7 @@ impl Muxer {
             }
         }
         if used {
-            self.notify_guest();
+            notify_guest(q);
         }
     }
 
@@ -550,9 +584,9 @@ impl Muxer {
 
     /// Fills RX buffers: control packets first, then data from readable host sockets within
     /// the guest's credit. Returns when out of buffers or of things to send.
-    pub fn process_rx(&mut self) {
+    pub fn process_rx(&mut self, q: &mut GuestQueues) {
         let mut used = false;
-        self.flush_control(&mut used);
+        self.flush_control(q, &mut used);
         if self.control.is_empty() {
             let keys: Vec<Key> = self
                 .conns
@@ -561,25 +595,25 @@ impl Muxer {
                 .map(|(k, _)| *k)
                 .collect();
             for key in keys {
-                if !self.send_host_data(key, &mut used) {
+                if !self.send_host_data(q, key, &mut used) {
                     break;
                 }
             }
             // Reading may have found an end of stream (SHUTDOWN) to tell the guest right away.
-            self.flush_control(&mut used);
+            self.flush_control(q, &mut used);
         }
         if used {
-            self.notify_guest();
+            notify_guest(q);
         }
     }
 
     /// Sends queued control packets while there are RX buffers.
-    fn flush_control(&mut self, used: &mut bool) {
+    fn flush_control(&mut self, q: &mut GuestQueues, used: &mut bool) {
         while let Some(h) = self.control.front().copied() {
-            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { break };
+            let Some(chain) = q.rx.pop_descriptor_chain(q.mem) else { break };
             let head = chain.head_index();
-            let ok = Writer::new(&self.mem, chain).map(|mut w| w.write_all(&h.encode()).is_ok()).unwrap_or(false);
-            let _ = self.rxq.add_used(&self.mem, head, if ok { HDR_LEN as u32 } else { 0 });
+            let ok = Writer::new(q.mem, chain).map(|mut w| w.write_all(&h.encode()).is_ok()).unwrap_or(false);
+            let _ = q.rx.add_used(q.mem, head, if ok { HDR_LEN as u32 } else { 0 });
             *used = true;
             self.control.pop_front();
         }
@@ -591,23 +625,23 @@ impl Muxer {
     }
 
     /// Moves data from one host socket to the guest; false when RX buffers ran out.
-    fn send_host_data(&mut self, key: Key, used: &mut bool) -> bool {
+    fn send_host_data(&mut self, q: &mut GuestQueues, key: Key, used: &mut bool) -> bool {
         loop {
             let Some(conn) = self.conns.get_mut(&key) else { return true };
             let credit = conn.peer_credit() as usize;
             if credit == 0 {
                 return true;
             }
-            let Some(chain) = self.rxq.pop_descriptor_chain(&self.mem) else { return false };
+            let Some(chain) = q.rx.pop_descriptor_chain(q.mem) else { return false };
             let head = chain.head_index();
-            let Ok(mut w) = Writer::new(&self.mem, chain) else {
-                let _ = self.rxq.add_used(&self.mem, head, 0);
+            let Ok(mut w) = Writer::new(q.mem, chain) else {
+                let _ = q.rx.add_used(q.mem, head, 0);
                 *used = true;
                 continue;
             };
             let room = w.available_bytes().saturating_sub(HDR_LEN).min(credit).min(MAX_PKT_PAYLOAD);
             if room == 0 {
-                let _ = self.rxq.add_used(&self.mem, head, 0);
+                let _ = q.rx.add_used(q.mem, head, 0);
                 *used = true;
                 continue;
             }
@@ -631,19 +665,19 @@ impl Muxer {
                 None => {
                     // Nothing to read after all: give the buffer back for later.
                     conn.host_readable = false;
-                    self.rxq.go_to_previous_position();
+                    q.rx.go_to_previous_position();
                     return true;
                 }
                 Some(0) => {
                     // The host will send nothing more; it may still read the guest's answer.
                     conn.host_eof = true;
-                    self.rxq.go_to_previous_position();
+                    q.rx.go_to_previous_position();
                     self.send_control(key, OP_SHUTDOWN, SHUTDOWN_SEND);
                     return true;
                 }
                 Some(usize::MAX) => {
                     // A broken host socket: the connection cannot go on.
-                    self.rxq.go_to_previous_position();
+                    q.rx.go_to_previous_position();
                     self.reset(key);
                     return true;
                 }
@@ -651,35 +685,25 @@ impl Muxer {
                     conn.tx_cnt = conn.tx_cnt.wrapping_add(n as u32);
                     let h = self.header(key, OP_RW, 0, n as u32);
                     let ok = w.write_all(&h.encode()).is_ok() && w.write_all(&data[..n]).is_ok();
-                    let _ = self.rxq.add_used(&self.mem, head, if ok { (HDR_LEN + n) as u32 } else { 0 });
+                    let _ = q.rx.add_used(q.mem, head, if ok { (HDR_LEN + n) as u32 } else { 0 });
                     *used = true;
                 }
             }
         }
     }
 
-    fn notify_guest(&mut self) {
-        let rx = self.rxq.needs_notification(&self.mem).unwrap_or(true);
-        let tx = self.txq.needs_notification(&self.mem).unwrap_or(true);
-        if rx || tx {
-            self.interrupt.signal(INT_USED_RING);
-        }
-    }
-
-    /// Runs every `WATCHDOG_PERIOD`: serves both queues in case a notification was lost, and
-    /// raises again an interrupt the guest has not taken.
-    pub fn watchdog(&mut self) {
-        let (tx_before, rx_before) = (self.txq.next_avail(), self.rxq.next_avail());
-        self.process_tx();
-        self.process_rx();
-        if self.txq.next_avail() != tx_before {
+    /// Runs every `WATCHDOG_PERIOD`: serves both queues in case a notification was lost. (The
+    /// in-process device also raises again an interrupt the guest has not taken: that is about
+    /// its irqfd, so its loop does it.)
+    pub fn watchdog(&mut self, q: &mut GuestQueues) {
+        let (tx_before, rx_before) = (q.tx.next_avail(), q.rx.next_avail());
+        self.process_tx(q);
+        self.process_rx(q);
+        if q.tx.next_avail() != tx_before {
             tracing::debug!("virtio-vsock: served TX packets found by the watchdog");
         }
-        if self.rxq.next_avail() != rx_before {
+        if q.rx.next_avail() != rx_before {
             tracing::debug!("virtio-vsock: used RX buffers on the watchdog tick");
-        }
-        if self.interrupt.reraise_if_unseen(&mut self.last_raised) {
-            tracing::info!("virtio-vsock: the guest left an interrupt unacknowledged; raised it again");
         }
     }
 
@@ -687,22 +711,35 @@ impl Muxer {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+
+    /// Moves every handshake deadline to `at` (tests cannot wait HANDSHAKE_TIMEOUT).
+    #[cfg(test)]
+    pub(crate) fn set_handshake_deadlines(&mut self, at: Instant) {
+        self.pending.values_mut().for_each(|p| p.deadline = at);
+        self.conns.values_mut().filter(|c| c.state == State::HostRequested).for_each(|c| c.deadline = at);
+    }
+}
+
+/// Used buffers were added: records which queues' drivers want an interrupt. Both queues are
+/// asked, as the in-process device always did (one interrupt line for the device).
+fn notify_guest(q: &mut GuestQueues) {
+    let rx = q.rx.needs_notification(q.mem).unwrap_or(true);
+    let tx = q.tx.needs_notification(q.mem).unwrap_or(true);
+    q.notify_rx |= rx;
+    q.notify_tx |= tx;
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{wait_for, DriverRing};
     use super::*;
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
     fn muxer(dir: &std::path::Path) -> (Muxer, PathBuf) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let rxq = MockSplitQueue::create(&mem, GuestAddress(0), 16).create_queue().unwrap();
-        let txq = MockSplitQueue::create(&mem, GuestAddress(0x10000), 16).create_queue().unwrap();
         let path = dir.join("v");
         let listener = UnixListener::bind(&path).unwrap();
         let host = HostSide { guest_cid: 3, listener, uds_path: path.clone(), epoll: Epoll::new().unwrap() };
-        (Muxer::new(mem, rxq, txq, Arc::new(Interrupt::new().unwrap()), host).unwrap(), path)
+        (Muxer::new(host).unwrap(), path)
     }
 
     fn closed_by_peer(s: &mut UnixStream) -> bool {
@@ -739,6 +776,92 @@ mod tests {
         assert_eq!((m.pending.len(), m.connections(), m.next_deadline()), (0, 0, None));
         assert_eq!(m.control.back().map(|h| h.op), Some(OP_RST));
         assert!(closed_by_peer(&mut silent) && closed_by_peer(&mut asking));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One pass of the in-process device loop: host events, TX if the guest kicked it, then
+    /// `settle`. Returns whether the guest would be interrupted.
+    fn pump(m: &mut Muxer, q: &mut GuestQueues, tx_kick: bool) -> bool {
+        let mut ready = vec![EpollEvent::default(); 16];
+        let n = m.epoll().wait(0, &mut ready).unwrap();
+        for ev in &ready[..n] {
+            m.host_event(ev.data(), ev.event_set());
+        }
+        if tx_kick {
+            m.process_tx(q);
+        }
+        m.settle(q);
+        std::mem::replace(&mut q.notify_rx, false) | std::mem::replace(&mut q.notify_tx, false)
+    }
+
+    fn guest_header(op: u16, local: u32, len: usize) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1024,
+            dst_port: local,
+            len: len as u32,
+            kind: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 65536,
+            fwd_cnt: 0,
+        }
+    }
+
+    /// A host client's CONNECT through the queues, as the guest sees it, and data both ways.
+    #[test]
+    fn host_connect_round_trip_through_the_queues() {
+        let dir = std::env::temp_dir().join(format!("vsock-mux-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut m, path) = muxer(&dir);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut rx = DriverRing::new(&mem, GuestAddress(0), GuestAddress(0x10000), 16);
+        let mut tx = DriverRing::new(&mem, GuestAddress(0x1000), GuestAddress(0x30000), 16);
+        let (mut rxq, mut txq) = (rx.queue(), tx.queue());
+        let mut q = GuestQueues::new(&mem, &mut rxq, &mut txq);
+        rx.give_buffers(&mem, 8);
+
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        let (req, interrupted) = wait_for("OP_REQUEST on RX", || {
+            let interrupted = pump(&mut m, &mut q, false);
+            rx.packets(&mem).pop().map(|p| (p, interrupted))
+        });
+        let (h, payload) = req;
+        assert!(interrupted, "RX buffers were used without interrupting the guest");
+        assert_eq!((h.op, h.src_cid, h.dst_cid, h.dst_port, h.kind), (OP_REQUEST, HOST_CID, 3, 1024, TYPE_STREAM));
+        assert!(h.src_port >= FIRST_LOCAL_PORT && payload.is_empty());
+        assert_eq!(h.buf_alloc, BUF_ALLOC);
+        let local = h.src_port;
+
+        // The guest accepts: the client reads OK.
+        tx.send(&mem, &guest_header(OP_RESPONSE, local, 0), &[]);
+        assert!(pump(&mut m, &mut q, true), "TX was used without interrupting the guest");
+        assert_eq!(tx.used(&mem).len(), 1);
+        let mut ok = [0u8; 32];
+        let n = client.read(&mut ok).unwrap();
+        assert_eq!(std::str::from_utf8(&ok[..n]).unwrap(), format!("OK {local}\n"));
+
+        // Host to guest.
+        client.write_all(b"hello").unwrap();
+        let (h, payload) = wait_for("OP_RW on RX", || {
+            pump(&mut m, &mut q, false);
+            rx.packets(&mem).pop()
+        });
+        assert_eq!((h.op, h.src_port, h.dst_port, payload.as_slice()), (OP_RW, local, 1024, &b"hello"[..]));
+
+        // Guest to host.
+        tx.send(&mem, &guest_header(OP_RW, local, 5), b"world");
+        pump(&mut m, &mut q, true);
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"world");
+        assert_eq!(m.connections(), 1);
+
+        // Nothing more to do: no buffer used, no interrupt.
+        assert!(!pump(&mut m, &mut q, true));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

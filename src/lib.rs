@@ -5,8 +5,10 @@
 pub mod build;
 pub mod cli;
 pub mod elements;
+pub mod guest;
 pub mod messages;
 pub mod output;
 pub mod preflight;
 pub mod shell;
 pub mod stamp;
+pub mod vmbackend;

@@ -12,13 +12,12 @@ use microdib::output::Format;
 fn main() -> ExitCode {
     let start = Instant::now();
     let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    // The name we were invoked as (a build moved into an emulated KVM host is told it).
-    let prog = std::env::var("MICRODIB_PROG").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| {
-        args.first()
-            .and_then(|a| std::path::Path::new(a).file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "microdib".into())
-    });
+    // The name we were invoked as: through a `virt-dib` link we speak as virt-dib.
+    let prog = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "microdib".into());
     let plain = Reporter::new(&prog, start, &ReporterOptions::default(), None);
     let c = match cli::parse(args.get(1..).unwrap_or_default()) {
         Ok(Action::Run(c)) => c,
@@ -83,10 +82,6 @@ fn main() -> ExitCode {
         Err(BuildError::Error(m)) => {
             reporter.error(&m);
             ExitCode::from(1)
-        }
-        Err(BuildError::EmulationReset(m)) => {
-            reporter.error(&m);
-            ExitCode::from(build::EMULATION_RESET_STATUS)
         }
         Err(BuildError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(BuildError::Signal(name)) => {

@@ -44,7 +44,7 @@ fn probe_initramfs(exit: ProbeExit) -> PathBuf {
 /// Runs microdib-vmm with `args`, natively or through hack/nested-run.
 fn run_vmm(args: &[&str]) -> Output {
     let bin = env!("CARGO_BIN_EXE_microdib-vmm");
-    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+    let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
     let mut cmd = match native_kvm() {
         Ok(()) => Command::new(bin),
         Err(why) => {

@@ -445,7 +445,8 @@ fn supervise() {
 
 fn power_off() -> ! {
     // SAFETY: sync and reboot take no pointers; ending the VM is the intent. With the kernel's
-    // reboot=k the VMM sees the i8042 reset and exits.
+    // reboot=k our VMM sees the i8042 reset and exits; with reboot=t qemu sees a triple fault and,
+    // given -no-reboot, exits.
     unsafe {
         libc::sync();
         libc::reboot(libc::RB_AUTOBOOT);

@@ -8,16 +8,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::appliance::ApplianceVm;
 use super::phases::guest_sh;
 use super::BuildError;
 use crate::elements::ElementIndex;
+use crate::guest;
 use crate::messages::Reporter;
+use crate::vmbackend::BuildVm;
 
 /// The virtual element the layer's elements provide.
 pub const PROVIDED: &str = "block-device";
-/// Serial of the scratch disk the tree is built on.
-pub const BUILD_DISK_SERIAL: &str = "microdib-build";
 /// The layer's working directory in the appliance (its state must live from init to cleanup).
 const WORK: &str = "/run/microdib/dib-block";
 /// Where the Python code is copied in the appliance.
@@ -103,7 +102,7 @@ impl BlockLayer {
 
     /// Copies the layer's code into the appliance and formats and mounts the scratch disk at
     /// `sysroot` for root.d to post-install.d.
-    pub fn prepare(&self, vm: &mut ApplianceVm, sysroot: &str) -> Result<(), BuildError> {
+    pub fn prepare(&self, vm: &mut BuildVm, sysroot: &str) -> Result<(), BuildError> {
         for (src, name) in self.python_tree()? {
             super::tar_in(vm, &src, &format!("{PYTHON_DIR}/{name}"))?;
         }
@@ -111,18 +110,16 @@ impl BlockLayer {
             vm,
             &format!(
                 r#"set -e
-dev=
-for b in /sys/block/*; do [ "$(cat "$b/serial" 2>/dev/null)" = {BUILD_DISK_SERIAL} ] && dev=/dev/${{b##*/}}; done
-[ -n "$dev" ] || {{ echo "the scratch disk is missing" >&2; exit 1; }}
+dev=$2
 mkfs.ext4 -q -F "$dev"
 mkdir -p "$1" {WORK}/image {WORK}/home
 mount "$dev" "$1"
 rmdir "$1/lost+found"
 ln -sfn "$1" {WORK}/built
 # The layer's loop image is the target disk itself, so its partitions are what the host writes.
-ln -sfn /dev/vda {WORK}/image/image0.raw"#
+ln -sfn "$3" {WORK}/image/image0.raw"#
             ),
-            &[sysroot],
+            &[sysroot, &guest::disk(guest::BUILD_SERIAL), &guest::disk(guest::TARGET_SERIAL)],
         )?;
         Ok(())
     }
@@ -132,7 +129,7 @@ ln -sfn /dev/vda {WORK}/image/image0.raw"#
     /// of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
     pub fn enter_image(
         &mut self,
-        vm: &mut ApplianceVm,
+        vm: &mut BuildVm,
         sysroot: &str,
         params: &Params,
         r: &Reporter,
@@ -193,7 +190,7 @@ mount --rbind {WORK}/mnt "$1""#
     }
 
     /// After the outputs: unmount (the layer trims each file system), detach, forget.
-    pub fn finish(&self, vm: &mut ApplianceVm, sysroot: &str) -> Result<(), BuildError> {
+    pub fn finish(&self, vm: &mut BuildVm, sysroot: &str) -> Result<(), BuildError> {
         guest_sh(vm, r#"set -e; sync; umount -R "$1""#, &[sysroot])?;
         self.layer(vm, "umount")?;
         self.layer(vm, "cleanup")?;
@@ -201,7 +198,7 @@ mount --rbind {WORK}/mnt "$1""#
     }
 
     /// Runs `python3 -m diskimage_builder.block_device.cmd ARGS` in the appliance; its stdout.
-    fn layer(&self, vm: &mut ApplianceVm, args: &str) -> Result<String, BuildError> {
+    fn layer(&self, vm: &mut BuildVm, args: &str) -> Result<String, BuildError> {
         // Its commands run through sudo: the fake one (we are root). No udev runs in the
         // appliance, so device-mapper makes its own nodes.
         let script = format!(

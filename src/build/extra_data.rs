@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
 
-use super::appliance::ApplianceVm;
 use super::env::{AUX, SYSROOT};
 use super::host_view::{make_removable, HostView};
 use super::phases::{profiling_table, status_text, PhaseRunner, PhaseTimes};
 use super::BuildError;
+use crate::vmbackend::BuildVm;
 
 const PHASE: &str = "extra-data.d";
 /// The helper drive is not part of the view: it holds the guest's cache, which extra-data.d
@@ -37,7 +37,7 @@ pub struct ExtraData {
 
 impl ExtraData {
     /// Unpacks the image, runs the scripts, writes their changes back.
-    pub fn run(&self, vm: &mut ApplianceVm, runner: &PhaseRunner<'_>) -> Result<(), BuildError> {
+    pub fn run(&self, vm: &mut BuildVm, runner: &PhaseRunner<'_>) -> Result<(), BuildError> {
         if self.scripts.is_empty() {
             return Ok(());
         }
@@ -51,7 +51,7 @@ impl ExtraData {
         written
     }
 
-    fn unpack(&self, vm: &mut ApplianceVm) -> Result<HostView, BuildError> {
+    fn unpack(&self, vm: &mut BuildVm) -> Result<HostView, BuildError> {
         std::fs::create_dir_all(&self.mount).map_err(|e| format!("cannot create {}: {e}", self.mount.display()))?;
         let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
         let mount = self.mount.clone();
@@ -133,7 +133,7 @@ impl ExtraData {
 }
 
 /// Removes what the scripts deleted from the image, then unpacks what they wrote.
-fn write_back(vm: &mut ApplianceVm, view: &HostView) -> Result<(), BuildError> {
+fn write_back(vm: &mut BuildVm, view: &HostView) -> Result<(), BuildError> {
     let changes = view.changes().map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;
     if changes.is_empty() {
         return Ok(());

@@ -8,7 +8,6 @@ pub mod block_layer;
 pub mod env;
 pub mod extra_data;
 pub mod host_view;
-pub mod nested;
 pub mod outputs;
 pub mod phases;
 pub mod signals;
@@ -17,12 +16,11 @@ pub mod workspace;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use vmm::devices::virtio::block::{DiskConfig, DiskFormat};
-
-use crate::cli::{Accel, Cmdline};
+use crate::cli::Cmdline;
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
+use crate::guest;
 use crate::messages::Reporter;
-use appliance::{ApplianceSpec, ApplianceVm};
+use crate::vmbackend::{self, Backend, BuildVm, DiskFormat, VmDisk, VmSpec};
 use block_layer::BlockLayer;
 use env::{BuildVars, Context, HostPaths, SYSROOT};
 use extra_data::ExtraData;
@@ -39,14 +37,13 @@ pub enum BuildError {
     Exit(i32),
     /// A stop signal arrived.
     Signal(&'static str),
-    /// Inside a software-emulated KVM host, the build VM was reset under us (a known fault of the
-    /// emulation): reported like `Error`, with exit status `EMULATION_RESET_STATUS` so the outer
-    /// microdib can run the build again.
-    EmulationReset(String),
 }
 
-/// Exit status of an inner (emulated-KVM) build whose VM the emulation reset.
-pub const EMULATION_RESET_STATUS: u8 = 75;
+impl From<vmbackend::VmError> for BuildError {
+    fn from(e: vmbackend::VmError) -> Self {
+        BuildError::Error(e.to_string())
+    }
+}
 
 impl From<String> for BuildError {
     fn from(s: String) -> Self {
@@ -59,9 +56,6 @@ const HELPER_SIZE: u64 = 5 << 30;
 /// Build VM defaults when -m / --smp are not given.
 const DEFAULT_MEMORY_MIB: u64 = 1024;
 const DEFAULT_VCPUS: u8 = 2;
-/// Inside the software-emulated KVM host, one vCPU: its emulated SVM resets two-vCPU guests under
-/// heavy I/O far more often (README, "Known problem").
-const NESTED_VCPUS: u8 = 1;
 
 /// The dpkg-style name of this host's architecture.
 pub fn host_arch() -> String {
@@ -111,23 +105,8 @@ pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
 fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let tools = crate::preflight::check(c)?;
     signals::check()?;
-    // Where the build VM runs: this host's KVM, or a software-emulated KVM host.
-    let host = match (c.accel, nested::inside()) {
-        (Accel::Tcg, false) => return outer_nested(c, r, "--accel tcg asks for software-emulated KVM"),
-        (accel, inside) => match vmm::KvmHost::open() {
-            Ok(h) => h,
-            Err(e) if accel == Accel::Auto && !inside => {
-                return outer_nested(
-                    c,
-                    r,
-                    &format!("KVM on this host cannot run the build VM ({})", appliance::error_chain(&e)),
-                )
-            }
-            Err(e) => {
-                return Err(BuildError::Error(format!("KVM cannot run the build VM: {}", appliance::error_chain(&e))))
-            }
-        },
-    };
+    // Where the build VM runs: this host's KVM, or qemu's software emulation.
+    let backend = Backend::choose(c.accel, |why| r.info(why))?;
     let ws = Workspace::create()?;
     let image_name = Path::new(&c.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.name.clone());
     let requested = requested_elements(c);
@@ -222,57 +201,62 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let plan = OutputPlan::new(c, ramdisk, &ws.dir)?;
     plan.create_target_disk(c.size)?;
     let helper = match &c.drive {
-        Some(d) => DiskConfig {
+        Some(d) => VmDisk {
             path: PathBuf::from(d),
             format: match c.drive_format.as_deref() {
                 None => guess_drive_format(Path::new(d))?,
                 Some(f) => f.parse().map_err(|e: String| BuildError::Error(format!("--drive-format: {e}")))?,
             },
             read_only: false,
-            id: "microdib-helper".into(),
+            serial: guest::HELPER_SERIAL.into(),
+            scratch: false,
         },
-        None => throwaway_disk(ws.dir.join("helper.raw"), HELPER_SIZE, "microdib-helper")?,
+        None => throwaway_disk(ws.dir.join("helper.raw"), HELPER_SIZE, guest::HELPER_SERIAL)?,
     };
     let mut disks = vec![
-        DiskConfig {
+        VmDisk {
             path: plan.target_disk.clone(),
             format: DiskFormat::Raw,
             read_only: false,
-            id: "microdib-target".into(),
+            serial: guest::TARGET_SERIAL.into(),
+            scratch: false,
         },
         helper,
     ];
     if block_layer.is_some() {
         // The tree is built here until the block-device layer has made the image's file systems.
-        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.size, block_layer::BUILD_DISK_SERIAL)?);
+        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.size, guest::BUILD_SERIAL)?);
     }
     let kernel = appliance::find_kernel()?;
     let agent = appliance::find_agent()?;
     let files =
         initramfs::appliance::build_or_cached(&agent, &appliance::cache_root().join("appliance"), |m| r.info(m))
-            .map_err(|e| format!("cannot build the appliance: {}", appliance::error_chain(&e)))?;
-    let spec = ApplianceSpec {
+            .map_err(|e| format!("cannot build the appliance: {}", vmbackend::error_chain(&e)))?;
+    let spec = VmSpec {
         kernel,
         initrd: files.initrd,
         root: files.root,
         disks,
         memory_mib: c.memsize.map(|m| m.max(256) as u64).unwrap_or(DEFAULT_MEMORY_MIB),
-        vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(if nested::inside() {
-            NESTED_VCPUS
-        } else {
-            DEFAULT_VCPUS
-        }),
+        vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(DEFAULT_VCPUS),
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
-        network: tools.passt.clone().map(|passt| appliance::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        network: tools.passt.clone().map(|passt| vmbackend::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        workdir: ws.dir.clone(),
     };
     signals::check()?;
-    let mut vm = ApplianceVm::start(&host, spec)?;
+    let mut vm = BuildVm::start(&backend, spec)?;
     vm.trace = c.trace;
-    if let (Some(pid), true) = (vm.passt_pid(), c.debug >= 1) {
-        r.debug(&format!("network: passt (pid {pid})"));
+    if c.debug >= 1 {
+        match vm.vmm_pid() {
+            Some(pid) => r.debug(&format!("build VM: {} (qemu pid {pid})", vm.backend())),
+            None => r.debug(&format!("build VM: {} (microdib's own VMM)", vm.backend())),
+        }
+        if let Some(pid) = vm.passt_pid() {
+            r.debug(&format!("network: passt (pid {pid})"));
+        }
     }
-    signals::watch_vm(Some(vm.latch()));
+    signals::watch_vm(Some(vm.stop_switch()));
     let log_hint = if c.drive.is_some() {
         format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))
     } else {
@@ -284,11 +268,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     if let Err(e) = result {
         if let Some(end) = vm.ended() {
             if signals::caught().is_none() {
-                let msg = format!("the build VM stopped: {end}{}", vm.console_tail());
-                if nested::inside() && matches!(end, vmm::GuestExit::TripleFault { .. }) {
-                    return Err(BuildError::EmulationReset(msg));
-                }
-                return Err(BuildError::Error(msg));
+                return Err(BuildError::Error(format!("the build VM stopped: {end}{}", vm.console_tail())));
             }
         }
         return Err(e);
@@ -351,10 +331,10 @@ fn image_cache_path(option: Option<&str>, home: Option<std::ffi::OsString>) -> P
 }
 
 /// A sparse raw disk of `size` bytes in the workspace (gone with it), with serial `id`.
-fn throwaway_disk(path: PathBuf, size: u64, id: &str) -> Result<DiskConfig, BuildError> {
+fn throwaway_disk(path: PathBuf, size: u64, serial: &str) -> Result<VmDisk, BuildError> {
     let f = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     f.set_len(size).map_err(|e| format!("cannot size {}: {e}", path.display()))?;
-    Ok(DiskConfig { path, format: DiskFormat::Raw, read_only: false, id: id.into() })
+    Ok(VmDisk { path, format: DiskFormat::Raw, read_only: false, serial: serial.into(), scratch: true })
 }
 
 /// The elements asked for: virt-dib's (ramdisk element, base, the command line), plus the block
@@ -366,19 +346,6 @@ fn requested_elements(c: &Cmdline) -> Vec<String> {
         named.push(e.to_owned());
     }
     elements::requested(&named, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()))
-}
-
-/// Checks the elements on this host (so mistakes show at once), then runs the build inside a
-/// software-emulated KVM host.
-fn outer_nested(c: &Cmdline, r: &Reporter, why: &str) -> Result<(), BuildError> {
-    let idx = ElementIndex::load(&c.element_paths);
-    let requested = requested_elements(c);
-    elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
-    // The helper drive must open here too: the emulated host can only share what exists.
-    if let Some(d) = &c.drive {
-        guess_drive_format(Path::new(d))?;
-    }
-    nested::run(c, r, why)
 }
 
 /// Without --drive-format: qcow2 only if the file says so, else raw (the helper is the user's
@@ -413,7 +380,7 @@ fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String
 #[allow(clippy::too_many_arguments)]
 fn guest_build(
     c: &Cmdline,
-    vm: &mut ApplianceVm,
+    vm: &mut BuildVm,
     mut runner: PhaseRunner<'_>,
     ws: &Workspace,
     plan: &OutputPlan,
@@ -423,6 +390,12 @@ fn guest_build(
     mut block_layer: Option<&mut BlockLayer>,
 ) -> Result<(), BuildError> {
     let r = runner.reporter;
+    let mut serials = vec![guest::TARGET_SERIAL, guest::HELPER_SERIAL];
+    if block_layer.is_some() {
+        serials.push(guest::BUILD_SERIAL);
+    }
+    guest_sh(vm, guest::NAME_DISKS_SH, &serials)?;
+    let (target, helper) = (guest::disk(guest::TARGET_SERIAL), guest::disk(guest::HELPER_SERIAL));
     // The aux tree lives in a tmpfs in the appliance, bound into the target at /tmp/in_target.aux;
     // the helper drive is mounted inside it at perm/.
     guest_sh(vm, "mkdir -p /run/microdib/aux /sysroot && mount -t tmpfs -o mode=0755 aux /run/microdib/aux", &[])?;
@@ -430,17 +403,22 @@ fn guest_build(
     tar_in(vm, Path::new(c.basepath.as_deref().unwrap_or_default()), "/run/microdib/aux/lib")?;
     let helper_setup = if c.drive.is_some() {
         // A partitioned helper: its first partition; otherwise the whole disk.
-        r#"part=$(ls -d /sys/block/vdb/vdb* 2>/dev/null | sort -V | head -n1); dev=/dev/${part:+${part##*/}}; [ -n "$part" ] || dev=/dev/vdb
+        r#"dev=$(readlink -f "$1"); name=${dev##*/}
+           part=$(ls -d /sys/block/$name/$name* 2>/dev/null | sort -V | head -n1); [ -z "$part" ] || dev=/dev/${part##*/}
            mount "$dev" /run/microdib/aux/perm || { echo "cannot mount the helper drive ($dev): it needs a file system" >&2; exit 1; }"#
     } else {
-        "mkfs.ext2 -q -F /dev/vdb >/dev/null && mount /dev/vdb /run/microdib/aux/perm"
+        r#"mkfs.ext2 -q -F "$1" >/dev/null && mount "$1" /run/microdib/aux/perm"#
     };
-    guest_sh(vm, &format!("set -e\n{helper_setup}\nmkdir -p /run/microdib/aux/perm/home/.cache/image-create"), &[])?;
+    guest_sh(
+        vm,
+        &format!("set -e\n{helper_setup}\nmkdir -p /run/microdib/aux/perm/home/.cache/image-create"),
+        &[&helper],
+    )?;
 
     // block-device.d, before any file system exists. Its scripts, root.d's and cleanup.d's are
     // the ones copied at the start (as in virt-dib); the other phases are read again from the
     // image just before they run, since earlier scripts may add some.
-    let mut block_device = "/dev/vda".to_owned();
+    let mut block_device = target.clone();
     if let Some(layer) = block_layer.as_deref() {
         // diskimage-builder's block-device layer makes the disk later; the tree starts on the
         // scratch disk.
@@ -450,8 +428,8 @@ fn guest_build(
     } else {
         guest_sh(vm, "set -e; mount -t tmpfs -o mode=0755 sysroot /sysroot; mkdir -p /sysroot/tmp", &[])?;
         mount_aux(vm)?;
-        let loop_dev = guest_sh(vm, "losetup --show -f /dev/vda", &[])?;
-        block_device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or("/dev/vda").to_owned();
+        let loop_dev = guest_sh(vm, r#"losetup --show -f "$1""#, &[&target])?;
+        block_device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
         runner.vars.block_device = block_device.clone();
         let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
         let out = runner.run(vm, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
@@ -569,7 +547,7 @@ fn outside(sysroot: &str) -> Context {
     Context::Outside { sysroot: sysroot.to_owned() }
 }
 
-fn mount_aux(vm: &mut ApplianceVm) -> Result<(), BuildError> {
+fn mount_aux(vm: &mut BuildVm) -> Result<(), BuildError> {
     guest_sh(
         vm,
         "mkdir -p /sysroot/tmp/in_target.aux && mount --rbind /run/microdib/aux /sysroot/tmp/in_target.aux",
@@ -579,7 +557,7 @@ fn mount_aux(vm: &mut ApplianceVm) -> Result<(), BuildError> {
 }
 
 /// mkfs with virt-dib's options, then the label and (for ext*) the UUID.
-fn make_filesystem(vm: &mut ApplianceVm, c: &Cmdline, vars: &BuildVars, dev: &str) -> Result<(), BuildError> {
+fn make_filesystem(vm: &mut BuildVm, c: &Cmdline, vars: &BuildVars, dev: &str) -> Result<(), BuildError> {
     let fs = &c.fs_type;
     let mut cmd = format!("mkfs -t {}", crate::shell::quote(fs));
     if fs == "ext4" {
@@ -614,7 +592,7 @@ fn make_filesystem(vm: &mut ApplianceVm, c: &Cmdline, vars: &BuildVars, dev: &st
 
 /// `--extra-packages`: install-packages in the chroot right after pre-install.d, through the
 /// logging wrapper (TARGET_DIR is the aux root, so no environment.d is sourced, as in virt-dib).
-fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), BuildError> {
+fn install_packages(vm: &mut BuildVm, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), BuildError> {
     let list = pkgs.join(" ");
     runner.reporter.message(&format!("Installing: {list}"));
     runner.append_log(vm, &format!("Installing {list}...\n"))?;
@@ -647,7 +625,7 @@ fn install_packages(vm: &mut ApplianceVm, runner: &PhaseRunner<'_>, pkgs: &[Stri
 }
 
 /// Sends a host directory into the appliance as a tar stream owned by root.
-pub(super) fn tar_in(vm: &mut ApplianceVm, src: &Path, dest: &str) -> Result<(), BuildError> {
+pub(super) fn tar_in(vm: &mut BuildVm, src: &Path, dest: &str) -> Result<(), BuildError> {
     use std::process::Stdio;
     guest_sh(vm, r#"mkdir -p "$1""#, &[dest])?;
     let mut tar = signals::command("tar")

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::appliance::ApplianceVm;
 use super::{signals, BuildError};
 use crate::cli::Cmdline;
 use crate::messages::Reporter;
@@ -18,6 +17,7 @@ use crate::output::qcow2::{write_qcow2, Qcow2Options};
 use crate::output::squashfs::{write_from_tar, SquashfsOptions};
 use crate::output::vhd::write_vhd;
 use crate::output::Format;
+use crate::vmbackend::BuildVm;
 
 /// The files of one build.
 pub struct OutputPlan {
@@ -104,7 +104,7 @@ impl OutputPlan {
     }
 
     /// Copies the appliance's out/NAME.d into NAME.d on the host (merging).
-    pub fn extract_named_dir(&self, vm: &mut ApplianceVm, image_name: &str) -> Result<(), BuildError> {
+    pub fn extract_named_dir(&self, vm: &mut BuildVm, image_name: &str) -> Result<(), BuildError> {
         let target_parent =
             Path::new(&self.name).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let named = PathBuf::from(format!("{}.d", self.name));
@@ -128,7 +128,7 @@ impl OutputPlan {
 
     /// The file-system formats (docker, squashfs, tar, tgz) from one tar stream of the image's
     /// root (mounted at /sysroot), sent by the appliance and fanned out to every writer.
-    pub fn filesystem_outputs(&self, vm: &mut ApplianceVm, r: &Reporter, workspace: &Path) -> Result<(), BuildError> {
+    pub fn filesystem_outputs(&self, vm: &mut BuildVm, r: &Reporter, workspace: &Path) -> Result<(), BuildError> {
         let formats: Vec<Format> = self.formats.iter().copied().filter(|f| f.from_filesystem()).collect();
         if formats.is_empty() {
             return Ok(());

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
 
-use super::appliance::ApplianceVm;
 use super::env::{BuildVars, Context, AUX, SYSROOT};
 use super::BuildError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::messages::Reporter;
+use crate::vmbackend::BuildVm;
 
 /// Lines of output kept for the failure message.
 const TAIL_LINES: usize = 20;
@@ -79,7 +79,7 @@ impl<'a> PhaseRunner<'a> {
     }
 
     /// The scripts of `phase` as the guest has them now, in run order.
-    pub fn guest_scripts(&self, vm: &mut ApplianceVm, phase: &str) -> Result<Vec<String>, BuildError> {
+    pub fn guest_scripts(&self, vm: &mut BuildVm, phase: &str) -> Result<Vec<String>, BuildError> {
         let dir = format!("/run/microdib/aux/hooks/{phase}");
         let out = guest_sh(
             vm,
@@ -95,7 +95,7 @@ impl<'a> PhaseRunner<'a> {
     /// is set (block-device.d reads IMAGE_BLOCK_DEVICE from it).
     pub fn run(
         &self,
-        vm: &mut ApplianceVm,
+        vm: &mut BuildVm,
         phase: &str,
         ctx: &Context,
         scripts: &[String],
@@ -198,7 +198,7 @@ impl<'a> PhaseRunner<'a> {
     }
 
     /// Appends `text` to the build log (through the aux mount in the appliance).
-    pub fn append_log(&self, vm: &mut ApplianceVm, text: &str) -> Result<(), BuildError> {
+    pub fn append_log(&self, vm: &mut BuildVm, text: &str) -> Result<(), BuildError> {
         let log = format!("/run/microdib/aux/perm/{}", self.log_name);
         let agent = vm.agent()?;
         let status = agent
@@ -233,7 +233,7 @@ pub fn profiling_table(t: &PhaseTimes) -> String {
 
 /// Runs a shell snippet in the appliance (outside the target) with the appliance's PATH;
 /// returns its stdout, or an error with its output.
-pub fn guest_sh(vm: &mut ApplianceVm, script: &str, args: &[&str]) -> Result<String, BuildError> {
+pub fn guest_sh(vm: &mut BuildVm, script: &str, args: &[&str]) -> Result<String, BuildError> {
     let mut argv = vec!["/bin/sh", "-c", script, "sh"];
     argv.extend_from_slice(args);
     let env = [("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")];

@@ -4,12 +4,11 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use vmm::vm::ExitLatch;
-use vmm::GuestExit;
+use crate::vmbackend::StopSwitch;
 
 static CAUGHT: AtomicI32 = AtomicI32::new(0);
 static CHILD: AtomicI32 = AtomicI32::new(0);
-static VM: Mutex<Option<Arc<ExitLatch>>> = Mutex::new(None);
+static VM: Mutex<Option<Arc<dyn StopSwitch>>> = Mutex::new(None);
 
 /// Blocks the stop signals in this thread (and so in every thread started later) and starts
 /// the thread that takes them. Call before any other thread exists.
@@ -29,8 +28,8 @@ pub fn install() {
                 return;
             }
             CAUGHT.store(sig, Ordering::SeqCst);
-            if let Some(latch) = VM.lock().ok().and_then(|g| g.clone()) {
-                latch.set(GuestExit::Interrupted(sig));
+            if let Some(vm) = VM.lock().ok().and_then(|g| g.clone()) {
+                vm.stop(sig);
             }
             let child = CHILD.load(Ordering::SeqCst);
             if child > 0 {
@@ -60,13 +59,13 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
 }
 
 /// The VM a signal should stop (None when it is gone); stopped at once if one already came.
-pub fn watch_vm(latch: Option<Arc<ExitLatch>>) {
+pub fn watch_vm(vm: Option<Arc<dyn StopSwitch>>) {
     let sig = CAUGHT.load(Ordering::SeqCst);
-    if let (Some(l), true) = (&latch, sig != 0) {
-        l.set(GuestExit::Interrupted(sig));
+    if let (Some(v), true) = (&vm, sig != 0) {
+        v.stop(sig);
     }
     if let Ok(mut g) = VM.lock() {
-        *g = latch;
+        *g = vm;
     }
 }
 

@@ -21,14 +21,7 @@ pub enum MachineReadable {
 }
 
 /// How the build VM runs (microdib's own option).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Accel {
-    /// KVM when the host's KVM can run the appliance, else software-emulated KVM.
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use crate::vmbackend::Accel;
 
 /// Everything the command line says, with virt-dib's defaults.
 #[derive(Debug, Clone, PartialEq)]

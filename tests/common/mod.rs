@@ -29,9 +29,30 @@ pub fn native_kvm() -> Result<(), String> {
     vmm::KvmHost::open().map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Emulated machines run one at a time: several TCG machines on a 2-core host starve each
-/// other (and the guest timers inside them) far more than running them in turn costs.
-pub static NESTED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Emulated machines (qemu TCG build VMs, hack/nested-run) run one at a time: several on a
+/// 2-core host starve each other (and the guest timers inside them) far more than running them
+/// in turn costs.
+pub static EMULATED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs a bash script here (never nested): microdib in it picks its backend as a user's would,
+/// which where KVM cannot run the guest is qemu TCG, so the script waits its turn.
+pub fn run_emulated_here(script: &str, env: &[(&str, &str)]) -> Output {
+    let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
+    let out = Command::new("bash")
+        .current_dir(workspace())
+        .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
+        .envs(env.iter().copied())
+        .args(["-c", script])
+        .output()
+        .expect("cannot run bash");
+    eprintln!(
+        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
 
 pub fn run_script_with_env(script: &str, env: &[(&str, &str)]) -> Output {
     run_script_nested_sized(script, env, None, 600)
@@ -45,7 +66,7 @@ pub fn run_script_nested_sized(
     nested_memory_mib: Option<u32>,
     nested_timeout_s: u32,
 ) -> Output {
-    let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+    let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
     for attempt in 1.. {
         let mut cmd = match native_kvm() {
             Ok(()) => Command::new("bash"),
@@ -92,7 +113,7 @@ pub fn guest_agent() -> PathBuf {
     static A: OnceLock<PathBuf> = OnceLock::new();
     A.get_or_init(|| {
         // No emulated machine boots while this compiles: a busy host upsets its clock calibration.
-        let _turn = native_kvm().is_err().then(|| NESTED.lock().unwrap_or_else(|p| p.into_inner()));
+        let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
         let target_dir = workspace().join("target/guest");
         let status = Command::new(env!("CARGO"))
             .current_dir(workspace())

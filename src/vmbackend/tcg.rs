@@ -1,0 +1,455 @@
+//! The `tcg` backend: `qemu-system-x86_64 -accel tcg -M microvm` as a child process, for hosts
+//! whose KVM cannot run the guest. Only the build VM is emulated; the agent is reached through
+//! our own vsock muxer, served to qemu's `vhost-user-vsock-device` from this process.
+//!
+//! qemu is a child like passt: its own process group (a terminal's Ctrl-C reaches microdib,
+//! which stops it), `PR_SET_PDEATHSIG` (gone with microdib, even after SIGKILL), stopped on
+//! every exit path, its stderr in a log whose tail goes into error messages.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm::devices::virtio::net::DEFAULT_MAC;
+use vmm::devices::virtio::vsock::vhost_user::VhostUserVsock;
+
+use super::{file_tail, DiskFormat, RunningVm, StopSwitch, VmDisk, VmEnd, VmError, VmSpec, GUEST_CID};
+
+/// How long qemu gets to close its disks after SIGTERM before it is killed.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// The kernel's words for a panic, as printed on the console.
+const PANIC_MARK: &str = "Kernel panic - not syncing";
+/// The guest kernel's command line before the agent's words. microvm has no i8042, so the
+/// guest resets by triple fault (`reboot=t`), which `-no-reboot` turns into qemu's exit; with
+/// `reboot=k` the kernel falls back to a BIOS restart that qemu never sees.
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// `$MICRODIB_QEMU`, else qemu-system-x86_64 from PATH.
+pub fn find_qemu() -> Result<PathBuf, VmError> {
+    let name = std::env::var("MICRODIB_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    crate::preflight::which(&name).ok_or(VmError::QemuMissing)
+}
+
+/// What the reaper and the stop switch share.
+struct Child {
+    pid: libc::pid_t,
+    /// Set once the process is reaped: its pid may then belong to someone else.
+    reaped: Mutex<bool>,
+    /// The first stop request (a signal number, 0 for microdib's own).
+    stop_asked: Mutex<Option<i32>>,
+    end: Mutex<Option<VmEnd>>,
+    ended: Condvar,
+    console: PathBuf,
+    log: PathBuf,
+}
+
+impl Child {
+    /// Signals qemu's process group, unless qemu is already reaped.
+    fn kill(&self, sig: libc::c_int) {
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if !*reaped {
+            // SAFETY: kill(2) on the process group our unreaped child leads (held by `reaped`).
+            unsafe {
+                libc::kill(-self.pid, sig);
+            }
+        }
+    }
+
+    fn set_end(&self, end: VmEnd) {
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if e.is_none() {
+            *e = Some(end);
+        }
+        self.ended.notify_all();
+    }
+
+    fn wait_end(&self, wait: Duration) -> Option<VmEnd> {
+        let deadline = Instant::now() + wait;
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(end) = e.as_ref() {
+                return Some(end.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            e = self.ended.wait_timeout(e, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Waits for qemu to exit, reaps it and says how the VM ended.
+    fn reap(&self) {
+        // SAFETY: siginfo_t is plain data; waitid with WNOWAIT only observes our own child, so
+        // the pid stays ours (and `kill` safe) until it is reaped below under the lock.
+        let observed = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            loop {
+                let r = libc::waitid(libc::P_PID, self.pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT);
+                if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    break r == 0;
+                }
+            }
+        };
+        let mut status: libc::c_int = 0;
+        {
+            let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+            // SAFETY: waitpid on our own child, which has exited (or never will be waited twice).
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            *reaped = true;
+            if r != self.pid && !observed {
+                self.set_end(VmEnd::Crashed("lost track of qemu".into()));
+                return;
+            }
+        }
+        let stopped = *self.stop_asked.lock().unwrap_or_else(|p| p.into_inner());
+        let status = std::process::ExitStatus::from_raw(status);
+        let end = match (stopped, status.code(), status.signal()) {
+            (Some(sig), _, _) => VmEnd::Interrupted(sig),
+            (None, Some(0), _) if console_says_panic(&self.console) => VmEnd::Panic,
+            // -no-reboot: the guest's reset (reboot=t) ends qemu with status 0.
+            (None, Some(0), _) => VmEnd::Shutdown,
+            (None, Some(code), _) => VmEnd::Crashed(format!("qemu exited with status {code}")),
+            (None, None, Some(sig)) => VmEnd::Crashed(format!("qemu was killed by signal {sig}")),
+            (None, None, None) => VmEnd::Crashed("qemu ended".into()),
+        };
+        tracing::info!("qemu (pid {}) ended: {end}; its log is {}", self.pid, self.log.display());
+        self.set_end(end);
+    }
+}
+
+fn console_says_panic(console: &Path) -> bool {
+    file_tail(console, 64 * 1024).contains(PANIC_MARK)
+}
+
+struct ChildSwitch(Arc<Child>);
+
+impl StopSwitch for ChildSwitch {
+    fn stop(&self, signal: i32) {
+        self.0.stop_asked.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(signal);
+        self.0.kill(libc::SIGTERM);
+    }
+}
+
+/// A running qemu and the vhost-user vsock device it uses.
+pub struct TcgVm {
+    child: Arc<Child>,
+    reaper: Option<JoinHandle<()>>,
+    /// Dropped after qemu is gone.
+    vsock: Option<VhostUserVsock>,
+}
+
+impl TcgVm {
+    pub fn start(qemu: &Path, spec: &VmSpec, agent_words: &str, net: Option<UnixStream>) -> Result<TcgVm, VmError> {
+        let mut cmdline = BASE_CMDLINE.to_owned();
+        if let Some(khz) = host_tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()) {
+            // Calibrating the TSC against the emulated PIT goes wrong on a busy host (the guest
+            // then falls back to jiffies); TCG's TSC runs at the host's rate, so say that rate.
+            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        }
+        cmdline.push(' ');
+        cmdline.push_str(agent_words);
+        let frontend = spec.workdir.join("vhost-user-vsock.sock");
+        let vsock = VhostUserVsock::start(GUEST_CID, &frontend, &spec.vsock)
+            .map_err(|e| VmError::Setup(format!("vhost-user vsock: {}", super::error_chain(&e))))?;
+        let log = spec.workdir.join("qemu.log");
+        let stderr = File::create(&log).map_err(|e| VmError::Setup(format!("cannot create {}: {e}", log.display())))?;
+        let net_fd = net.as_ref().map(AsRawFd::as_raw_fd);
+        let mut cmd = Command::new(qemu);
+        cmd.args(qemu_args(spec, cmdline.trim_end(), &frontend, net_fd))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        cmd.process_group(0);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, sigemptyset, pthread_sigmask, getppid,
+        // fcntl) on the child's own state between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // microdib blocks the stop signals in every thread; qemu must get them.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH)); // microdib is gone already
+                }
+                if let Some(fd) = net_fd {
+                    inheritable(fd)?;
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmError::QemuMissing,
+            _ => VmError::Setup(format!("cannot start {}: {e}", qemu.display())),
+        })?;
+        drop(net); // qemu has its copy of the passt socket
+        let child = Arc::new(Child {
+            pid: spawned.id() as libc::pid_t,
+            reaped: Mutex::new(false),
+            stop_asked: Mutex::new(None),
+            end: Mutex::new(None),
+            ended: Condvar::new(),
+            console: spec.console.clone(),
+            log,
+        });
+        // The reaper owns the waiting; std's handle is not used to wait.
+        drop(spawned);
+        let c = child.clone();
+        let reaper = std::thread::Builder::new().name("qemu-reaper".into()).spawn(move || c.reap());
+        let reaper = match reaper {
+            Ok(r) => r,
+            Err(e) => {
+                child.kill(libc::SIGKILL);
+                // SAFETY: waitpid on our own child, which no one else waits for.
+                unsafe { libc::waitpid(child.pid, std::ptr::null_mut(), 0) };
+                return Err(VmError::Setup(format!("cannot start the qemu reaper thread: {e}")));
+            }
+        };
+        tracing::info!("qemu started (pid {}): {}", child.pid, spec.workdir.display());
+        Ok(TcgVm { child, reaper: Some(reaper), vsock: Some(vsock) })
+    }
+}
+
+impl RunningVm for TcgVm {
+    fn stop_switch(&self) -> Arc<dyn StopSwitch> {
+        Arc::new(ChildSwitch(self.child.clone()))
+    }
+
+    fn ended(&self) -> Option<VmEnd> {
+        let end = self.child.end.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // qemu carries on without its vhost-user device, but the agent is out of reach then.
+        end.or_else(|| {
+            let why = self.vsock.as_ref()?.ended()?;
+            Some(VmEnd::Crashed(format!("the build VM's vsock device stopped ({why})")))
+        })
+    }
+
+    fn wait_end(&mut self, wait: Duration) -> VmEnd {
+        match self.child.wait_end(wait) {
+            Some(end) => {
+                self.stop_now();
+                end
+            }
+            None => {
+                self.stop_now();
+                VmEnd::Timeout(wait)
+            }
+        }
+    }
+
+    fn stop_now(&mut self) {
+        if self.child.wait_end(Duration::ZERO).is_none() {
+            ChildSwitch(self.child.clone()).stop(0);
+            if self.child.wait_end(TERM_GRACE).is_none() {
+                self.child.kill(libc::SIGKILL);
+            }
+        }
+        if let Some(r) = self.reaper.take() {
+            let _ = r.join();
+        }
+        // The frontend is gone: the vsock device's threads end.
+        self.vsock.take();
+    }
+
+    fn pid(&self) -> Option<u32> {
+        u32::try_from(self.child.pid).ok()
+    }
+
+    fn vmm_messages(&self) -> String {
+        file_tail(&self.child.log, 8 * 1024)
+    }
+}
+
+impl Drop for TcgVm {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+/// The host CPU's clock in kHz, from /proc/cpuinfo's first "cpu MHz" line.
+fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    let khz = (mhz * 1000.0) as u64;
+    (khz > 0).then_some(khz)
+}
+
+/// Clears FD_CLOEXEC so qemu inherits `fd`.
+fn inheritable(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A value inside a qemu option list: commas are doubled.
+fn opt_value(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// One `-drive` + `-device virtio-blk-device` pair. The format is always named (qemu never
+/// probes); throwaway disks skip flushes; discards punch holes so the files stay sparse.
+fn disk_args(i: usize, d: &VmDisk) -> [String; 4] {
+    let format = match d.format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    };
+    let cache = if d.scratch { "unsafe" } else { "writeback" };
+    let mut drive = format!(
+        "file={},if=none,id=disk{i},format={format},cache={cache},discard=unmap,detect-zeroes=unmap",
+        opt_value(&d.path)
+    );
+    if d.read_only {
+        drive.push_str(",readonly=on");
+    }
+    let device = format!("virtio-blk-device,drive=disk{i},serial={}", d.serial.replace(',', ",,"));
+    ["-drive".into(), drive, "-device".into(), device]
+}
+
+/// qemu's command line for `spec`.
+fn qemu_args(spec: &VmSpec, cmdline: &str, vsock_socket: &Path, net_fd: Option<RawFd>) -> Vec<String> {
+    let mib = spec.memory_mib;
+    let mut a: Vec<String> = vec![
+        "-name".into(),
+        "microdib-build".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        // The guest's reset (reboot=t) ends qemu, as our own VMM ends on its i8042 reset.
+        "-no-reboot".into(),
+        "-accel".into(),
+        "tcg".into(),
+        // vhost-user needs the guest memory in a shareable file; the RTC gives the guest the time.
+        "-M".into(),
+        "microvm,acpi=off,rtc=on,memory-backend=mem".into(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
+        "-m".into(),
+        format!("{mib}M"),
+        "-smp".into(),
+        spec.vcpus.max(1).to_string(),
+        "-kernel".into(),
+        spec.kernel.to_string_lossy().into_owned(),
+        "-initrd".into(),
+        spec.initrd.to_string_lossy().into_owned(),
+        "-append".into(),
+        cmdline.to_owned(),
+        "-chardev".into(),
+        format!("file,id=console,path={}", opt_value(&spec.console)),
+        "-serial".into(),
+        "chardev:console".into(),
+    ];
+    for (i, d) in spec.all_disks().iter().enumerate() {
+        a.extend(disk_args(i, d));
+    }
+    a.extend([
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", opt_value(vsock_socket)),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+        "-object".into(),
+        "rng-random,id=rng,filename=/dev/urandom".into(),
+        "-device".into(),
+        "virtio-rng-device,rng=rng".into(),
+    ]);
+    if let Some(fd) = net_fd {
+        let mac = DEFAULT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        a.extend([
+            "-netdev".into(),
+            format!("stream,id=net,addr.type=fd,addr.str={fd}"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net,mac={mac}"),
+        ]);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(network: bool) -> VmSpec {
+        VmSpec {
+            kernel: "/k/bzImage".into(),
+            initrd: "/k/initrd".into(),
+            root: "/c/root.sqfs".into(),
+            disks: vec![
+                VmDisk {
+                    path: "/out/a,b.raw".into(),
+                    format: DiskFormat::Raw,
+                    read_only: false,
+                    serial: "microdib-target".into(),
+                    scratch: false,
+                },
+                VmDisk {
+                    path: "/u/helper.qcow2".into(),
+                    format: DiskFormat::Qcow2,
+                    read_only: false,
+                    serial: "microdib-helper".into(),
+                    scratch: false,
+                },
+            ],
+            memory_mib: 1024,
+            vcpus: 2,
+            vsock: "/w/vsock".into(),
+            console: "/w/console.log".into(),
+            network: network.then(|| super::super::NetworkSpec { passt: "passt".into(), log: "/w/passt.log".into() }),
+            workdir: "/w".into(),
+        }
+    }
+
+    #[test]
+    fn every_disk_has_its_named_format_and_serial() {
+        let a = qemu_args(&spec(false), "console=ttyS0", Path::new("/w/vu.sock"), None);
+        let drives: Vec<&String> = a.iter().filter(|s| s.starts_with("file=")).collect();
+        assert_eq!(drives.len(), 3);
+        assert!(drives[0].starts_with("file=/out/a,,b.raw,if=none,id=disk0,format=raw,"), "{}", drives[0]);
+        assert!(drives[1].contains("format=qcow2") && !drives[1].contains("readonly"));
+        assert!(
+            drives[2].contains("root.sqfs") && drives[2].contains("format=raw") && drives[2].ends_with("readonly=on")
+        );
+        let serials: Vec<&String> = a.iter().filter(|s| s.starts_with("virtio-blk-device")).collect();
+        assert_eq!(serials[0], "virtio-blk-device,drive=disk0,serial=microdib-target");
+        assert!(serials[2].ends_with(&format!("serial={}", microdib_proto::APPLIANCE_DISK_SERIAL)));
+    }
+
+    #[test]
+    fn the_tsc_rate_comes_from_cpuinfo() {
+        assert_eq!(host_tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.160\ncpu MHz : 1\n"), Some(2_596_160));
+        assert_eq!(host_tsc_khz("processor\t: 0\n"), None);
+        assert_eq!(host_tsc_khz("cpu MHz\t\t: 0.000\n"), None);
+    }
+
+    #[test]
+    fn no_network_means_no_net_device() {
+        let a = qemu_args(&spec(false), "c", Path::new("/w/vu.sock"), None);
+        assert!(!a.iter().any(|s| s.contains("virtio-net") || s == "-netdev"));
+        let a = qemu_args(&spec(true), "c", Path::new("/w/vu.sock"), Some(7));
+        assert!(a.iter().any(|s| s == "stream,id=net,addr.type=fd,addr.str=7"));
+        assert!(a.iter().any(|s| s.starts_with("virtio-net-device,netdev=net,mac=")));
+    }
+
+    #[test]
+    fn memory_is_shared_for_vhost_user() {
+        let a = qemu_args(&spec(false), "c", Path::new("/w/vu.sock"), None);
+        assert!(a.contains(&"memory-backend-memfd,id=mem,size=1024M,share=on".to_owned()));
+        assert!(a.iter().any(|s| s.starts_with("microvm,") && s.contains("memory-backend=mem")));
+        assert!(a.contains(&"vhost-user-vsock-device,chardev=vsock".to_owned()));
+        assert!(a.contains(&"-no-reboot".to_owned()));
+    }
+}

@@ -14,7 +14,8 @@ static VM: Mutex<Option<Arc<dyn StopSwitch>>> = Mutex::new(None);
 /// the thread that takes them. Call before any other thread exists.
 pub fn install() {
     // SAFETY: sigset_t is plain data set up by sigemptyset/sigaddset; pthread_sigmask changes only
-    // this thread's mask; sigwait is given a valid set and output pointer.
+    // this thread's mask; signal() restores a default disposition; sigwait is given a valid set
+    // and output pointer.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -22,6 +23,9 @@ pub fn install() {
             libc::sigaddset(&mut set, s);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // Children are waited for (qemu's reaper): an inherited SIG_IGN would let the kernel
+        // reap them behind our back.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         std::thread::spawn(move || loop {
             let mut sig = 0;
             if libc::sigwait(&set, &mut sig) != 0 {
@@ -41,18 +45,18 @@ pub fn install() {
 
 /// A command for a child process. The stop signals are blocked in all of microdib's threads
 /// (see `install`) and a child would inherit that mask (std does not reset it), leaving it
-/// deaf to the SIGTERM that stops it: the child unblocks them before it runs.
+/// deaf to the SIGTERM that stops it: the child unblocks them before it runs. It inherits no
+/// descriptor of ours beyond its stdio.
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
-    // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe and touch only local data
-    // and the calling thread's mask.
+    // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
     unsafe {
         cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
+            vmm::child::unblock_signals();
+            // Host tools and extra-data.d scripts get nothing of ours but their stdio (no guest
+            // memory, eventfds or sockets a library opened without O_CLOEXEC).
+            vmm::child::cloexec_from_3()
         });
     }
     cmd
@@ -60,12 +64,14 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
 
 /// The VM a signal should stop (None when it is gone); stopped at once if one already came.
 pub fn watch_vm(vm: Option<Arc<dyn StopSwitch>>) {
+    // Published first, then CAUGHT read: the signal thread stores CAUGHT, then reads VM, so a
+    // signal in between is seen by one of the two.
+    if let Ok(mut g) = VM.lock() {
+        g.clone_from(&vm);
+    }
     let sig = CAUGHT.load(Ordering::SeqCst);
     if let (Some(v), true) = (&vm, sig != 0) {
         v.stop(sig);
-    }
-    if let Ok(mut g) = VM.lock() {
-        *g = vm;
     }
 }
 

@@ -3,9 +3,10 @@
 //!
 //! Layout: `host` (what KVM the host has), `memory` (guest RAM), `boot` (everything up to the
 //! kernel's first instruction), `vcpu` (per-vCPU setup and run loop), `devices` (port bus,
-//! serial, i8042), `vm` (putting it together).
+//! serial, i8042), `vm` (putting it together), `child` (what child processes do before exec).
 
 pub mod boot;
+pub mod child;
 pub mod devices;
 pub mod error;
 pub mod host;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::NetError;
+use crate::child;
 
 /// How to run passt and what network it gives the guest.
 #[derive(Debug, Clone)]
@@ -109,27 +110,14 @@ impl Passt {
         let mut cmd = Command::new(&program);
         cmd.arg("--fd").arg(theirs_fd.to_string()).args(opts.args()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure only makes async-signal-safe calls (prctl, sigprocmask, getppid, fcntl).
+        // SAFETY: the closure only makes the async-signal-safe calls of `crate::child`.
         unsafe {
             cmd.pre_exec(move || {
                 // Die with us. The signal is tied to the thread that spawns passt, not the
                 // process: spawn from a thread that lives as long as the VM. (passt running as
                 // root switches to "nobody", which clears it; it then quits when the socket closes.)
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Our threads block the stop signals; passt must not inherit that.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH)); // we died already
-                }
                 // Only passt's copy of its end survives exec.
-                let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                child::prepare_helper(parent, Some(theirs_fd))?;
                 Ok(())
             });
         }

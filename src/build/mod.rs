@@ -246,6 +246,9 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     };
     signals::check()?;
     let mut vm = BuildVm::start(&backend, spec)?;
+    // A signal while it boots stops it too.
+    signals::watch_vm(Some(vm.stop_switch()));
+    vm.wait_for_agent()?;
     vm.trace = c.trace;
     if c.debug >= 1 {
         match vm.vmm_pid() {
@@ -256,7 +259,6 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
             r.debug(&format!("network: passt (pid {pid})"));
         }
     }
-    signals::watch_vm(Some(vm.stop_switch()));
     let log_hint = if c.drive.is_some() {
         format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))
     } else {

@@ -197,12 +197,16 @@ pub struct BuildVm {
     agent: Option<AgentClient>,
     vm: Box<dyn RunningVm>,
     console: PathBuf,
+    /// The hybrid-vsock host socket the agent is reached through.
+    vsock: PathBuf,
     /// The network backend: killed when the VM is dropped, after the VM has stopped.
     passt: Option<Passt>,
+    started: Instant,
 }
 
 impl BuildVm {
-    /// Boots the VM and waits for its agent.
+    /// Boots the VM; `wait_for_agent` then waits for its agent. Call from a thread that lives as
+    /// long as the VM: child processes die with the thread that started them (PDEATHSIG).
     pub fn start(backend: &Backend, spec: VmSpec) -> Result<BuildVm, VmError> {
         // Kernel command-line words for the agent; each backend puts its own base first.
         let mut agent_words = String::new();
@@ -221,31 +225,45 @@ impl BuildVm {
             Backend::Kvm(host) => Box::new(kvm::KvmVm::start(host, &spec, &agent_words, net_socket)?),
             Backend::Tcg { qemu } => Box::new(tcg::TcgVm::start(qemu, &spec, &agent_words, net_socket)?),
         };
-        let mut me = BuildVm { trace: false, backend: backend.name(), agent: None, vm, console, passt };
-        let booting = Instant::now();
-        let deadline = booting + AGENT_TIMEOUT;
+        Ok(BuildVm {
+            trace: false,
+            backend: backend.name(),
+            agent: None,
+            vm,
+            console,
+            vsock,
+            passt,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits until the agent answers; stops the VM if it does not, or if the VM ends (or is
+    /// stopped through its switch) first.
+    pub fn wait_for_agent(&mut self) -> Result<(), VmError> {
+        let deadline = self.started + AGENT_TIMEOUT;
         loop {
             // Short attempts, so a VM that died is noticed at once rather than at the deadline.
-            match AgentClient::connect(&vsock, Duration::from_millis(500)) {
+            let attempt = (Instant::now() + Duration::from_millis(500)).min(deadline);
+            match AgentClient::connect(&self.vsock, attempt.saturating_duration_since(Instant::now())) {
                 Ok(agent) => {
                     tracing::info!(
                         "the build VM's agent ({}) answered after {:.2} s",
-                        me.backend,
-                        booting.elapsed().as_secs_f64()
+                        self.backend,
+                        self.started.elapsed().as_secs_f64()
                     );
-                    me.agent = Some(agent);
-                    return Ok(me);
+                    self.agent = Some(agent);
+                    return Ok(());
                 }
                 Err(e) => {
-                    let why = match me.vm.ended() {
+                    let why = match self.vm.ended() {
                         Some(end) => end.to_string(),
                         None if Instant::now() >= deadline => {
                             format!("no answer from its agent in {} s: {e}", AGENT_TIMEOUT.as_secs())
                         }
                         None => continue,
                     };
-                    me.vm.stop_now();
-                    return Err(VmError::NoAgent { why, console: me.console_tail() });
+                    self.vm.stop_now();
+                    return Err(VmError::NoAgent { why, console: self.console_tail() });
                 }
             }
         }
@@ -290,8 +308,7 @@ impl BuildVm {
 
     /// The last lines of the guest console and of what the VMM said, for error messages.
     pub fn console_tail(&self) -> String {
-        let text = std::fs::read(&self.console).unwrap_or_default();
-        let mut s = tail_lines("guest console", &String::from_utf8_lossy(&text), 15);
+        let mut s = tail_lines("guest console", &file_tail(&self.console, 64 * 1024), 15);
         s.push_str(&tail_lines(&format!("{} says", self.backend), &self.vm.vmm_messages(), 10));
         s
     }
@@ -337,9 +354,12 @@ fn start_passt(n: &NetworkSpec, net: &GuestNetwork) -> Result<(Passt, UnixStream
     Passt::spawn(&opts).map_err(|e| VmError::Setup(error_chain(&e)))
 }
 
-/// "\n<what>:\n<last n lines>", or nothing when `text` is empty.
+/// "\n<what>:\n<last n lines>", or nothing when `text` is empty. The text comes from the guest
+/// (its console) or is steered by it (qemu's complaints): control characters are dropped so it
+/// cannot drive the user's terminal.
 fn tail_lines(what: &str, text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().rev().take(n).collect();
+    let lines: Vec<String> =
+        text.lines().rev().take(n).map(|l| l.chars().filter(|c| !c.is_control() || *c == '\t').collect()).collect();
     if lines.is_empty() {
         return String::new();
     }
@@ -377,6 +397,7 @@ mod tests {
     fn tails_keep_the_last_lines() {
         assert_eq!(tail_lines("x", "", 3), "");
         assert_eq!(tail_lines("console", "a\nb\nc\nd\n", 2), "\nconsole:\nc\nd");
+        assert_eq!(tail_lines("console", "x\x1b]0;owned\x07\ty\r\n", 1), "\nconsole:\nx]0;owned\ty");
     }
 
     #[test]
@@ -387,6 +408,27 @@ mod tests {
         assert_eq!(file_tail(&p, 100), "0123456789");
         std::fs::remove_file(&p).unwrap();
         assert_eq!(file_tail(&p, 4), "");
+    }
+
+    #[test]
+    fn accel_kvm_never_falls_back_and_auto_says_why() {
+        if vmm::KvmHost::open().is_ok() {
+            let chosen = Backend::choose(Accel::Auto, |m| panic!("KVM works, nothing to say: {m}"));
+            assert!(matches!(chosen, Ok(Backend::Kvm(_))));
+            return;
+        }
+        let kvm = Backend::choose(Accel::Kvm, |m| panic!("kvm says nothing: {m}"));
+        assert!(matches!(kvm, Err(VmError::KvmUnusable(_))));
+        let mut said = String::new();
+        match Backend::choose(Accel::Auto, |m| said = m.to_owned()) {
+            Ok(Backend::Tcg { .. }) => {
+                assert!(
+                    said.starts_with("KVM unusable here (") && said.ends_with("under software emulation (qemu TCG)")
+                )
+            }
+            Err(VmError::QemuMissing) => {}
+            _ => panic!("auto picked neither tcg nor said qemu is missing"),
+        }
     }
 
     #[test]

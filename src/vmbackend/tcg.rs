@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vmm::child;
 use vmm::devices::virtio::net::DEFAULT_MAC;
 use vmm::devices::virtio::vsock::vhost_user::VhostUserVsock;
 
@@ -100,10 +101,11 @@ impl Child {
         let mut status: libc::c_int = 0;
         {
             let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
-            // SAFETY: waitpid on our own child, which has exited (or never will be waited twice).
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            // SAFETY: waitpid on our own child. It has exited when `observed`; otherwise WNOHANG
+            // keeps this from blocking while the lock is held.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, if observed { 0 } else { libc::WNOHANG }) };
             *reaped = true;
-            if r != self.pid && !observed {
+            if r != self.pid {
                 self.set_end(VmEnd::Crashed("lost track of qemu".into()));
                 return;
             }
@@ -131,9 +133,24 @@ fn console_says_panic(console: &Path) -> bool {
 struct ChildSwitch(Arc<Child>);
 
 impl StopSwitch for ChildSwitch {
+    /// SIGTERM lets qemu close its disks (a user's qcow2 helper drive among them); a qemu still
+    /// there after `TERM_GRACE` is killed, whoever asked and whatever the main thread is doing.
     fn stop(&self, signal: i32) {
-        self.0.stop_asked.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(signal);
+        let first = {
+            let mut asked = self.0.stop_asked.lock().unwrap_or_else(|p| p.into_inner());
+            let first = asked.is_none();
+            asked.get_or_insert(signal);
+            first
+        };
         self.0.kill(libc::SIGTERM);
+        if first {
+            let child = self.0.clone();
+            let _ = std::thread::Builder::new().name("qemu-stop".into()).spawn(move || {
+                if child.wait_end(TERM_GRACE).is_none() {
+                    child.kill(libc::SIGKILL);
+                }
+            });
+        }
     }
 }
 
@@ -148,7 +165,7 @@ pub struct TcgVm {
 impl TcgVm {
     pub fn start(qemu: &Path, spec: &VmSpec, agent_words: &str, net: Option<UnixStream>) -> Result<TcgVm, VmError> {
         let mut cmdline = BASE_CMDLINE.to_owned();
-        if let Some(khz) = host_tsc_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default()) {
+        if let Some(khz) = host_tsc_khz() {
             // Calibrating the TSC against the emulated PIT goes wrong on a busy host (the guest
             // then falls back to jiffies); TCG's TSC runs at the host's rate, so say that rate.
             cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
@@ -160,6 +177,7 @@ impl TcgVm {
             .map_err(|e| VmError::Setup(format!("vhost-user vsock: {}", super::error_chain(&e))))?;
         let log = spec.workdir.join("qemu.log");
         let stderr = File::create(&log).map_err(|e| VmError::Setup(format!("cannot create {}: {e}", log.display())))?;
+        let net = net.map(above_stdio).transpose().map_err(|e| VmError::Setup(format!("passt socket: {e}")))?;
         let net_fd = net.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = Command::new(qemu);
         cmd.args(qemu_args(spec, cmdline.trim_end(), &frontend, net_fd))
@@ -168,25 +186,11 @@ impl TcgVm {
             .stderr(stderr);
         cmd.process_group(0);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, sigemptyset, pthread_sigmask, getppid,
-        // fcntl) on the child's own state between fork and exec.
+        // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // microdib blocks the stop signals in every thread; qemu must get them.
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH)); // microdib is gone already
-                }
-                if let Some(fd) = net_fd {
-                    inheritable(fd)?;
-                }
-                Ok(())
-            });
+            // qemu inherits its stdio and the passt socket, nothing else of ours (guest memory
+            // and eventfds from the vhost-user frontend are not close-on-exec).
+            cmd.pre_exec(move || child::prepare_helper(parent, net_fd));
         }
         let spawned = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmError::QemuMissing,
@@ -228,9 +232,12 @@ impl RunningVm for TcgVm {
     fn ended(&self) -> Option<VmEnd> {
         let end = self.child.end.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // qemu carries on without its vhost-user device, but the agent is out of reach then.
+        // (When qemu itself died, its end comes first: the reaper gets a moment to say how.)
         end.or_else(|| {
             let why = self.vsock.as_ref()?.ended()?;
-            Some(VmEnd::Crashed(format!("the build VM's vsock device stopped ({why})")))
+            self.child
+                .wait_end(Duration::from_secs(1))
+                .or(Some(VmEnd::Crashed(format!("the build VM's vsock device stopped ({why})"))))
         })
     }
 
@@ -250,9 +257,6 @@ impl RunningVm for TcgVm {
     fn stop_now(&mut self) {
         if self.child.wait_end(Duration::ZERO).is_none() {
             ChildSwitch(self.child.clone()).stop(0);
-            if self.child.wait_end(TERM_GRACE).is_none() {
-                self.child.kill(libc::SIGKILL);
-            }
         }
         if let Some(r) = self.reaper.take() {
             let _ = r.join();
@@ -276,24 +280,48 @@ impl Drop for TcgVm {
     }
 }
 
-/// The host CPU's clock in kHz, from /proc/cpuinfo's first "cpu MHz" line.
-fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
-    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
-    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    let khz = (mhz * 1000.0) as u64;
-    (khz > 0).then_some(khz)
+/// The host's TSC rate in kHz, measured against CLOCK_MONOTONIC over 20 ms (TCG's guest TSC
+/// runs at it). "cpu MHz" in /proc/cpuinfo is the current core clock, not the TSC's, on hosts
+/// that scale their frequency.
+#[cfg(target_arch = "x86_64")]
+fn host_tsc_khz() -> Option<u64> {
+    use std::arch::x86_64::_rdtsc;
+    let t0 = Instant::now();
+    // SAFETY: RDTSC reads a counter; every x86_64 CPU has it.
+    let c0 = unsafe { _rdtsc() };
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: as above.
+    let c1 = unsafe { _rdtsc() };
+    tsc_khz(c1.wrapping_sub(c0), t0.elapsed())
 }
 
-/// Clears FD_CLOEXEC so qemu inherits `fd`.
-fn inheritable(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor this process owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+#[cfg(not(target_arch = "x86_64"))]
+fn host_tsc_khz() -> Option<u64> {
+    None
+}
+
+/// kHz from a cycle count over `elapsed`, rounded to 1 MHz; None when it makes no sense.
+fn tsc_khz(cycles: u64, elapsed: Duration) -> Option<u64> {
+    let us = u64::try_from(elapsed.as_micros()).ok().filter(|&us| us > 0)?;
+    let khz = cycles.checked_mul(1000)? / us;
+    let khz = (khz + 500) / 1000 * 1000;
+    (100_000..=20_000_000).contains(&khz).then_some(khz)
+}
+
+/// The socket itself, or a copy of it above the standard descriptors: setting up qemu's stdio
+/// must not overwrite it (microdib may have been started with one of them closed).
+fn above_stdio(socket: UnixStream) -> std::io::Result<UnixStream> {
+    use std::os::fd::FromRawFd;
+    if socket.as_raw_fd() > 2 {
+        return Ok(socket);
     }
-    Ok(())
+    // SAFETY: fcntl on a descriptor we own; the new one is owned by the returned stream.
+    let moved = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if moved < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `moved` is a fresh descriptor nothing else owns.
+    Ok(unsafe { UnixStream::from_raw_fd(moved) })
 }
 
 /// A value inside a qemu option list: commas are doubled.
@@ -328,6 +356,10 @@ fn qemu_args(spec: &VmSpec, cmdline: &str, vsock_socket: &Path, net_fd: Option<R
         "microdib-build".into(),
         "-nodefaults".into(),
         "-no-user-config".into(),
+        // The guest is hostile and TCG is a large surface: qemu may not spawn, setuid or use
+        // obsolete system calls.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-display".into(),
         "none".into(),
         // The guest's reset (reboot=t) ends qemu, as our own VMM ends on its i8042 reset.
@@ -429,10 +461,14 @@ mod tests {
     }
 
     #[test]
-    fn the_tsc_rate_comes_from_cpuinfo() {
-        assert_eq!(host_tsc_khz("processor\t: 0\ncpu MHz\t\t: 2596.160\ncpu MHz : 1\n"), Some(2_596_160));
-        assert_eq!(host_tsc_khz("processor\t: 0\n"), None);
-        assert_eq!(host_tsc_khz("cpu MHz\t\t: 0.000\n"), None);
+    fn the_tsc_rate_is_measured_and_sane() {
+        assert_eq!(tsc_khz(52_000_000, Duration::from_millis(20)), Some(2_600_000));
+        assert_eq!(tsc_khz(51_990_000, Duration::from_millis(20)), Some(2_600_000));
+        assert_eq!(tsc_khz(5, Duration::from_millis(20)), None);
+        assert_eq!(tsc_khz(1, Duration::ZERO), None);
+        if cfg!(target_arch = "x86_64") {
+            assert!(host_tsc_khz().is_some(), "this host's TSC rate could not be measured");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl AgentClient {
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Self, ProtoError> {
         let deadline = Instant::now() + timeout;
         loop {
-            match Self::try_connect(uds) {
+            match Self::try_connect(uds, deadline) {
                 Ok(c) => return Ok(c),
                 Err(e) if Instant::now() >= deadline => return Err(e),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -61,12 +61,18 @@ impl AgentClient {
         }
     }
 
-    fn try_connect(uds: &Path) -> Result<Self, ProtoError> {
+    /// One attempt, which gives up at `deadline`: a VMM that accepts but never answers (its
+    /// guest not up yet, or gone) must not hold the caller past it.
+    fn try_connect(uds: &Path, deadline: Instant) -> Result<Self, ProtoError> {
         let mut stream = UnixStream::connect(uds)?;
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        stream.set_read_timeout(Some(left))?;
+        stream.set_write_timeout(Some(left))?;
         stream.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())?;
         let mut line = Vec::new();
         {
-            let mut r = BufReader::new(&mut stream);
+            // "OK <port>\n" is short; a longer line is not the answer.
+            let mut r = BufReader::new((&mut stream).take(64));
             r.read_until(b'\n', &mut line)?;
             // BufReader may have read past the line only if the agent spoke first; it never does.
         }
@@ -75,7 +81,12 @@ impl AgentClient {
         }
         write_frame(&mut stream, &Request::Hello { version: PROTOCOL_VERSION })?;
         match read_frame(&mut stream)? {
-            Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(AgentClient { stream, agent }),
+            Response::Hello { version, agent } if version == PROTOCOL_VERSION => {
+                // Commands may run for hours: no time limit once connected.
+                stream.set_read_timeout(None)?;
+                stream.set_write_timeout(None)?;
+                Ok(AgentClient { stream, agent })
+            }
             Response::Hello { version, .. } => Err(ProtoError::Io(std::io::Error::other(format!(
                 "agent speaks protocol {version}, we speak {PROTOCOL_VERSION}"
             )))),

@@ -55,14 +55,7 @@ fn run_vmm(args: &[&str]) -> Output {
         }
     };
     cmd.current_dir(workspace()).args(args);
-    let out = cmd.output().expect("cannot start microdib-vmm");
-    eprintln!(
-        "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    shown(cmd.output().expect("cannot start microdib-vmm"))
 }
 
 /// Runs a bash script where microdib-vmm can run (natively, or inside hack/nested-run), with

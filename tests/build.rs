@@ -35,19 +35,7 @@ fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
     let _ = appliance();
     let microdib = match vm {
         BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
-        BuildVm::OurKvm => {
-            // Scripts call "$MICRODIB" with their options; this one adds --accel kvm. Inside
-            // hack/nested-run the build VM gets one vCPU (a script's own --smp comes later and
-            // wins): the emulated SVM resets two-vCPU guests under heavy I/O far more often.
-            let wrapper = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microdib-accel-kvm");
-            let script = format!(
-                "#!/bin/sh\nsmp=\n[ \"$MICRODIB_IN_NESTED\" = 1 ] && smp='--smp 1'\nexec '{}' --accel kvm $smp \"$@\"\n",
-                env!("CARGO_BIN_EXE_microdib")
-            );
-            std::fs::write(&wrapper, script).unwrap();
-            std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-            wrapper
-        }
+        BuildVm::OurKvm => accel_kvm_wrapper().clone(),
     };
     let env = [
         ("MICRODIB", microdib.to_str().unwrap()),
@@ -60,6 +48,26 @@ fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
         BuildVm::Auto => run_emulated_here(script, &env),
         BuildVm::OurKvm => run_script_with_env(script, &env),
     }
+}
+
+/// A `microdib` that adds `--accel kvm` (which never falls back to qemu: it fails where KVM
+/// cannot run the guest). Scripts call "$MICRODIB" with their options. Inside hack/nested-run
+/// the build VM gets one vCPU (a script's own --smp comes later and wins): the emulated SVM
+/// resets two-vCPU guests under heavy I/O far more often.
+fn accel_kvm_wrapper() -> &'static PathBuf {
+    static W: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    W.get_or_init(|| {
+        let wrapper = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microdib-accel-kvm");
+        let script = format!(
+            "#!/bin/sh\nsmp=\n[ \"$MICRODIB_IN_NESTED\" = 1 ] && smp='--smp 1'\nexec '{}' --accel kvm $smp \"$@\"\n",
+            env!("CARGO_BIN_EXE_microdib")
+        );
+        let tmp = wrapper.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, script).unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &wrapper).unwrap();
+        wrapper
+    })
 }
 
 /// `run_build_script_on(BuildVm::Auto, ..)`: how most build tests run.
@@ -215,6 +223,11 @@ fn missing_host_programs_are_named() {
         (
             &["--python", &python, "x"],
             "microdib: error: passt is not installed: install the 'passt' package or use --no-network",
+        ),
+        (
+            &["--python", &python, "--no-network", "--accel", "tcg", "x"],
+            "microdib: error: qemu-system-x86_64 is not installed: install the 'qemu-system-x86' package \
+             (needed where KVM cannot run the build VM)",
         ),
     ];
     for (args, first_line) in cases {
@@ -658,10 +671,16 @@ pid=$!
 for i in $(seq 1 600); do grep -q '^waiting' "$d/log" && break; sleep 0.5; done
 m=$(ps -o pid= --ppid $pid | tr -d ' ') # timeout's child: microdib
 echo "children: $(ps -o comm= --ppid $m | sed 's/^passt.*/passt/' | sort | tr '\n' ' ')"
+kids=$(ps -o pid= --ppid $m | tr '\n' ' ')
 ps -o args= --ppid $m | grep '^[^ ]*qemu-system-x86_64 ' | tr ' ' '\n' | grep -E '^(tcg|microvm.*|vhost-user-vsock-device.*|virtio-blk-device.*)$' | sed 's/^/qemu: /'
-echo "nested: $(ps -eo args= | grep -c -e '[n]ested-run' -e '[s]vm')"
+# Everything below microdib: no emulated KVM host (hack/nested-run, a qemu with SVM) among them.
+tree=$(ps -eo pid=,ppid=,args= | awk -v root=$m '{{ parent[$1] = $2; line[$1] = $0 }}
+  END {{ for (p in parent) {{ q = p; while (q in parent && q != root) q = parent[q]; if (q == root && p != root) print line[p] }} }}')
+echo "below: $(echo "$tree" | grep -c .) processes, nested: $(echo "$tree" | grep -c -e 'nested-run' -e 'svm')"
 wait $pid
 echo "host: status=$?"
+for k in $kids; do state=$(ps -o stat= -p $k | cut -c1); [ -n "$state" ] && [ "$state" != Z ] && echo "after: $k still running"; done
+echo "after: checked"
 sed 's/^/log: /' "$d/log"
 echo "tar: $(tar -tf "$d/out/img.tar" | grep -c '^./etc/order$')"
 ls -A "$d/out" | sed 's/^/file: /'
@@ -677,12 +696,45 @@ ls -A "$d/out" | sed 's/^/file: /'
     has("qemu: vhost-user-vsock-device,chardev=vsock");
     assert!(s.lines().any(|l| l.starts_with("qemu: microvm,acpi=off")), "{s}");
     has("qemu: virtio-blk-device,drive=disk0,serial=microdib-target");
-    has("nested: 0");
+    assert!(s.lines().any(|l| l.starts_with("below: ") && l.ends_with(" processes, nested: 0")), "{s}");
+    // qemu and passt are gone with the build.
+    assert!(!s.contains("still running"), "{s}");
+    has("after: checked");
     assert!(s.lines().any(|l| l.starts_with("log: ") && l.contains("build VM: tcg (qemu pid ")), "{s}");
     assert!(s.lines().any(|l| l.ends_with("] Done")), "{s}");
     has("tar: 1");
     // Ramdisk mode (the ironic-agent element): no raw; no element wrote NAME.d, so there is none.
     assert!(!s.contains("file: img.raw") && !s.contains("file: img.d"), "{s}");
+}
+
+/// A qemu that will not start (here: one that complains and exits) ends the build at once with
+/// what qemu said, instead of waiting for an agent that never comes.
+#[test]
+fn a_qemu_that_fails_to_start_is_reported_at_once() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+printf '#!/bin/sh\necho "qemu-system-x86_64: -M microvm: this qemu is broken" >&2\nexit 1\n' > "$d/qemu"
+chmod +x "$d/qemu"
+start=$(date +%s)
+MICRODIB_QEMU="$d/qemu" timeout -k 10 120 "$MICRODIB" --accel tcg -B {lib} -p {els} --name "$d/img" --size 256M \
+   --formats raw --image-cache "$d/cache" fixture-os > "$d/log" 2>&1
+echo "host: status=$? after $(( $(date +%s) - start )) s"
+sed 's/^/log: /' "$d/log"
+echo "files: $(ls -A "$d" | grep img | tr '\n' ' ')"
+"#
+    );
+    let s = build_output(&script);
+    let status = s.lines().find(|l| l.starts_with("host: status=")).unwrap_or_else(|| panic!("{s}"));
+    let secs: u64 = status.rsplit(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+    assert!(status.starts_with("host: status=1 ") && secs < 30, "{status}\n{s}");
+    assert!(
+        s.lines().any(|l| l == "log: microdib: error: the build VM did not come up (qemu exited with status 1)"),
+        "{s}"
+    );
+    assert!(s.lines().any(|l| l == "log: qemu-system-x86_64: -M microvm: this qemu is broken"), "{s}");
+    assert!(s.lines().any(|l| l == "files: "), "partial outputs left:\n{s}");
 }
 
 /// SIGKILL of microdib mid-build (no chance to clean up): its qemu and passt die with it

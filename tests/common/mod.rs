@@ -38,13 +38,24 @@ pub static EMULATED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// which where KVM cannot run the guest is qemu TCG, so the script waits its turn.
 pub fn run_emulated_here(script: &str, env: &[(&str, &str)]) -> Output {
     let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
-    let out = Command::new("bash")
+    run_bash(Command::new("bash"), script, env)
+}
+
+/// Runs `script` with `cmd` (bash, or something that runs bash), `$VMM` and `env` set, from the
+/// workspace; its output is shown (for failing tests) and returned.
+fn run_bash(mut cmd: Command, script: &str, env: &[(&str, &str)]) -> Output {
+    let out = cmd
         .current_dir(workspace())
         .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
         .envs(env.iter().copied())
         .args(["-c", script])
         .output()
         .expect("cannot run bash");
+    shown(out)
+}
+
+/// Prints a command's status and output (what a failing test shows) and returns them.
+pub fn shown(out: Output) -> Output {
     eprintln!(
         "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
         out.status.code(),
@@ -68,7 +79,7 @@ pub fn run_script_nested_sized(
 ) -> Output {
     let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
     for attempt in 1.. {
-        let mut cmd = match native_kvm() {
+        let cmd = match native_kvm() {
             Ok(()) => Command::new("bash"),
             Err(_) => {
                 let mut c = Command::new(workspace().join("hack/nested-run"));
@@ -79,19 +90,7 @@ pub fn run_script_nested_sized(
                 c
             }
         };
-        let out = cmd
-            .current_dir(workspace())
-            .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
-            .envs(env.iter().copied())
-            .args(["-c", script])
-            .output()
-            .expect("cannot run bash");
-        eprintln!(
-            "--- status {:?}\n--- stdout\n{}--- stderr\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_bash(cmd, script, env);
         // Under nested emulation the emulated SVM sometimes resets a guest under sustained I/O, or
         // dies itself (hack/nested-run's 125), whichever VMM drives the guest (README, "Known
         // problem"; qemu's guests fared worse). Such a run is repeated once, saying so. Nothing else

@@ -731,7 +731,7 @@ fn notify_guest(q: &mut GuestQueues) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{wait_for, DriverRing};
+    use super::super::testing::{guest_header, wait_for, DriverRing};
     use super::*;
     use vm_memory::GuestAddress;
 
@@ -794,21 +794,6 @@ mod tests {
         std::mem::replace(&mut q.notify_rx, false) | std::mem::replace(&mut q.notify_tx, false)
     }
 
-    fn guest_header(op: u16, local: u32, len: usize) -> Header {
-        Header {
-            src_cid: 3,
-            dst_cid: HOST_CID,
-            src_port: 1024,
-            dst_port: local,
-            len: len as u32,
-            kind: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 0,
-        }
-    }
-
     /// A host client's CONNECT through the queues, as the guest sees it, and data both ways.
     #[test]
     fn host_connect_round_trip_through_the_queues() {
@@ -837,7 +822,7 @@ mod tests {
         let local = h.src_port;
 
         // The guest accepts: the client reads OK.
-        tx.send(&mem, &guest_header(OP_RESPONSE, local, 0), &[]);
+        tx.send(&mem, &guest_header(OP_RESPONSE, 1024, local, 0), &[]);
         assert!(pump(&mut m, &mut q, true), "TX was used without interrupting the guest");
         assert_eq!(tx.used(&mem).len(), 1);
         let mut ok = [0u8; 32];
@@ -853,7 +838,7 @@ mod tests {
         assert_eq!((h.op, h.src_port, h.dst_port, payload.as_slice()), (OP_RW, local, 1024, &b"hello"[..]));
 
         // Guest to host.
-        tx.send(&mem, &guest_header(OP_RW, local, 5), b"world");
+        tx.send(&mem, &guest_header(OP_RW, 1024, local, 5), b"world");
         pump(&mut m, &mut q, true);
         let mut got = [0u8; 5];
         client.read_exact(&mut got).unwrap();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::packet::{Header, HDR_LEN};
+use super::packet::{Header, HDR_LEN, HOST_CID, TYPE_STREAM};
 
 /// Bytes per buffer: descriptor `i` always points at `data + i * SLOT`.
 pub const SLOT: u64 = 4096;
@@ -120,5 +120,21 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A stream packet from guest CID 3 to the host.
+pub fn guest_header(op: u16, src_port: u32, dst_port: u32, len: usize) -> Header {
+    Header {
+        src_cid: 3,
+        dst_cid: HOST_CID,
+        src_port,
+        dst_port,
+        len: len as u32,
+        kind: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: 65536,
+        fwd_cnt: 0,
     }
 }

@@ -289,7 +289,15 @@ impl VhostUserBackend for VsockBackend {
             let _ = st.tick.wait(); // consumes the expiry; EAGAIN if re-armed since
             st.tick_at = Instant::now() + WATCHDOG_PERIOD;
         }
-        let (notify_rx, notify_tx) = self.serve(&mut st, device_event, vrings);
+        // A bug of ours must not leave the agent's connections open and unserved (the host
+        // would wait on them forever): after a panic the muxer goes, and its connections with it.
+        let served =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&mut st, device_event, vrings)));
+        let (notify_rx, notify_tx) = served.unwrap_or_else(|_| {
+            tracing::error!("vhost-user vsock: the device failed; closing its connections");
+            st.muxer = None;
+            (false, false)
+        });
         Self::rearm(&mut st);
         drop(st);
         // The vring guards are released: signal_used_queue takes the vring's lock again.
@@ -487,7 +495,7 @@ fn serve_frontend(mut daemon: Daemon, mut listener: Listener, stop: EventFd, con
 #[cfg(test)]
 mod tests {
     use super::super::packet::*;
-    use super::super::testing::{wait_for, DriverRing};
+    use super::super::testing::{guest_header, wait_for, DriverRing};
     use super::*;
     use std::fs::File;
     use std::io::{Read, Write};
@@ -590,21 +598,6 @@ mod tests {
         let mut rings = rings.into_iter();
         let (rx, tx) = (rings.next().unwrap(), rings.next().unwrap());
         (fe, Guest { mem, rx, tx, kicks, calls })
-    }
-
-    fn guest_header(op: u16, src_port: u32, dst_port: u32, len: usize) -> Header {
-        Header {
-            src_cid: CID,
-            dst_cid: HOST_CID,
-            src_port,
-            dst_port,
-            len: len as u32,
-            kind: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 0,
-        }
     }
 
     /// The whole path as qemu would drive it: vhost-user negotiation, shared memory, rings,

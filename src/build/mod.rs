@@ -249,12 +249,14 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     // A signal while it boots stops it too.
     signals::watch_vm(Some(vm.stop_switch()));
     vm.wait_for_agent()?;
+    let ready = r.elapsed();
     vm.trace = c.trace;
     if c.debug >= 1 {
-        match vm.vmm_pid() {
-            Some(pid) => r.debug(&format!("build VM: {} (qemu pid {pid})", vm.backend())),
-            None => r.debug(&format!("build VM: {} (microdib's own VMM)", vm.backend())),
-        }
+        let vmm = match vm.vmm_pid() {
+            Some(pid) => format!("qemu pid {pid}"),
+            None => "microdib's own VMM".to_owned(),
+        };
+        r.debug(&format!("build VM: {} ({vmm}); its agent answered {ready:.2} s after microdib started", vm.backend()));
         if let Some(pid) = vm.passt_pid() {
             r.debug(&format!("network: passt (pid {pid})"));
         }

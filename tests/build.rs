@@ -584,6 +584,8 @@ fn a_failing_script_stops_the_build_and_removes_outputs() {
     let script = format!(
         r#"d=$(mktemp -d)
 trap 'rm -rf "$d"' EXIT
+# Temporary directories that were there before (another build's): only new ones count.
+tmp_before=$(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)
 mkdir -p "$d/els/failer/install.d" "$d/els/host-failer/extra-data.d" "$d/out"
 printf '#!/bin/bash\necho about to fail\nexit 7\n' > "$d/els/failer/install.d/20-fail"
 printf '#!/bin/bash\necho host script fails\nexit 9\n' > "$d/els/host-failer/extra-data.d/20-fail"
@@ -628,7 +630,7 @@ kill -TERM $pid
 wait $pid
 echo "hsig: status=$? after $(( $(date +%s) - start )) s"
 echo "hsig: left=$(pgrep -fc -- "host-sleeper-[6]00" || true)"
-echo "tmp: $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l)"
+echo "tmp: $(( $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l) - tmp_before ))"
 "#,
     );
     let s = build_output(&script);

@@ -3,105 +3,10 @@
 //! KVM can run it, else inside hack/nested-run, like the boot tests).
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
 use common::*;
-
-fn microdib(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_microdib")).args(args).output().expect("cannot run microdib")
-}
-
-fn fixtures() -> PathBuf {
-    workspace().join("tests/fixtures")
-}
-
-/// Where a build test's VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BuildVm {
-    /// What a user of this host gets, `--accel auto`: our VMM where KVM can run the guest, else
-    /// qemu TCG. The script runs here, natively.
-    Auto,
-    /// Our own VMM, `--accel kvm`: natively where KVM can run the guest, else inside
-    /// hack/nested-run, so every change to vmm/ is still tested on real (nested) KVM.
-    OurKvm,
-}
-
-/// Runs a bash script with `$MICRODIB` set and microdib pointed at the test kernel and agent;
-/// the appliance is built first on the host, where its cache is writable.
-fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
-    let kernel = kernel();
-    let agent = guest_agent();
-    let _ = appliance();
-    let microdib = match vm {
-        BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
-        BuildVm::OurKvm => accel_kvm_wrapper().clone(),
-    };
-    let env = [
-        ("MICRODIB", microdib.to_str().unwrap()),
-        ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-        ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        // The device watchdog's notes go to the build's stderr, for failures to show.
-        ("MICRODIB_LOG", "vmm=info,warn"),
-    ];
-    match vm {
-        BuildVm::Auto => run_emulated_here(script, &env),
-        BuildVm::OurKvm => run_script_with_env(script, &env),
-    }
-}
-
-/// A `microdib` that adds `--accel kvm` (which never falls back to qemu: it fails where KVM
-/// cannot run the guest). Scripts call "$MICRODIB" with their options. Inside hack/nested-run
-/// the build VM gets one vCPU (a script's own --smp comes later and wins): the emulated SVM
-/// resets two-vCPU guests under heavy I/O far more often.
-fn accel_kvm_wrapper() -> &'static PathBuf {
-    static W: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    W.get_or_init(|| {
-        let wrapper = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("microdib-accel-kvm");
-        let script = format!(
-            "#!/bin/sh\nsmp=\n[ \"$MICRODIB_IN_NESTED\" = 1 ] && smp='--smp 1'\nexec '{}' --accel kvm $smp \"$@\"\n",
-            env!("CARGO_BIN_EXE_microdib")
-        );
-        let tmp = wrapper.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, script).unwrap();
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        std::fs::rename(&tmp, &wrapper).unwrap();
-        wrapper
-    })
-}
-
-/// `run_build_script_on(BuildVm::Auto, ..)`: how most build tests run.
-fn run_build_script(script: &str) -> Output {
-    run_build_script_on(BuildVm::Auto, script)
-}
-
-/// The fixture library and elements directories, for build scripts.
-fn fixture_dirs() -> (String, String) {
-    (fixtures().join("lib").display().to_string(), fixtures().join("elements").display().to_string())
-}
-
-/// What a build script printed (see `run_build_script`).
-fn build_output(script: &str) -> String {
-    text(&run_build_script(script).stdout)
-}
-
-/// What a build script printed, its VM run as `vm` says.
-fn build_output_on(vm: BuildVm, script: &str) -> String {
-    text(&run_build_script_on(vm, script).stdout)
-}
-
-/// hack/dib-rootfs's three lines: the Debian root tarball, the diskimage-builder package
-/// directory (from PyPI) and its virtualenv's python.
-fn dib_rootfs() -> [String; 3] {
-    let made = Command::new(workspace().join("hack/dib-rootfs")).output().expect("cannot run hack/dib-rootfs");
-    assert!(made.status.success(), "hack/dib-rootfs failed:\n{}", text(&made.stderr));
-    let made = text(&made.stdout);
-    [0, 1, 2].map(|i| made.lines().nth(i).unwrap_or_default().to_owned())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn help_version_and_option_listings() {

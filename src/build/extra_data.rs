@@ -11,20 +11,20 @@ use std::time::Instant;
 use microdib_proto::client::ExitStatus;
 
 use super::env::{AUX, SYSROOT};
-use super::host_view::{make_removable, HostView};
+use super::host_view::{self, make_removable, HostView};
 use super::phases::{profiling_table, status_text, PhaseRunner, PhaseTimes};
 use super::BuildError;
 use crate::vmbackend::BuildVm;
 
 const PHASE: &str = "extra-data.d";
-/// The helper drive is not part of the view: it holds the guest's cache, which extra-data.d
-/// sees on the host as DIB_IMAGE_CACHE.
-const NOT_IN_VIEW: &str = "./tmp/in_target.aux/perm";
 
 /// The host side of extra-data.d for one build.
 pub struct ExtraData {
     /// The scripts, in run order (from the host copy of the hooks, as virt-dib did).
     pub scripts: Vec<String>,
+    /// The host's own copy of the hooks: the scripts and environment.d run from a copy of it in
+    /// the view, never from the guest's (which root.d could have changed).
+    pub hooks: PathBuf,
     /// Where the view is unpacked (`TMP_MOUNT_PATH`).
     pub mount: PathBuf,
     /// The shell text defining the element information (`env::element_info`).
@@ -56,8 +56,11 @@ impl ExtraData {
         let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
         let mount = self.mount.clone();
         let unpacker = std::thread::spawn(move || HostView::unpack(&mount, reader));
-        let exclude = format!("--exclude={NOT_IN_VIEW}");
-        let argv = ["tar", "-c", "-f", "-", "-C", SYSROOT, "--numeric-owner", &exclude, "."];
+        // The helper drive stays out (it is the guest's cache, DIB_IMAGE_CACHE on the host), and
+        // so do the guest's hooks: the host's own take their place below.
+        let exclude_perm = format!("--exclude=.{AUX}/perm");
+        let exclude_hooks = format!("--exclude=./{}", host_view::host_only().display());
+        let argv = ["tar", "-c", "-f", "-", "-C", SYSROOT, "--numeric-owner", &exclude_perm, &exclude_hooks, "."];
         vm.trace_command(&argv);
         let mut errors = Vec::new();
         let mut pipe_ok = true;
@@ -69,7 +72,7 @@ impl ExtraData {
             }
         });
         drop(writer);
-        let view = unpacker.join().map_err(|_| BuildError::Error("the extra-data.d unpacker panicked".into()))?;
+        let mut view = unpacker.join().map_err(|_| BuildError::Error("the extra-data.d unpacker panicked".into()))?;
         let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
         if status != ExitStatus::Code(0) {
             return Err(BuildError::Error(format!(
@@ -78,7 +81,11 @@ impl ExtraData {
                 status_text(&status)
             )));
         }
-        view.map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))
+        let extra = |e| BuildError::Error(format!("extra-data.d: {e}"));
+        if let Ok(v) = &mut view {
+            v.add_host_hooks(&self.hooks).map_err(extra)?;
+        }
+        view.map_err(extra)
     }
 
     fn run_scripts(&self, runner: &PhaseRunner<'_>, mount: &Path) -> Result<(), BuildError> {

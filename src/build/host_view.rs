@@ -21,6 +21,10 @@ pub enum HostViewError {
     Duplicate(PathBuf),
     #[error("the image's file list links {0:?} to something outside the image")]
     LinkOutside(PathBuf),
+    #[error("the image's file list holds {0:?}, which only the host may provide")]
+    HostOnly(PathBuf),
+    #[error("{0:?} in the image is not a directory")]
+    NotADirectory(PathBuf),
     #[error("cannot unpack {path:?} from the image: {source}")]
     Unpack {
         path: PathBuf,
@@ -82,6 +86,12 @@ pub struct HostView {
     recorded: HashMap<PathBuf, Recorded>,
 }
 
+/// The hooks in the aux tree (`env::AUX`, relative): the guest's are left out of the view, and
+/// the host puts its own trusted copy there (`add_host_hooks`).
+pub fn host_only() -> PathBuf {
+    Path::new(super::env::AUX.trim_start_matches('/')).join("hooks")
+}
+
 /// A relative path from the stream, or None if it is absolute or climbs out.
 fn clean_relative(p: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -128,6 +138,9 @@ impl HostView {
             }
             if !seen.insert(rel.clone()) {
                 return Err(HostViewError::Duplicate(rel));
+            }
+            if rel.starts_with(host_only()) {
+                return Err(HostViewError::HostOnly(rel));
             }
             let h = entry.header();
             let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
@@ -178,6 +191,82 @@ impl HostView {
             recorded.insert(rel, Recorded { kind, uid, gid, image_mode, host_mode, ino, ctime });
         }
         Ok(HostView { root: canon_root, recorded })
+    }
+
+    /// Puts a copy of the host's hooks (`src`) at `host_only()` (extra-data.d runs its scripts and
+    /// sources environment.d from there) and takes it as the image's, so only what scripts change
+    /// in it is written back. The guest's own hooks never reach the host: they could plant code.
+    pub fn add_host_hooks(&mut self, src: &Path) -> Result<(), HostViewError> {
+        let top = host_only();
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |e: std::io::Error| HostViewError::Walk { path, source: e }
+        };
+        // Its parents must be the image's own directories, not links leading elsewhere.
+        let parents: Vec<PathBuf> =
+            top.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()).map(Path::to_owned).collect();
+        for parent in &parents {
+            let m = std::fs::symlink_metadata(self.root.join(parent)).map_err(err(parent))?;
+            if !m.file_type().is_dir() {
+                return Err(HostViewError::NotADirectory(parent.clone()));
+            }
+        }
+        // create_dir, not create_dir_all: it fails on anything already there.
+        std::fs::create_dir(self.root.join(&top)).map_err(err(&top))?;
+        for child in std::fs::read_dir(src).map_err(err(src))? {
+            let name = child.map_err(err(src))?.file_name();
+            crate::elements::hooks::copy_tree(&src.join(&name), &self.root.join(&top).join(&name)).map_err(|e| {
+                HostViewError::Walk { path: top.join(&name), source: std::io::Error::other(e.to_string()) }
+            })?;
+        }
+        self.record_tree(&top)?;
+        // Making the tree changed its parent's ctime: it is as unpacked still.
+        for parent in &parents {
+            self.record(parent, None)?;
+        }
+        Ok(())
+    }
+
+    /// Records `rel` and everything below it as the image's, owned by root, modes as on the host.
+    fn record_tree(&mut self, rel: &Path) -> Result<(), HostViewError> {
+        let kind = self.record(rel, Some((0, 0)))?;
+        if kind == Kind::Dir {
+            let path = self.root.join(rel);
+            let walk_err = |e: std::io::Error| HostViewError::Walk { path: rel.to_owned(), source: e };
+            for e in std::fs::read_dir(path).map_err(walk_err)? {
+                self.record_tree(&rel.join(e.map_err(walk_err)?.file_name()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `rel`'s inode and ctime as they are now; `owner` makes a new record with the host's
+    /// mode as the image's, None keeps the rest of the existing one.
+    fn record(&mut self, rel: &Path, owner: Option<(u64, u64)>) -> Result<Kind, HostViewError> {
+        let m = std::fs::symlink_metadata(self.root.join(rel))
+            .map_err(|e| HostViewError::Walk { path: rel.to_owned(), source: e })?;
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else {
+            Kind::File
+        };
+        let (ino, ctime) = (m.ino(), (m.ctime(), m.ctime_nsec()));
+        match (owner, self.recorded.get_mut(rel)) {
+            (None, Some(r)) => {
+                r.ino = ino;
+                r.ctime = ctime;
+            }
+            (None, None) => return Err(HostViewError::NotADirectory(rel.to_owned())),
+            (Some((uid, gid)), _) => {
+                let mode = m.mode() & 0o7777;
+                let r = Recorded { kind, uid, gid, image_mode: mode, host_mode: mode, ino, ctime };
+                self.recorded.insert(rel.to_owned(), r);
+            }
+        }
+        Ok(kind)
     }
 
     /// The directory the scripts see as `TMP_MOUNT_PATH`.
@@ -339,6 +428,7 @@ mod tests {
         add_dir(&mut b, "./etc/", 0o755);
         add_dir(&mut b, "./ro/", 0o555);
         add_dir(&mut b, "./tmp/", 0o1777);
+        add_dir(&mut b, "./tmp/in_target.aux/", 0o755);
         let add_file = |b: &mut tar::Builder<Vec<u8>>, p: &str, mode, uid, data: &[u8]| {
             b.append_data(&mut header(tar::EntryType::Regular, mode, uid, data.len() as u64), p, data).unwrap()
         };
@@ -482,5 +572,50 @@ mod tests {
             b.append_data(&mut header(tar::EntryType::Directory, 0o700, 0, 0), "twice", std::io::empty()).unwrap();
         });
         assert!(matches!(r, Err(HostViewError::Duplicate(_))), "{:?}", r.err());
+    }
+
+    /// The image's aux tree never comes from the guest: the host brings its own hooks, and only
+    /// what extra-data.d changes in them goes back.
+    #[test]
+    fn the_hooks_in_the_view_are_the_hosts() {
+        let r = hostile(|b| {
+            let data = b"touch /pwned\n";
+            let mut h = header(tar::EntryType::Regular, 0o755, 0, data.len() as u64);
+            raw_name(&mut h, "tmp/in_target.aux/hooks/extra-data.d/10-x");
+            b.append(&h, &data[..]).unwrap();
+        });
+        assert!(matches!(r, Err(HostViewError::HostOnly(_))), "{:?}", r.err());
+
+        let t = TempDir::new("hooks");
+        let hooks = t.0.join("hooks");
+        std::fs::create_dir_all(hooks.join("extra-data.d")).unwrap();
+        std::fs::create_dir_all(hooks.join("environment.d")).unwrap();
+        std::fs::write(hooks.join("extra-data.d/10-real"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("10-real", hooks.join("extra-data.d/20-link")).unwrap();
+        let view_dir = t.0.join("view");
+        std::fs::create_dir(&view_dir).unwrap();
+        let mut view = HostView::unpack(&view_dir, &image()[..]).unwrap();
+        view.add_host_hooks(&hooks).unwrap();
+        let aux = view.root().join("tmp/in_target.aux/hooks");
+        assert_eq!(std::fs::read(aux.join("extra-data.d/10-real")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(std::fs::read_link(aux.join("extra-data.d/20-link")).unwrap(), Path::new("10-real"));
+        assert_eq!(view.changes().unwrap(), Changes::default(), "the host's hooks count as the image's");
+        std::fs::write(aux.join("environment.d/10-new"), b"x").unwrap();
+        let c = view.changes().unwrap();
+        assert_eq!(
+            c.written,
+            rel(&["tmp/in_target.aux/hooks/environment.d", "tmp/in_target.aux/hooks/environment.d/10-new"])
+        );
+        assert!(c.removed.is_empty());
+
+        // Its parents must be the image's directories, not links that lead elsewhere.
+        let t2 = TempDir::new("hooks-link");
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_data(&mut header(tar::EntryType::Directory, 0o1777, 0, 0), "tmp", std::io::empty()).unwrap();
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+        b.append_link(&mut h, "tmp/in_target.aux", "/home").unwrap();
+        let mut view = HostView::unpack(&t2.0, &b.into_inner().unwrap()[..]).unwrap();
+        let r = view.add_host_hooks(&hooks);
+        assert!(matches!(r, Err(HostViewError::NotADirectory(_))), "{:?}", r.err());
     }
 }

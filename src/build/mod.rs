@@ -313,6 +313,7 @@ fn extra_data_plan(
         expanded.iter().filter_map(|e| idx.get(e).map(|el| (e.clone(), el.dir.display().to_string()))).collect();
     ExtraData {
         scripts: phase_scripts(&hooks_dir.join("extra-data.d")),
+        hooks: hooks_dir.to_owned(),
         mount,
         element_info: env::element_info(&dirs),
         env,

@@ -44,3 +44,47 @@ ls "$d" | sed 's/^/file: /'
     assert!(!s.contains("file: marker-env"), "the guest's environment.d ran on the host:\n{s}");
     assert!(!s.contains("file: marker-script"), "the guest's extra-data.d script ran on the host:\n{s}");
 }
+
+/// A script that prints 256 MiB of zeros (no newline at all) keeps microdib's memory small:
+/// output is passed on and only a bounded tail is kept (it was accumulated and rescanned per
+/// frame: gigabytes and hours).
+#[test]
+fn endless_script_output_keeps_host_memory_bounded() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out" "$d/els/noisy/install.d"
+printf '#!/bin/bash\nhead -c 256M /dev/zero\necho\necho noise done >&2\n' > "$d/els/noisy/install.d/10-noise"
+chmod +x "$d/els/noisy/install.d/10-noise"
+timeout -k 5 900 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw \
+   --image-cache "$d/cache" fixture-os noisy > "$d/stdout" 2> "$d/stderr" &
+pid=$!
+hwm=0
+while kill -0 $pid 2>/dev/null; do
+    m=$(ps -o pid= --ppid $pid | head -1 | tr -d ' ') # timeout's child: microdib
+    v=$(awk '/^VmHWM/ {{print $2}}' /proc/$m/status 2>/dev/null)
+    [ -n "$v" ] && hwm=$v
+    sleep 0.2
+done
+wait $pid
+echo "host: status=$?"
+echo "host: hwm-kib=$hwm"
+echo "host: stdout-bytes=$(stat -c %s "$d/stdout")"
+sed 's/^/stderr: /' "$d/stderr" | tail -5
+"#
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("host: status=0");
+    let hwm: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("host: hwm-kib="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no memory figure:\n{s}"));
+    assert!(hwm > 0 && hwm < 256 * 1024, "microdib's peak memory was {hwm} KiB:\n{s}");
+    // All of it was passed on, none kept.
+    let bytes: u64 =
+        s.lines().find_map(|l| l.strip_prefix("host: stdout-bytes=")).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(bytes > 256 << 20, "{s}");
+}

@@ -13,7 +13,7 @@ use microdib_proto::client::ExitStatus;
 use super::env::{AUX, SYSROOT};
 use super::host_view::{self, make_removable, HostView};
 use super::phases::{profiling_table, status_text, PhaseRunner, PhaseTimes};
-use super::BuildError;
+use super::{capture, BuildError};
 use crate::vmbackend::BuildVm;
 
 const PHASE: &str = "extra-data.d";
@@ -62,11 +62,11 @@ impl ExtraData {
         let exclude_hooks = format!("--exclude=./{}", host_view::host_only().display());
         let argv = ["tar", "-c", "-f", "-", "-C", SYSROOT, "--numeric-owner", &exclude_perm, &exclude_hooks, "."];
         vm.trace_command(&argv);
-        let mut errors = Vec::new();
+        let mut errors = capture::Tail::new(capture::MESSAGE_MAX);
         let mut pipe_ok = true;
         let status = vm.agent()?.run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |is_err, d| {
             if is_err {
-                errors.extend_from_slice(d);
+                errors.feed(d);
             } else if pipe_ok {
                 pipe_ok = writer.write_all(d).is_ok();
             }
@@ -77,7 +77,7 @@ impl ExtraData {
         if status != ExitStatus::Code(0) {
             return Err(BuildError::Error(format!(
                 "cannot read the image's root for extra-data.d: {} ({})",
-                String::from_utf8_lossy(&errors).trim(),
+                errors.text(),
                 status_text(&status)
             )));
         }
@@ -145,21 +145,17 @@ fn write_back(vm: &mut BuildVm, view: &HostView) -> Result<(), BuildError> {
     if changes.is_empty() {
         return Ok(());
     }
-    let fail = |what: &str, s: ExitStatus, err: &[u8]| {
-        BuildError::Error(format!(
-            "cannot {what} the image after extra-data.d: {} ({})",
-            String::from_utf8_lossy(err).trim(),
-            status_text(&s)
-        ))
+    let fail = |what: &str, s: ExitStatus, err: &capture::Tail| {
+        BuildError::Error(format!("cannot {what} the image after extra-data.d: {} ({})", err.text(), status_text(&s)))
     };
     for chunk in changes.removed.chunks(256) {
         let paths: Vec<String> = chunk.iter().map(|p| format!("{SYSROOT}/{}", p.display())).collect();
         let mut argv = vec!["rm", "-rf", "--"];
         argv.extend(paths.iter().map(String::as_str));
-        let mut err = Vec::new();
+        let mut err = capture::Tail::new(capture::MESSAGE_MAX);
         let s = vm
             .agent()?
-            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |_, d| err.extend_from_slice(d))
+            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |_, d| err.feed(d))
             .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
         if s != ExitStatus::Code(0) {
             return Err(fail("update", s, &err));
@@ -171,8 +167,8 @@ fn write_back(vm: &mut BuildVm, view: &HostView) -> Result<(), BuildError> {
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     std::thread::scope(|s| {
         let packer = s.spawn(|| view.write_changes(&changes, writer));
-        let mut err = Vec::new();
-        let status = vm.agent()?.tar_in(SYSROOT, reader, |_, d| err.extend_from_slice(d));
+        let mut err = capture::Tail::new(capture::MESSAGE_MAX);
+        let status = vm.agent()?.tar_in(SYSROOT, reader, |_, d| err.feed(d));
         let packed = packer.join().map_err(|_| BuildError::Error("the extra-data.d packer panicked".into()))?;
         let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
         packed.map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;

@@ -5,6 +5,7 @@
 
 pub mod appliance;
 pub mod block_layer;
+pub mod capture;
 pub mod env;
 pub mod extra_data;
 pub mod host_view;
@@ -641,15 +642,15 @@ pub(super) fn tar_in(vm: &mut BuildVm, src: &Path, dest: &str) -> Result<(), Bui
         .spawn()
         .map_err(|e| format!("cannot run tar: {e}"))?;
     let Some(out) = tar.stdout.take() else { return Err("tar has no output".to_owned().into()) };
-    let mut errors = Vec::new();
-    let status = vm.agent()?.tar_in(dest, out, |_, d| errors.extend_from_slice(d));
+    let mut errors = capture::Tail::new(capture::MESSAGE_MAX);
+    let status = vm.agent()?.tar_in(dest, out, |_, d| errors.feed(d));
     let host = tar.wait().map_err(|e| format!("tar failed: {e}"))?;
     let status = status.map_err(|e| format!("copying {} into the build VM failed: {e}", src.display()))?;
     if !host.success() || status != microdib_proto::client::ExitStatus::Code(0) {
         return Err(BuildError::Error(format!(
             "copying {} into the build VM failed: {}",
             src.display(),
-            String::from_utf8_lossy(&errors).trim()
+            errors.text()
         )));
     }
     Ok(())

@@ -179,13 +179,13 @@ impl OutputPlan {
             ".",
         ];
         let mut werr = None;
-        let mut errs = Vec::new();
+        let mut errs = super::capture::Tail::new(super::capture::MESSAGE_MAX);
         let mut seen = 0u64;
         let status = vm
             .agent()?
             .run(&argv, &[("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")], Some("/"), |is_err, d| {
                 if is_err {
-                    errs.extend_from_slice(d);
+                    errs.feed(d);
                     return;
                 }
                 if werr.is_some() {
@@ -217,10 +217,7 @@ impl OutputPlan {
             return Err(BuildError::Error(e));
         }
         if status != microdib_proto::client::ExitStatus::Code(0) {
-            return Err(BuildError::Error(format!(
-                "tar of the image failed: {}",
-                String::from_utf8_lossy(&errs).trim()
-            )));
+            return Err(BuildError::Error(format!("tar of the image failed: {}", errs.text())));
         }
         let mut written = Vec::new();
         for (format, path, r) in finished {

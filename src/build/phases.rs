@@ -2,20 +2,18 @@
 //! streamed to the console (unless -q) and appended to the build log, timed, and stopped at the
 //! first failure with the element, phase, script, status and the tail of the output.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
 
 use super::env::{BuildVars, Context, AUX, SYSROOT};
-use super::BuildError;
+use super::{capture, BuildError};
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::messages::Reporter;
 use crate::vmbackend::BuildVm;
 
 /// Lines of output kept for the failure message.
-const TAIL_LINES: usize = 20;
 
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
@@ -120,6 +118,7 @@ impl<'a> PhaseRunner<'a> {
         let die = if chroot.is_none() { "1" } else { "0" };
         let wd = new_wd.unwrap_or("");
         let mut captured = String::new();
+        let answer_max = capture::ANSWER_MAX;
         let mut times = PhaseTimes::start(self.reporter, phase);
         for script in scripts {
             super::signals::check()?;
@@ -135,8 +134,8 @@ impl<'a> PhaseRunner<'a> {
                 die.into(),
             ];
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let mut tail: VecDeque<String> = VecDeque::new();
-            let mut partial = String::new();
+            let mut tail = capture::LineTail::default();
+            let mut answer = capture::Answer::new(answer_max);
             let quiet = self.reporter.quiet();
             let on_output = |is_err: bool, data: &[u8]| {
                 if !quiet {
@@ -144,19 +143,11 @@ impl<'a> PhaseRunner<'a> {
                     let _ = o.write_all(data);
                     let _ = o.flush();
                 }
-                let text = String::from_utf8_lossy(data);
                 // Standard output only: a `set -x` trace (stderr) must not count as an answer.
                 if capture && !is_err {
-                    captured.push_str(&text);
+                    answer.feed(data);
                 }
-                partial.push_str(&text);
-                while let Some(nl) = partial.find('\n') {
-                    let line: String = partial.drain(..=nl).collect();
-                    tail.push_back(line.trim_end_matches('\n').to_owned());
-                    if tail.len() > TAIL_LINES {
-                        tail.pop_front();
-                    }
-                }
+                tail.feed(data);
             };
             vm.trace_command(&argv);
             let agent = vm.agent()?;
@@ -165,15 +156,21 @@ impl<'a> PhaseRunner<'a> {
                 Some(root) => agent.run_chrooted(&argv, &env, Some("/"), root, on_output),
             };
             let secs = started.elapsed().as_secs_f64();
-            if !partial.is_empty() {
-                tail.push_back(partial.clone());
-                // Output without a final newline: the next progress line starts on its own line.
-                if !quiet {
-                    println!();
-                }
+            // Output without a final newline: the next progress line starts on its own line.
+            if tail.in_a_line() && !quiet {
+                println!();
             }
-            if capture && !captured.ends_with('\n') {
-                captured.push('\n');
+            if capture {
+                let text = answer.text().ok_or_else(|| {
+                    BuildError::Error(format!(
+                        "{phase}/{script} printed more than {} MiB on its standard output, which is read as its answer",
+                        answer.cap() >> 20
+                    ))
+                })?;
+                captured.push_str(&text);
+                if !captured.ends_with('\n') {
+                    captured.push('\n');
+                }
             }
             let status = status
                 .map_err(|e| BuildError::Error(format!("lost the build VM while running {phase}/{script}: {e}")))?;
@@ -182,7 +179,7 @@ impl<'a> PhaseRunner<'a> {
                 self.reporter.debug(&format!("{script} completed after {secs:.3} s"));
             }
             if !matches!(status, ExitStatus::Code(0)) {
-                let tail: Vec<String> = tail.into_iter().collect();
+                let tail = tail.into_lines();
                 return Err(BuildError::Error(format!(
                     "{phase}/{script} (element {}) failed: {}\nlast lines of its output:\n{}\n{}",
                     self.owner(phase, script),
@@ -238,25 +235,30 @@ pub fn guest_sh(vm: &mut BuildVm, script: &str, args: &[&str]) -> Result<String,
     argv.extend_from_slice(args);
     let env = [("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")];
     vm.trace_command(&argv);
-    let mut out = Vec::new();
-    let mut err = Vec::new();
+    let mut out = capture::Answer::new(capture::ANSWER_MAX);
+    let mut out_tail = capture::Tail::new(capture::MESSAGE_MAX);
+    let mut err = capture::Tail::new(capture::MESSAGE_MAX);
     let status = vm
         .agent()?
-        .run(
-            &argv,
-            &env,
-            Some("/"),
-            |is_err, d| if is_err { err.extend_from_slice(d) } else { out.extend_from_slice(d) },
-        )
+        .run(&argv, &env, Some("/"), |is_err, d| {
+            if is_err {
+                err.feed(d)
+            } else {
+                out.feed(d);
+                out_tail.feed(d);
+            }
+        })
         .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
     if status != ExitStatus::Code(0) {
-        let mut msg = String::from_utf8_lossy(&err).trim().to_owned();
+        let mut msg = err.text();
         if msg.is_empty() {
-            msg = String::from_utf8_lossy(&out).trim().to_owned();
+            msg = out_tail.text();
         }
         return Err(BuildError::Error(format!("{msg} ({})", status_text(&status))));
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    out.text().ok_or_else(|| {
+        BuildError::Error(format!("a command in the build VM printed more than {} MiB", capture::ANSWER_MAX >> 20))
+    })
 }
 
 /// block-device.d's contract: no output keeps `current`; otherwise exactly one

@@ -13,7 +13,6 @@ use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::messages::Reporter;
 use crate::vmbackend::BuildVm;
 
-
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
     pub reporter: &'a Reporter,

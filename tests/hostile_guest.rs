@@ -88,3 +88,56 @@ sed 's/^/stderr: /' "$d/stderr" | tail -5
         s.lines().find_map(|l| l.strip_prefix("host: stdout-bytes=")).and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!(bytes > 256 << 20, "{s}");
 }
+
+/// NAME.d comes back from the guest and is merged into the host's: a link an earlier build's
+/// guest left there is not written through, and a NAME.d that is itself a link is refused.
+#[test]
+fn name_d_copy_out_never_writes_through_links() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out" "$d/outside" "$d/els/namer/cleanup.d"
+cat > "$d/els/namer/cleanup.d/50-name" <<'EOS'
+#!/bin/bash
+set -e
+if [ "$NAMER" = link ]; then
+    ln -s "$OUTSIDE" "$DIB_MANIFEST_SAVE_DIR/k"
+else
+    mkdir -p "$DIB_MANIFEST_SAVE_DIR/k"
+    echo pwned > "$DIB_MANIFEST_SAVE_DIR/k/authorized_keys"
+fi
+echo "$NAMER" > "$DIB_MANIFEST_SAVE_DIR/manifest"
+EOS
+chmod +x "$d/els/namer/cleanup.d/50-name"
+export OUTSIDE="$d/outside"
+build() {{
+    NAMER=$1 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw \
+       --image-cache "$d/cache" --envvar NAMER --envvar OUTSIDE fixture-os namer > "$d/log" 2>&1
+    echo "host: $1 status=$?"
+}}
+build link
+echo "host: k after the first: $(stat -c %F "$d/out/img.d/k")"
+build write
+echo "host: outside holds: $(ls -A "$d/outside" | tr '\n' ' ')"
+echo "host: k after the second: $(stat -c %F "$d/out/img.d/k") $(cat "$d/out/img.d/k/authorized_keys")"
+echo "host: manifest: $(cat "$d/out/img.d/manifest")"
+# NAME.d itself a link to a host directory: refused, nothing written there.
+rm -rf "$d/out/img.d"
+ln -s "$d/outside" "$d/out/img.d"
+build write
+grep 'error' "$d/log" | sed 's/^/log: /'
+echo "host: outside holds after a linked NAME.d: $(ls -A "$d/outside" | tr '\n' ' ')"
+"#
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("host: link status=0");
+    has("host: k after the first: symbolic link");
+    has("host: write status=0");
+    has("host: outside holds: ");
+    has("host: k after the second: directory pwned");
+    has("host: manifest: write");
+    assert!(s.lines().any(|l| l.starts_with("log: ") && l.contains("img.d is not a directory")), "{s}");
+    has("host: outside holds after a linked NAME.d: ");
+}

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod env;
 pub mod extra_data;
 pub mod host_view;
+pub mod named_dir;
 pub mod outputs;
 pub mod phases;
 pub mod signals;
@@ -521,7 +522,7 @@ fn guest_build(
     let listing = guest_sh(vm, r#"ls -A "$1""#, &[&format!("/run/microdib/aux/out/{image_name}.d")])?;
     if !listing.trim().is_empty() {
         r.message("Extracting data out of the image");
-        plan.extract_named_dir(vm, image_name)?;
+        plan.extract_named_dir(vm)?;
     }
     // Final clean-up of the image.
     guest_sh(

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use super::{signals, BuildError};
 use crate::cli::Cmdline;
@@ -103,26 +103,24 @@ impl OutputPlan {
         Ok(())
     }
 
-    /// Copies the appliance's out/NAME.d into NAME.d on the host (merging).
-    pub fn extract_named_dir(&self, vm: &mut BuildVm, image_name: &str) -> Result<(), BuildError> {
-        let target_parent =
-            Path::new(&self.name).parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    /// Copies the appliance's out/NAME.d into NAME.d on the host (merging; `named_dir`).
+    pub fn extract_named_dir(&self, vm: &mut BuildVm) -> Result<(), BuildError> {
         let named = PathBuf::from(format!("{}.d", self.name));
-        std::fs::create_dir_all(&named).map_err(|e| format!("cannot create {}: {e}", named.display()))?;
-        let mut tar = super::signals::command("tar")
-            .arg("-C")
-            .arg(target_parent)
-            .args(["--no-same-owner", "-xf", "-", &format!("./{image_name}.d")])
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run tar: {e}"))?;
-        let Some(mut input) = tar.stdin.take() else { return Err("tar has no input".to_owned().into()) };
-        let status = vm.agent()?.tar_out("/run/microdib/aux/out", &mut input, |_| {});
-        drop(input);
-        let host = tar.wait().map_err(|e| format!("tar failed: {e}"))?;
+        let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let dest = named.clone();
+        let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
+        let mut errs = super::capture::Tail::new(super::capture::MESSAGE_MAX);
+        let status = vm.agent()?.tar_out("/run/microdib/aux/out", &mut writer, |d| errs.feed(d));
+        drop(writer);
+        let copied = unpacker.join().map_err(|_| BuildError::Error("the NAME.d unpacker panicked".into()))?;
+        copied.map_err(|e| BuildError::Error(format!("copying {} out of the image failed: {e}", named.display())))?;
         match status {
-            Ok(microdib_proto::client::ExitStatus::Code(0)) if host.success() => Ok(()),
-            other => Err(BuildError::Error(format!("copying {} out of the image failed ({other:?})", named.display()))),
+            Ok(microdib_proto::client::ExitStatus::Code(0)) => Ok(()),
+            other => Err(BuildError::Error(format!(
+                "copying {} out of the image failed: {} ({other:?})",
+                named.display(),
+                errs.text()
+            ))),
         }
     }
 

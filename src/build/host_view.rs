@@ -122,7 +122,7 @@ impl HostView {
     /// Unpacks the guest's tar stream of the target root into `root` (an empty directory).
     pub fn unpack(root: &Path, stream: impl Read) -> Result<HostView, HostViewError> {
         let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
-        let mut archive = tar::Archive::new(stream);
+        let mut archive = tar::Archive::new(crate::output::tar_guard::TarGuard::new(stream));
         archive.set_preserve_permissions(false);
         archive.set_preserve_mtime(true);
         archive.set_unpack_xattrs(false);

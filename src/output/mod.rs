@@ -10,6 +10,7 @@ pub mod qcow2;
 mod roundtrip;
 pub mod sparse;
 pub mod squashfs;
+pub mod tar_guard;
 pub mod vhd;
 
 use std::fmt;

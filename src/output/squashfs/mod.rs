@@ -215,7 +215,8 @@ pub fn write_from_tar(
     }
 
     let count = Rc::new(Cell::new(0u64));
-    let mut archive = tar::Archive::new(Counting { inner: tar, count: count.clone() });
+    let mut archive =
+        tar::Archive::new(Counting { inner: crate::output::tar_guard::TarGuard::new(tar), count: count.clone() });
     let entries = archive.entries()?;
     let mut st = State::new(bs as usize, &opts.exclude_contents_of, opts.mkfs_time)?;
     let mut sink =

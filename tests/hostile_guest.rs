@@ -141,3 +141,64 @@ echo "host: outside holds after a linked NAME.d: $(ls -A "$d/outside" | tr '\n' 
     assert!(s.lines().any(|l| l.starts_with("log: ") && l.contains("img.d is not a directory")), "{s}");
     has("host: outside holds after a linked NAME.d: ");
 }
+
+/// The helper drive (`--drive`) is written by the guest. One that writes the qcow2 magic into
+/// its first sector does not turn a raw helper into a qcow2 image of its own making on the next
+/// build; and a helper in use by one build is refused at once by a second.
+#[test]
+fn the_helper_drive_keeps_its_format_and_is_locked_while_in_use() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"# Under target/, whose file system keeps extended attributes (where the decision is kept).
+d=$(mktemp -d -p "$PWD/target")
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out" "$d/els/magic/root.d" "$d/els/sleeper/install.d"
+truncate -s 256M "$d/helper.img" && mkfs.ext4 -q -F "$d/helper.img"
+cat > "$d/els/magic/root.d/50-magic" <<'EOS'
+#!/bin/bash
+# The first 1024 bytes of an ext4 file system are unused: it stays mountable.
+printf 'QFI\373' | dd of=/run/microdib/disk/microdib-helper bs=4 count=1 conv=notrunc,fsync status=none
+echo "magic: $(head -c 4 /run/microdib/disk/microdib-helper | od -An -c | tr -d ' ')"
+EOS
+printf '#!/bin/bash\necho sleeping\nsleep 30\n' > "$d/els/sleeper/install.d/10-sleep"
+chmod +x "$d/els/magic/root.d/50-magic" "$d/els/sleeper/install.d/10-sleep"
+run() {{
+    name=$1; shift
+    "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/$name" --size 256M --formats raw \
+       --image-cache "$d/cache" --drive "$d/helper.img" fixture-os "$@"
+}}
+run one magic > "$d/one.log" 2>&1
+echo "one: status=$?"
+grep '^magic:' "$d/one.log"
+echo "host: helper starts with $(head -c 4 "$d/helper.img" | od -An -c | tr -d ' ')"
+run two > "$d/two.log" 2>&1
+echo "two: status=$?"
+grep 'error' "$d/two.log" | sed 's/^/two: /'
+# Two builds on one helper: the second is refused at once.
+run three sleeper > "$d/three.log" 2>&1 &
+pid=$!
+for i in $(seq 1 600); do grep -q '^sleeping' "$d/three.log" && break; sleep 0.5; done
+start=$(date +%s)
+run four > "$d/four.log" 2>&1
+echo "four: status=$? after $(( $(date +%s) - start )) s"
+sed 's/^/four: /' "$d/four.log" | grep error
+wait $pid
+echo "three: status=$?"
+"#
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("one: status=0");
+    has(r"magic: QFI373");
+    has(r"host: helper starts with QFI373");
+    has("two: status=0");
+    has("three: status=0");
+    let four = s.lines().find(|l| l.starts_with("four: status=")).unwrap_or_else(|| panic!("{s}"));
+    let secs: u64 = four.rsplit(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+    assert!(four.starts_with("four: status=1 ") && secs < 10, "{four}\n{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("four: microdib: error: ") && l.contains("helper.img is in use by another build")),
+        "{s}"
+    );
+}

@@ -8,6 +8,7 @@ pub mod block_layer;
 pub mod capture;
 pub mod env;
 pub mod extra_data;
+pub mod helper_drive;
 pub mod host_view;
 pub mod named_dir;
 pub mod outputs;
@@ -205,10 +206,8 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     let helper = match &c.drive {
         Some(d) => VmDisk {
             path: PathBuf::from(d),
-            format: match c.drive_format.as_deref() {
-                None => guess_drive_format(Path::new(d))?,
-                Some(f) => f.parse().map_err(|e: String| BuildError::Error(format!("--drive-format: {e}")))?,
-            },
+            format: helper_drive::drive_format(Path::new(d), c.drive_format.as_deref())
+                .map_err(|e| BuildError::Error(e.to_string()))?,
             read_only: false,
             serial: guest::HELPER_SERIAL.into(),
             scratch: false,
@@ -353,16 +352,6 @@ fn requested_elements(c: &Cmdline) -> Vec<String> {
         named.push(e.to_owned());
     }
     elements::requested(&named, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()))
-}
-
-/// Without --drive-format: qcow2 only if the file says so, else raw (the helper is the user's
-/// own file; a target disk is never probed).
-fn guess_drive_format(p: &Path) -> Result<DiskFormat, BuildError> {
-    let mut magic = [0u8; 4];
-    let f = std::fs::File::open(p).map_err(|e| format!("cannot open the helper drive {}: {e}", p.display()))?;
-    use std::os::unix::fs::FileExt;
-    let n = f.read_at(&mut magic, 0).unwrap_or(0);
-    Ok(if n == 4 && &magic == b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
 }
 
 /// Which element each copied script came from.
@@ -679,17 +668,5 @@ mod tests {
     fn image_cache_defaults_to_homes_image_create() {
         assert_eq!(image_cache_path(None, Some("/home/u".into())), PathBuf::from("/home/u/.cache/image-create"));
         assert_eq!(image_cache_path(Some("rel/c"), Some("/home/u".into())), PathBuf::from("rel/c"));
-    }
-
-    #[test]
-    fn helper_drive_format_is_qcow2_only_by_its_magic() {
-        let d = std::env::temp_dir().join(format!("microdib-drive-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("q"), b"QFI\xfb\0\0\0\x03").unwrap();
-        std::fs::write(d.join("r"), vec![0u8; 512]).unwrap();
-        assert_eq!(guess_drive_format(&d.join("q")).unwrap(), DiskFormat::Qcow2);
-        assert_eq!(guess_drive_format(&d.join("r")).unwrap(), DiskFormat::Raw);
-        assert!(guess_drive_format(&d.join("missing")).is_err());
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

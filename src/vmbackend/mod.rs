@@ -7,6 +7,7 @@
 //! through vhost-user), so the agent is reached through the same protocol. Only the build VM is
 //! emulated under `tcg`: everything else stays native on the host.
 
+mod disk_lock;
 mod kvm;
 mod tcg;
 
@@ -52,6 +53,8 @@ pub enum VmError {
     NoAgent { why: String, console: String },
     #[error("the build VM did not shut down cleanly: {0}")]
     Shutdown(String),
+    #[error("{0} is in use by another build or VM (it is locked); wait for it to finish or use another file")]
+    DiskInUse(PathBuf),
 }
 
 /// The resolved backend, with what it needs from the host.
@@ -202,6 +205,8 @@ pub struct BuildVm {
     /// The network backend: killed when the VM is dropped, after the VM has stopped.
     passt: Option<Passt>,
     started: Instant,
+    /// Dropped last: the disks stay locked until the VM is gone.
+    _locks: disk_lock::DiskLocks,
 }
 
 impl BuildVm {
@@ -210,6 +215,7 @@ impl BuildVm {
     pub fn start(backend: &Backend, spec: VmSpec) -> Result<BuildVm, VmError> {
         // Kernel command-line words for the agent; each backend puts its own base first.
         let mut agent_words = String::new();
+        let locks = disk_lock::DiskLocks::take(&spec.all_disks())?;
         let (passt, net_socket) = match &spec.network {
             Some(n) => {
                 let net = GuestNetwork::DEFAULT;
@@ -234,6 +240,7 @@ impl BuildVm {
             vsock,
             passt,
             started: Instant::now(),
+            _locks: locks,
         })
     }
 

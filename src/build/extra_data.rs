@@ -33,6 +33,9 @@ pub struct ExtraData {
     pub env: BTreeMap<String, String>,
     /// The wrapper in the host aux tree.
     pub wrapper: PathBuf,
+    /// Most file data the view may take on the host: the size of the disk the root is on (the
+    /// image cannot hold more, whatever its stream says).
+    pub max_bytes: u64,
 }
 
 impl ExtraData {
@@ -55,12 +58,15 @@ impl ExtraData {
         std::fs::create_dir_all(&self.mount).map_err(|e| format!("cannot create {}: {e}", self.mount.display()))?;
         let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
         let mount = self.mount.clone();
-        let unpacker = std::thread::spawn(move || HostView::unpack(&mount, reader));
+        let budget = self.max_bytes;
+        let unpacker = std::thread::spawn(move || HostView::unpack(&mount, reader, budget));
         // The helper drive stays out (it is the guest's cache, DIB_IMAGE_CACHE on the host), and
         // so do the guest's hooks: the host's own take their place below.
         let exclude_perm = format!("--exclude=.{AUX}/perm");
         let exclude_hooks = format!("--exclude=./{}", host_view::host_only().display());
-        let argv = ["tar", "-c", "-f", "-", "-C", SYSROOT, "--numeric-owner", &exclude_perm, &exclude_hooks, "."];
+        // --sparse: a 200 GiB sparse file in the image stays a few blocks on the host.
+        let argv =
+            ["tar", "-c", "-f", "-", "--sparse", "-C", SYSROOT, "--numeric-owner", &exclude_perm, &exclude_hooks, "."];
         vm.trace_command(&argv);
         let mut errors = capture::Tail::new(capture::MESSAGE_MAX);
         let mut pipe_ok = true;

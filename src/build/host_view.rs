@@ -25,6 +25,8 @@ pub enum HostViewError {
     HostOnly(PathBuf),
     #[error("{0:?} in the image is not a directory")]
     NotADirectory(PathBuf),
+    #[error("the image's files hold more than {0} bytes of data, more than its disk")]
+    TooBig(u64),
     #[error("cannot unpack {path:?} from the image: {source}")]
     Unpack {
         path: PathBuf,
@@ -105,6 +107,68 @@ fn clean_relative(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// Points every link of the image that could lead out of the view (absolute, or climbing with
+/// `..`) at the place it names in the image, as an absolute host path inside the view: a host
+/// script writing through `opt -> /home/u` writes the image's /home/u, never the user's.
+/// Relative links without `..` stay as they are: with the others contained, they cannot leave.
+fn contain_links(root: &Path, links: &HashMap<PathBuf, PathBuf>) -> Result<(), HostViewError> {
+    for (link, target) in links {
+        let climbs = target.components().any(|c| matches!(c, Component::ParentDir));
+        if !target.is_absolute() && !climbs {
+            continue;
+        }
+        let inside = root.join(resolve_in_image(links, link, target));
+        let path = root.join(link);
+        let err = |e: std::io::Error| HostViewError::Unpack { path: link.clone(), source: e };
+        std::fs::remove_file(&path).map_err(err)?;
+        std::os::unix::fs::symlink(&inside, &path).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Where the link `link` (relative to the root) to `target` leads in the image, resolved as the
+/// guest's kernel would with the image as its root (`..` stops at the root, links are followed
+/// with the image's own targets): a path relative to the root, without links in its directories.
+fn resolve_in_image(links: &HashMap<PathBuf, PathBuf>, link: &Path, target: &Path) -> PathBuf {
+    let mut at: Vec<std::ffi::OsString> = match target.is_absolute() {
+        true => Vec::new(),
+        false => link.parent().map(|p| p.iter().map(|c| c.to_owned()).collect()).unwrap_or_default(),
+    };
+    let mut pending: std::collections::VecDeque<Option<std::ffi::OsString>> = target_parts(target).collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        let Some(name) = part else {
+            at.pop();
+            continue;
+        };
+        at.push(name);
+        let here: PathBuf = at.iter().collect();
+        if let Some(next) = links.get(&here) {
+            hops += 1;
+            if hops > 40 {
+                break; // a loop (ELOOP in the guest): where we got to is inside, which is enough
+            }
+            at.pop();
+            if next.is_absolute() {
+                at.clear();
+            }
+            for p in target_parts(next).collect::<Vec<_>>().into_iter().rev() {
+                pending.push_front(p);
+            }
+        }
+    }
+    at.iter().collect()
+}
+
+/// A link target's parts: Some(name), or None for `..`.
+fn target_parts(target: &Path) -> impl Iterator<Item = Option<std::ffi::OsString>> + '_ {
+    target.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(Some(n.to_owned())),
+        Component::ParentDir => Some(None),
+        _ => None,
+    })
+}
+
 /// Whether `path`'s parent directory, with every symlink resolved, is inside `root` (canonical).
 fn parent_inside(root: &Path, path: &Path) -> bool {
     path.parent().and_then(|p| p.canonicalize().ok()).is_some_and(|p| p.starts_with(root))
@@ -119,8 +183,9 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 impl HostView {
-    /// Unpacks the guest's tar stream of the target root into `root` (an empty directory).
-    pub fn unpack(root: &Path, stream: impl Read) -> Result<HostView, HostViewError> {
+    /// Unpacks the guest's tar stream of the target root into `root` (an empty directory);
+    /// sparse files stay sparse, and at most `max_bytes` of file data are taken.
+    pub fn unpack(root: &Path, stream: impl Read, max_bytes: u64) -> Result<HostView, HostViewError> {
         let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
         let mut archive = tar::Archive::new(crate::output::tar_guard::TarGuard::new(stream));
         archive.set_preserve_permissions(false);
@@ -128,6 +193,8 @@ impl HostView {
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(false);
         let mut seen: HashSet<PathBuf> = HashSet::new();
+        let mut stored = 0u64;
+        let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
         let mut meta: HashMap<PathBuf, (Kind, u64, u64, u32, u32)> = HashMap::new();
         for entry in archive.entries().map_err(HostViewError::Stream)? {
             let mut entry = entry.map_err(HostViewError::Stream)?;
@@ -142,6 +209,11 @@ impl HostView {
             if rel.starts_with(host_only()) {
                 return Err(HostViewError::HostOnly(rel));
             }
+            // The data stored in the stream (for a sparse file, its chunks only).
+            stored = stored.saturating_add(entry.header().entry_size().unwrap_or(u64::MAX));
+            if stored > max_bytes {
+                return Err(HostViewError::TooBig(max_bytes));
+            }
             let h = entry.header();
             let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
             let image_mode = h.mode().unwrap_or(0o644) & 0o7777;
@@ -153,6 +225,8 @@ impl HostView {
             } else if kind.is_file() || kind.is_gnu_sparse() || kind == tar::EntryType::Continuous {
                 (Kind::File, (image_mode & 0o777) | 0o600)
             } else if kind.is_symlink() {
+                let target = entry.link_name().map_err(HostViewError::Stream)?.unwrap_or_default().into_owned();
+                links.insert(rel.clone(), target);
                 (Kind::Symlink, 0o777)
             } else if kind.is_hard_link() {
                 let target = entry
@@ -180,6 +254,7 @@ impl HostView {
             set_mode(&dst, host_mode).map_err(unpack_err)?;
             meta.insert(rel, (kind, uid, gid, image_mode, host_mode));
         }
+        contain_links(&canon_root, &links)?;
         // Inode and ctime once everything is in place (unpacking a child changes its parent).
         let mut recorded = HashMap::with_capacity(meta.len());
         for (rel, (kind, uid, gid, image_mode, host_mode)) in meta {
@@ -359,6 +434,12 @@ impl HostView {
                 b.append_data(&mut h, rel, std::io::empty()).map_err(walk_err)?;
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&path).map_err(walk_err)?;
+                // A link into the view (`contain_links`, or one a script made so) is the image's
+                // absolute path again.
+                let target = match target.strip_prefix(&self.root) {
+                    Ok(inside) => Path::new("/").join(inside),
+                    Err(_) => target,
+                };
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
                 b.append_link(&mut h, rel, &target).map_err(walk_err)?;
@@ -451,10 +532,12 @@ mod tests {
     #[test]
     fn unchanged_view_has_no_changes_and_changes_carry_image_owners() {
         let t = TempDir::new("changes");
-        let view = HostView::unpack(&t.0, &image()[..]).unwrap();
+        let view = HostView::unpack(&t.0, &image()[..], 1 << 30).unwrap();
         let root = view.root().to_owned();
         assert_eq!(std::fs::read(root.join("etc/shadow")).unwrap(), b"secret\n", "readable by the user");
-        assert_eq!(std::fs::read_link(root.join("etc/abs")).unwrap(), Path::new("/etc/hostname"));
+        // An absolute link leads to the image's file, not the host's.
+        assert_eq!(std::fs::read_link(root.join("etc/abs")).unwrap(), root.join("etc/hostname"));
+        assert_eq!(std::fs::read(root.join("etc/abs")).unwrap(), b"image\n");
         assert!(!root.join("null").exists(), "devices stay in the image only");
         assert_eq!(view.changes().unwrap(), Changes::default());
 
@@ -508,7 +591,7 @@ mod tests {
     #[test]
     fn deleting_a_tree_removes_only_its_top() {
         let t = TempDir::new("tree");
-        let view = HostView::unpack(&t.0, &image()[..]).unwrap();
+        let view = HostView::unpack(&t.0, &image()[..], 1 << 30).unwrap();
         make_removable(&view.root().join("ro"));
         std::fs::remove_dir_all(view.root().join("ro")).unwrap();
         assert_eq!(view.changes().unwrap(), Changes { removed: rel(&["ro"]), written: vec![] });
@@ -519,7 +602,7 @@ mod tests {
         build(&mut b);
         let bytes = b.into_inner().unwrap();
         let t = TempDir::new("hostile");
-        let r = HostView::unpack(&t.0, &bytes[..]);
+        let r = HostView::unpack(&t.0, &bytes[..], 1 << 30);
         // Nothing may have been written next to the view.
         let outside: Vec<_> = std::fs::read_dir(t.0.parent().unwrap())
             .unwrap()
@@ -594,7 +677,7 @@ mod tests {
         std::os::unix::fs::symlink("10-real", hooks.join("extra-data.d/20-link")).unwrap();
         let view_dir = t.0.join("view");
         std::fs::create_dir(&view_dir).unwrap();
-        let mut view = HostView::unpack(&view_dir, &image()[..]).unwrap();
+        let mut view = HostView::unpack(&view_dir, &image()[..], 1 << 30).unwrap();
         view.add_host_hooks(&hooks).unwrap();
         let aux = view.root().join("tmp/in_target.aux/hooks");
         assert_eq!(std::fs::read(aux.join("extra-data.d/10-real")).unwrap(), b"#!/bin/sh\n");
@@ -614,8 +697,96 @@ mod tests {
         b.append_data(&mut header(tar::EntryType::Directory, 0o1777, 0, 0), "tmp", std::io::empty()).unwrap();
         let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
         b.append_link(&mut h, "tmp/in_target.aux", "/home").unwrap();
-        let mut view = HostView::unpack(&t2.0, &b.into_inner().unwrap()[..]).unwrap();
+        let mut view = HostView::unpack(&t2.0, &b.into_inner().unwrap()[..], 1 << 30).unwrap();
         let r = view.add_host_hooks(&hooks);
         assert!(matches!(r, Err(HostViewError::NotADirectory(_))), "{:?}", r.err());
+    }
+
+    /// GNU tar's sparse entries (what the guest sends, `tar --sparse`) stay sparse in the view,
+    /// and the view takes no more file data than the image's disk can hold.
+    #[test]
+    fn sparse_files_stay_sparse_and_the_view_is_bounded() {
+        let t = TempDir::new("sparse");
+        let src = t.0.join("src");
+        std::fs::create_dir(&src).unwrap();
+        let f = std::fs::File::create(src.join("big")).unwrap();
+        f.set_len(8 << 30).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, b"end", (8 << 30) - 3).unwrap();
+        std::fs::write(src.join("small"), vec![1u8; 100_000]).unwrap();
+        let tar = std::process::Command::new("tar")
+            .args(["-c", "-f", "-", "--sparse", "--numeric-owner", "-C"])
+            .arg(&src)
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(tar.status.success());
+        let view_dir = t.0.join("view");
+        std::fs::create_dir(&view_dir).unwrap();
+        let view = HostView::unpack(&view_dir, &tar.stdout[..], 1 << 20).unwrap();
+        let m = std::fs::metadata(view.root().join("big")).unwrap();
+        assert_eq!(m.len(), 8 << 30);
+        assert!(m.blocks() * 512 < 1 << 20, "8 GiB sparse file took {} bytes", m.blocks() * 512);
+        let end = std::fs::File::open(view.root().join("big")).unwrap();
+        let mut b = [0u8; 3];
+        std::os::unix::fs::FileExt::read_at(&end, &mut b, (8 << 30) - 3).unwrap();
+        assert_eq!(&b, b"end");
+
+        let view_dir = t.0.join("view2");
+        std::fs::create_dir(&view_dir).unwrap();
+        let r = HostView::unpack(&view_dir, &tar.stdout[..], 50_000);
+        assert!(matches!(r, Err(HostViewError::TooBig(50_000))), "{:?}", r.err());
+    }
+
+    /// Links that lead out of the root on the host (absolute ones, `..` past the top, chains of
+    /// both) lead to the same place inside the view; writes through them stay in the image, and
+    /// an unchanged link goes back as it was.
+    #[test]
+    fn links_cannot_lead_host_scripts_out_of_the_view() {
+        let t = TempDir::new("links");
+        let mut b = tar::Builder::new(Vec::new());
+        for d in ["./home/", "./home/u/", "./tmp/", "./lib/"] {
+            b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0, 0), d, std::io::empty()).unwrap();
+        }
+        let mut link = |name: &str, target: &str| {
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0, 0);
+            b.append_link(&mut h, name, target).unwrap();
+        };
+        link("opt", "/home/u");
+        link("tmp/up", "../../../../../home");
+        link("tmp/root", "/");
+        link("tmp/chain", "root/..");
+        link("lib/libx.so", "libx.so.1");
+        link("tmp/loop", "loop2");
+        link("tmp/loop2", "/tmp/loop");
+        let view = HostView::unpack(&t.0, &b.into_inner().unwrap()[..], 1 << 30).unwrap();
+        let root = view.root().to_owned();
+        let target = |p: &str| std::fs::read_link(root.join(p)).unwrap();
+        assert_eq!(target("opt"), root.join("home/u"));
+        assert_eq!(target("tmp/up"), root.join("home"));
+        assert_eq!(target("tmp/root"), root.join(""));
+        assert_eq!(target("tmp/chain"), root.join(""));
+        assert_eq!(target("lib/libx.so"), Path::new("libx.so.1"), "plain relative links stay");
+        assert!(target("tmp/loop2").starts_with(&root));
+        // A script writes through them: the files land in the view, hence in the image.
+        std::fs::write(root.join("opt/written"), b"x").unwrap();
+        std::fs::write(root.join("tmp/chain/top"), b"y").unwrap();
+        assert_eq!(std::fs::read(root.join("home/u/written")).unwrap(), b"x");
+        assert_eq!(std::fs::read(root.join("top")).unwrap(), b"y");
+        let c = view.changes().unwrap();
+        assert_eq!(c.written, rel(&["home/u", "home/u/written", "top"]));
+        // A script's own link into the view goes back as the image's absolute path.
+        std::os::unix::fs::symlink(root.join("home/u"), root.join("newlink")).unwrap();
+        let c = view.changes().unwrap();
+        let mut out = Vec::new();
+        view.write_changes(&c, &mut out).unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let back = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap() == Path::new("newlink"))
+            .map(|e| e.link_name().unwrap().unwrap().into_owned())
+            .unwrap();
+        assert_eq!(back, Path::new("/home/u"));
     }
 }

@@ -315,6 +315,7 @@ fn extra_data_plan(
     ExtraData {
         scripts: phase_scripts(&hooks_dir.join("extra-data.d")),
         hooks: hooks_dir.to_owned(),
+        max_bytes: c.size,
         mount,
         element_info: env::element_info(&dirs),
         env,

@@ -417,7 +417,7 @@ mod tests {
                 let started = std::time::Instant::now();
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).unwrap();
-                let r = crate::build::host_view::HostView::unpack(&dir, bomb);
+                let r = crate::build::host_view::HostView::unpack(&dir, bomb, 16 << 30);
                 assert!(r.is_err(), "host view took the {name} bomb");
                 let r = crate::build::named_dir::copy_out(
                     bombs().into_iter().find(|b| b.0 == name).unwrap().1,

@@ -144,7 +144,8 @@ echo "host: outside holds after a linked NAME.d: $(ls -A "$d/outside" | tr '\n' 
 
 /// The helper drive (`--drive`) is written by the guest. One that writes the qcow2 magic into
 /// its first sector does not turn a raw helper into a qcow2 image of its own making on the next
-/// build; and a helper in use by one build is refused at once by a second.
+/// build; and a helper in use by one build is refused at once by a second, as is a second build
+/// with the same `--name`.
 #[test]
 fn the_helper_drive_keeps_its_format_and_is_locked_while_in_use() {
     let (lib, els) = fixture_dirs();
@@ -182,6 +183,11 @@ start=$(date +%s)
 run four > "$d/four.log" 2>&1
 echo "four: status=$? after $(( $(date +%s) - start )) s"
 sed 's/^/four: /' "$d/four.log" | grep error
+# A second build with the same --name (another helper): refused at once too.
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/three" --size 256M --formats raw \
+   --image-cache "$d/cache" fixture-os > "$d/five.log" 2>&1
+echo "five: status=$?"
+sed 's/^/five: /' "$d/five.log" | grep error
 wait $pid
 echo "three: status=$?"
 "#
@@ -193,6 +199,11 @@ echo "three: status=$?"
     has(r"host: helper starts with QFI373");
     has("two: status=0");
     has("three: status=0");
+    assert!(
+        s.lines().any(|l| l.starts_with("five: microdib: error: another build is writing the outputs named ")),
+        "{s}"
+    );
+    has("five: status=1");
     let four = s.lines().find(|l| l.starts_with("four: status=")).unwrap_or_else(|| panic!("{s}"));
     let secs: u64 = four.rsplit(' ').nth(1).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
     assert!(four.starts_with("four: status=1 ") && secs < 10, "{four}\n{s}");

@@ -10,6 +10,7 @@ pub mod env;
 pub mod extra_data;
 pub mod helper_drive;
 pub mod host_view;
+pub mod name_lock;
 pub mod named_dir;
 pub mod outputs;
 pub mod phases;

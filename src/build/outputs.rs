@@ -37,6 +37,8 @@ pub struct OutputPlan {
     qcow2: Qcow2Options,
     squashfs: SquashfsOptions,
     docker_target: Option<String>,
+    /// The output name's lock (`name_lock`), released after the partial files are dealt with.
+    lock: Option<super::name_lock::NameLock>,
 }
 
 /// The temporary name of an output: absolute, so tools never read `a:b` as a protocol.
@@ -76,12 +78,14 @@ impl OutputPlan {
                 ..Default::default()
             },
             docker_target: c.docker_target.clone(),
+            lock: None,
         };
         if let Some(dir) = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(BuildError::Error(format!("the output directory {} does not exist", dir.display())));
             }
         }
+        plan.lock = Some(super::name_lock::NameLock::take(&c.name).map_err(|e| BuildError::Error(e.to_string()))?);
         if c.formats.contains(&Format::Raw) && !ramdisk {
             let fin = plan.file(Format::Raw);
             plan.target_disk = partial_name(&fin);

@@ -213,3 +213,34 @@ echo "three: status=$?"
         "{s}"
     );
 }
+
+/// microdib killed with SIGKILL (no chance to clean up) in the middle of extra-data.d: the host
+/// script it runs dies with it within 2 s (PR_SET_PDEATHSIG on every child microdib starts),
+/// as the build VM's qemu and passt do (`sigkill_mid_build_leaves_no_qemu_or_passt`).
+#[test]
+fn sigkill_mid_extra_data_leaves_no_host_script() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"; pkill -KILL -f "host-sleeper-[7]00" || true' EXIT
+mkdir -p "$d/out" "$d/els/host-sleeper/extra-data.d"
+# (Named so that pgrep finds it and not this script, whose text holds the name's recipe.)
+printf '#!/bin/bash\necho host sleeping\nexec -a "host-sleeper-$((7*100))" sleep 600\n' > "$d/els/host-sleeper/extra-data.d/10-sleep"
+chmod +x "$d/els/host-sleeper/extra-data.d/10-sleep"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw \
+   --image-cache "$d/cache" --debug 1 fixture-os host-sleeper > "$d/log" 2>&1 &
+pid=$!
+for i in $(seq 1 600); do grep -q '^host sleeping' "$d/log" && break; sleep 0.5; done
+echo "before: $(pgrep -fc -- "host-sleeper-[7]00" || true)"
+kill -KILL $pid
+wait $pid 2>/dev/null
+sleep 2
+echo "after: $(pgrep -fc -- "host-sleeper-[7]00" || true)"
+tmp=$(sed -n 's/.*tmpdir: //p' "$d/log"); case $tmp in */microdib.*) rm -rf "$tmp" ;; esac
+"#
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("before: 1");
+    has("after: 0");
+}

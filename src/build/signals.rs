@@ -50,9 +50,13 @@ pub fn install() {
 pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(program);
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            // Killed with microdib, even by SIGKILL (the commands are started from the build's
+            // own thread, which lives as long as they do).
+            vmm::child::die_with_parent(parent)?;
             vmm::child::unblock_signals();
             // Host tools and extra-data.d scripts get nothing of ours but their stdio (no guest
             // memory, eventfds or sockets a library opened without O_CLOEXEC).

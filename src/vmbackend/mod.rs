@@ -413,6 +413,9 @@ mod tests {
         std::fs::write(&p, "0123456789").unwrap();
         assert_eq!(file_tail(&p, 4), "6789");
         assert_eq!(file_tail(&p, 100), "0123456789");
+        // A byte that is not UTF-8 (the guest chose it) costs one character, not the message.
+        std::fs::write(&p, b"boot\xffpanic").unwrap();
+        assert_eq!(file_tail(&p, 100), "boot\u{fffd}panic");
         std::fs::remove_file(&p).unwrap();
         assert_eq!(file_tail(&p, 4), "");
     }

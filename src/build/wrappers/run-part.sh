@@ -22,4 +22,5 @@ fi
 if [ -n "$new_wd" ]; then
     cd "$new_wd"
 fi
-"$target_dir/$script"
+# exec: on the host, the script itself is then microdib's child and dies with it.
+exec "$target_dir/$script"

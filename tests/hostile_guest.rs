@@ -244,3 +244,28 @@ tmp=$(sed -n 's/.*tmpdir: //p' "$d/log"); case $tmp in */microdib.*) rm -rf "$tm
     has("before: 1");
     has("after: 0");
 }
+
+/// block-device.d's standard output is read as its answer (the device to use): an endless one
+/// is cut at its cap and ends the build with a clear error, not a huge answer.
+#[test]
+fn an_endless_block_device_answer_is_refused() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out" "$d/els/loud/block-device.d"
+printf '#!/bin/bash\nhead -c 5M /dev/zero | tr "\\\\0" x\necho\n' > "$d/els/loud/block-device.d/10-loud"
+chmod +x "$d/els/loud/block-device.d/10-loud"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/img" --size 256M --formats raw \
+   --image-cache "$d/cache" fixture-os loud > /dev/null 2> "$d/err"
+echo "host: status=$?"
+grep error "$d/err" | sed 's/^/err: /'
+echo "host: files=$(ls -A "$d/out" | tr '\n' ' ')"
+"#
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?} in:\n{s}");
+    has("host: status=1");
+    has("err: microdib: error: block-device.d/10-loud printed more than 4 MiB on its standard output, which is read as its answer");
+    has("host: files=");
+}

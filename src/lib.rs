@@ -11,4 +11,6 @@ pub mod output;
 pub mod preflight;
 pub mod shell;
 pub mod stamp;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod vmbackend;

@@ -472,21 +472,7 @@ pub fn make_removable(root: &Path) {
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("microdib-hostview-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            make_removable(&self.0);
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     fn header(kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();

@@ -202,20 +202,7 @@ fn merge_dir(src: &Path, dest: &OwnedFd, shown: &Path) -> Result<(), NamedDirErr
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("microdib-named-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     fn stream(entries: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());

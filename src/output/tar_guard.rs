@@ -22,7 +22,7 @@ enum Part {
     /// GNU sparse extension blocks follow the header; then `data` bytes.
     SparseExt,
     Data,
-    /// Two zero blocks were seen: what follows is not read by tar parsers.
+    /// A zero block was seen: what follows is not read by the tar parser.
     End,
 }
 
@@ -41,17 +41,19 @@ pub struct TarGuard<R> {
     /// A PAX `size` that overrides the next header's size field, as tar parsers do.
     next_size: Option<u64>,
     ext_blocks: u64,
-    zero_blocks: u8,
 }
 
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("refused tar stream: {msg}"))
 }
 
-/// A numeric header field: octal text, or base-256 when the top bit of its first byte is set.
+/// A numeric header field, read exactly as the `tar` crate reads it (a reader that disagreed
+/// with the parser behind it could be shown a different stream): octal text up to the first
+/// NUL, trimmed; or, when the top bit of the first byte is set, binary in the last 8 bytes
+/// (here: all bytes, refusing what the crate would silently drop).
 fn number(field: &[u8]) -> io::Result<u64> {
     if field.first().is_some_and(|b| b & 0x80 != 0) {
-        let mut n: u64 = u64::from(field[0] & 0x3f);
+        let mut n: u64 = u64::from(field[0] & 0x7f);
         for &b in &field[1..] {
             n = n
                 .checked_mul(256)
@@ -60,12 +62,9 @@ fn number(field: &[u8]) -> io::Result<u64> {
         }
         return Ok(n);
     }
-    let text: Vec<u8> = field.iter().copied().filter(|b| *b != 0 && *b != b' ').collect();
-    if text.is_empty() {
-        return Ok(0);
-    }
-    let s = std::str::from_utf8(&text).map_err(|_| bad("a size that is not a number".into()))?;
-    u64::from_str_radix(s, 8).map_err(|_| bad(format!("a size that is not a number ({s:?})")))
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    let s = std::str::from_utf8(&field[..end]).map_err(|_| bad("a size that is not a number".into()))?;
+    u64::from_str_radix(s.trim(), 8).map_err(|_| bad(format!("a size that is not a number ({s:?})")))
 }
 
 fn padded(n: u64) -> u64 {
@@ -84,7 +83,6 @@ impl<R> TarGuard<R> {
             meta: None,
             next_size: None,
             ext_blocks: 0,
-            zero_blocks: 0,
         }
     }
 
@@ -127,14 +125,13 @@ impl<R> TarGuard<R> {
     fn header(&mut self) -> io::Result<()> {
         let b = &self.block;
         if b.iter().all(|&x| x == 0) {
-            self.zero_blocks += 1;
-            if self.zero_blocks == 2 {
-                self.part = Part::End;
-            }
+            // The `tar` crate stops at the first zero block.
+            self.part = Part::End;
             return Ok(());
         }
-        self.zero_blocks = 0;
         let kind = b[156];
+        // Extension records only count as such in a ustar or GNU header, as in the crate.
+        let recognized = &b[257..265] == b"ustar\x0000" || &b[257..265] == b"ustar  \0";
         let header_size = number(&b[124..136])?;
         let size = match kind {
             // Records describing the next entry are never overridden themselves.
@@ -152,9 +149,11 @@ impl<R> TarGuard<R> {
                     }
                 )));
             }
-            b'x' | b'g' => {
+            // Only a local record's `size` applies to the next entry; a later one replaces it.
+            b'x' if recognized => {
                 self.meta = Some(Vec::with_capacity(size as usize));
                 self.meta_size = size;
+                self.next_size = None;
             }
             b'S' => {
                 let real = number(&b[483..495])?;
@@ -165,7 +164,7 @@ impl<R> TarGuard<R> {
             _ => {}
         }
         self.data_left = padded(size);
-        if kind == b'S' && b[482] != 0 {
+        if kind == b'S' && b[482] == 1 {
             self.ext_blocks = 0;
             self.part = Part::SparseExt;
         } else {
@@ -179,7 +178,7 @@ impl<R> TarGuard<R> {
         if self.ext_blocks > SPARSE_EXT_BLOCKS_MAX {
             return Err(bad(format!("more than {SPARSE_EXT_BLOCKS_MAX} sparse extension blocks")));
         }
-        if self.block[504] == 0 {
+        if self.block[504] != 1 {
             self.start_data()?;
         }
         Ok(())
@@ -198,14 +197,18 @@ impl<R> TarGuard<R> {
     fn entry_done(&mut self) -> io::Result<()> {
         self.part = Part::Header;
         let Some(meta) = self.meta.take() else { return Ok(()) };
+        let mut size_seen = false;
         for (key, value) in pax_records(&meta)? {
-            let number = || std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            // As the crate: the first `size`, parsed untrimmed; one it cannot parse is ignored.
+            let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
             match key {
-                b"size" => {
-                    self.next_size = Some(number().ok_or_else(|| bad("a PAX size that is not a number".into()))?)
+                b"size" if !size_seen => {
+                    size_seen = true;
+                    self.next_size = number();
                 }
                 b"GNU.sparse.size" | b"GNU.sparse.realsize" => {
-                    let n = number().ok_or_else(|| bad("a sparse size that is not a number".into()))?;
+                    let n = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+                    let n = n.ok_or_else(|| bad("a sparse size that is not a number".into()))?;
                     if n > SPARSE_SIZE_MAX {
                         return Err(bad(format!("a sparse file of {n} bytes (at most {SPARSE_SIZE_MAX})")));
                     }
@@ -348,6 +351,7 @@ mod tests {
     #[test]
     fn sparse_extension_chains_are_bounded() {
         let mut h = header(b'S', 0, "sparse");
+        h[483..495].copy_from_slice(b"00000000000\0");
         h[482] = 1;
         let mut t = tar::Header::from_byte_slice(&h).clone();
         t.set_cksum();
@@ -467,5 +471,34 @@ mod tests {
         for name in ["L", "K", "x", "sparse"] {
             assert!(out.contains(&format!("refused {name}\n")), "{out}");
         }
+    }
+
+    /// The guard reads sizes exactly as the `tar` crate does: otherwise a stream could show it
+    /// one layout and the parser another (a bomb header hidden in what the guard took for data).
+    #[test]
+    fn the_guard_and_the_parser_agree_on_sizes() {
+        // "12\0 34": the crate reads 0o12 = 10 bytes (up to the NUL), so must the guard; what
+        // follows those 10 bytes (padded to 512) is a header, here a 8 GiB long-name bomb.
+        let mut h = header(b'0', 10, "f");
+        h[124..136].copy_from_slice(b"12\0 34\0\0\0\0\0\0");
+        let mut t = tar::Header::from_byte_slice(&h).clone();
+        t.set_cksum();
+        let mut s = t.as_bytes().to_vec();
+        s.extend_from_slice(&[b'd'; BLOCK]);
+        s.extend_from_slice(&bomb(b'L'));
+        let e = parse(s).unwrap_err();
+        assert!(e.to_string().contains("long name record"), "{e}");
+
+        // A PAX size with a space is ignored by the crate (the header's size counts): the guard
+        // must not take it either.
+        let rec = b"13 size= 512\n";
+        let mut s = header(b'x', rec.len() as u64, "pax").to_vec();
+        let mut data = rec.to_vec();
+        data.resize(BLOCK, 0);
+        s.extend_from_slice(&data);
+        s.extend_from_slice(&header(b'0', 0, "empty"));
+        s.extend_from_slice(&bomb(b'K'));
+        let e = parse(s).unwrap_err();
+        assert!(e.to_string().contains("long link record"), "{e}");
     }
 }

@@ -53,6 +53,8 @@ pub fn copy_out(stream: impl Read, dest: &Path) -> Result<(), NamedDirError> {
             Ok(())
         }
     });
+    // Modes from the stream may have made directories unreadable to us.
+    super::host_view::make_removable(&fresh);
     let _ = std::fs::remove_dir_all(&fresh);
     result
 }

@@ -2,12 +2,12 @@
 //! KVM microVM. The binary is `src/main.rs`; this library holds the command line, the element
 //! engine, messages and outputs so tests can reach them.
 
-pub mod build;
+pub mod engine;
 pub mod cli;
 pub mod elements;
 pub mod guest;
 pub mod messages;
-pub mod output;
+pub mod formats;
 pub mod preflight;
 pub mod shell;
 pub mod stamp;

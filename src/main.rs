@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use microdib::build::{self, BuildError};
+use microdib::engine::{self, BuildError};
 use microdib::cli::{self, Action, CliError};
 use microdib::messages::{Reporter, ReporterOptions};
-use microdib::output::Format;
+use microdib::formats::Format;
 
 fn main() -> ExitCode {
     let start = Instant::now();
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         reporter.raw_machine(&lines.join("\n"));
         return ExitCode::SUCCESS;
     }
-    match build::run(&c, &reporter) {
+    match engine::run(&c, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(BuildError::Error(m)) => {
             reporter.error(&m);

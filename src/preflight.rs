@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::Cmdline;
-use crate::output::Format;
+use crate::formats::Format;
 
 /// What the checks found on the host.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub fn check(c: &Cmdline) -> Result<HostTools, String> {
             }
         }
         if *f == Format::Qcow2 {
-            crate::output::qcow2::Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref())?;
+            crate::formats::qcow2::Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref())?;
         }
     }
     // The appliance network is on by default, as in virt-dib; passt provides it.

@@ -20,7 +20,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        crate::build::host_view::make_removable(&self.0);
+        crate::engine::host_view::make_removable(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -16,10 +16,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use microdib::output::checksum::{HashingWriter, Sums};
-use microdib::output::gzip::ParallelGzEncoder;
-use microdib::output::qcow2::{write_qcow2, Qcow2Options};
-use microdib::output::vhd::write_vhd;
+use microdib::formats::checksum::{HashingWriter, Sums};
+use microdib::formats::gzip::ParallelGzEncoder;
+use microdib::formats::qcow2::{write_qcow2, Qcow2Options};
+use microdib::formats::vhd::write_vhd;
 
 #[derive(Parser)]
 #[command(name = "microdib-convert", version, about = "microdib's image writers, stand-alone")]
@@ -103,7 +103,7 @@ fn run(a: Args) -> Result<()> {
         Target::Squashfs { comp, input, output } => {
             let opts = squashfs_options(&comp)?;
             let out = create(&output)?;
-            microdib::output::squashfs::write_from_tar(
+            microdib::formats::squashfs::write_from_tar(
                 std::io::BufReader::new(open(&input)?),
                 &out,
                 &opts,
@@ -115,7 +115,7 @@ fn run(a: Args) -> Result<()> {
     let sums = match (a.checksum, sums) {
         (false, _) => None,
         (true, Some(s)) => Some(s),
-        (true, None) => Some(microdib::output::checksum::sum_file(&output)?),
+        (true, None) => Some(microdib::formats::checksum::sum_file(&output)?),
     };
     if let Some(Sums { md5, sha256 }) = sums {
         let mut o = std::io::stdout().lock();
@@ -125,8 +125,8 @@ fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn squashfs_options(comp: &str) -> Result<microdib::output::squashfs::SquashfsOptions> {
-    use microdib::output::squashfs::{SquashfsCompression, SquashfsOptions};
+fn squashfs_options(comp: &str) -> Result<microdib::formats::squashfs::SquashfsOptions> {
+    use microdib::formats::squashfs::{SquashfsCompression, SquashfsOptions};
     let compression = SquashfsCompression::parse(comp).map_err(anyhow::Error::msg)?;
     Ok(SquashfsOptions { compression, ..Default::default() })
 }

@@ -8,7 +8,7 @@ pub mod options;
 
 use std::collections::BTreeSet;
 
-use crate::output::Format;
+use crate::formats::Format;
 use options::Opt;
 
 /// Where `--machine-readable` output goes.
@@ -34,7 +34,7 @@ pub struct Cmdline {
     pub debug: i64,
     pub docker_target: Option<String>,
     /// microdib's own: how the squashfs output is compressed.
-    pub squashfs_compression: crate::output::squashfs::SquashfsCompression,
+    pub squashfs_compression: crate::formats::squashfs::SquashfsCompression,
     pub drive: Option<String>,
     pub drive_format: Option<String>,
     pub element_paths: Vec<String>,
@@ -80,7 +80,7 @@ impl Default for Cmdline {
             color: false,
             debug: 0,
             docker_target: None,
-            squashfs_compression: crate::output::squashfs::SquashfsCompression::Xz,
+            squashfs_compression: crate::formats::squashfs::SquashfsCompression::Xz,
             drive: None,
             drive_format: None,
             element_paths: Vec::new(),
@@ -195,7 +195,7 @@ fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Actio
             Opt::DebugGc => {}
             Opt::DockerTarget => c.docker_target = Some(v),
             Opt::SquashfsCompression => {
-                c.squashfs_compression = crate::output::squashfs::SquashfsCompression::parse(&v)
+                c.squashfs_compression = crate::formats::squashfs::SquashfsCompression::parse(&v)
                     .map_err(|e| CliError::Error(format!("--squashfs-compression: {e}")))?
             }
             Opt::Drive => c.drive = Some(v),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use microdib::build::{host_view::HostView, named_dir};
+use microdib::engine::{host_view::HostView, named_dir};
 
 fn scratch() -> PathBuf {
     std::env::temp_dir().join(format!("microdib-fuzz-tar-{}", std::process::id()))
@@ -28,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(names, ["out", "view"], "something was written beside the directories");
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| n == "img.d"), "NAME.d's copy-out left {left:?}");
-    microdib::build::host_view::make_removable(&top);
+    microdib::engine::host_view::make_removable(&top);
     let _ = std::fs::remove_dir_all(&top);
 });

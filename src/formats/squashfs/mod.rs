@@ -2,7 +2,7 @@
 //! system in, a squashfs image (as the Linux kernel reads it) out.
 //!
 //! File data is cut into blocks as the tar stream is read, compressed on every core by
-//! [`crate::output::parallel::ordered_map`] and written in order, so memory stays bounded
+//! [`crate::formats::parallel::ordered_map`] and written in order, so memory stays bounded
 //! whatever the file sizes; only the tree of inodes is kept until the tables are written at
 //! the end. Tail ends are packed into fragment blocks, all-zero blocks become holes, and
 //! identical files share their data (written once: a repeat is truncated away).
@@ -77,7 +77,7 @@ impl Default for SquashfsOptions {
         SquashfsOptions {
             compression: SquashfsCompression::Xz,
             block_size: 131072,
-            threads: crate::output::parallel::threads(),
+            threads: crate::formats::parallel::threads(),
             exclude_contents_of: Vec::new(),
             mkfs_time: 0,
         }
@@ -118,7 +118,7 @@ fn compress(comp: &Compressor, data: Vec<u8>) -> io::Result<Stored> {
 
 fn work(comp: &Compressor, job: Job) -> io::Result<Done> {
     Ok(match job {
-        Job::Block(data) if crate::output::sparse::is_zero(&data) => Done::Block(Stored::Hole),
+        Job::Block(data) if crate::formats::sparse::is_zero(&data) => Done::Block(Stored::Hole),
         Job::Block(data) => Done::Block(compress(comp, data)?),
         Job::FileEnd { dup } => Done::FileEnd { dup },
         Job::Fragment(data) => Done::Fragment(compress(comp, data)?),
@@ -216,7 +216,7 @@ pub fn write_from_tar(
 
     let count = Rc::new(Cell::new(0u64));
     let mut archive =
-        tar::Archive::new(Counting { inner: crate::output::tar_guard::TarGuard::new(tar), count: count.clone() });
+        tar::Archive::new(Counting { inner: crate::formats::tar_guard::TarGuard::new(tar), count: count.clone() });
     let entries = archive.entries()?;
     let mut st = State::new(bs as usize, &opts.exclude_contents_of, opts.mkfs_time)?;
     let mut sink =
@@ -227,7 +227,7 @@ pub fn write_from_tar(
         // Every file adds a cheap end-of-file item: a wide window keeps the workers busy through
         // runs of small files (at most 64 blocks, 8 MiB at the default block size, wait in it).
         let window = (4 * opts.threads).max(64);
-        crate::output::parallel::ordered_map(
+        crate::formats::parallel::ordered_map(
             opts.threads,
             window,
             input,

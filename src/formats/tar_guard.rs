@@ -421,9 +421,9 @@ mod tests {
                 let started = std::time::Instant::now();
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).unwrap();
-                let r = crate::build::host_view::HostView::unpack(&dir, bomb, 16 << 30);
+                let r = crate::engine::host_view::HostView::unpack(&dir, bomb, 16 << 30);
                 assert!(r.is_err(), "host view took the {name} bomb");
-                let r = crate::build::named_dir::copy_out(
+                let r = crate::engine::named_dir::copy_out(
                     bombs().into_iter().find(|b| b.0 == name).unwrap().1,
                     &dir.join("x.d"),
                 );
@@ -435,9 +435,9 @@ mod tests {
                     .truncate(true)
                     .open(dir.join("sq"))
                     .unwrap();
-                let opts = crate::output::squashfs::SquashfsOptions { threads: 1, ..Default::default() };
+                let opts = crate::formats::squashfs::SquashfsOptions { threads: 1, ..Default::default() };
                 let bomb = bombs().into_iter().find(|b| b.0 == name).unwrap().1;
-                let r = crate::output::squashfs::write_from_tar(bomb, &out, &opts, &mut |_| {});
+                let r = crate::formats::squashfs::write_from_tar(bomb, &out, &opts, &mut |_| {});
                 assert!(r.is_err(), "squashfs took the {name} bomb");
                 let secs = started.elapsed().as_secs_f64();
                 assert!(secs < 1.0, "the {name} bomb took {secs:.2} s");

@@ -187,7 +187,7 @@ impl HostView {
     /// sparse files stay sparse, and at most `max_bytes` of file data are taken.
     pub fn unpack(root: &Path, stream: impl Read, max_bytes: u64) -> Result<HostView, HostViewError> {
         let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
-        let mut archive = tar::Archive::new(crate::output::tar_guard::TarGuard::new(stream));
+        let mut archive = tar::Archive::new(crate::formats::tar_guard::TarGuard::new(stream));
         archive.set_preserve_permissions(false);
         archive.set_preserve_mtime(true);
         archive.set_unpack_xattrs(false);

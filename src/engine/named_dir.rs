@@ -72,7 +72,7 @@ impl PrivateDir for std::fs::DirBuilder {
 /// unpacked before; devices and FIFOs are left out.
 fn unpack(stream: impl Read, dir: &Path, what: &str) -> Result<(), NamedDirError> {
     let unpack_err = |e: std::io::Error| NamedDirError::Unpack { what: what.to_owned(), source: e };
-    let mut archive = tar::Archive::new(crate::output::tar_guard::TarGuard::new(stream));
+    let mut archive = tar::Archive::new(crate::formats::tar_guard::TarGuard::new(stream));
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);

@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(s.bytes_out, std::fs::metadata(&img).unwrap().len());
         // Blocks 0 and 4 only.
         assert_eq!(s.bytes_out, 1536 + 512 + 2 * (512 + (2 << 20)) + 512);
-        crate::output::qcow2::tests::assert_qemu_agrees(&raw, &img, "vpc");
+        crate::formats::qcow2::tests::assert_qemu_agrees(&raw, &img, "vpc");
         let info = std::process::Command::new("qemu-img").args(["info", "--output=json"]).arg(&img).output().unwrap();
         let info = String::from_utf8_lossy(&info.stdout);
         assert!(info.contains(&format!("\"virtual-size\": {}", (9 << 20) + 512)), "{info}");

@@ -63,7 +63,7 @@ impl<'c> MetadataWriter<'c> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::squashfs::SquashfsCompression;
+    use crate::formats::squashfs::SquashfsCompression;
 
     #[test]
     fn blocks_split_at_8k_and_positions_follow() {

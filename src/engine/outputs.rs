@@ -10,13 +10,13 @@ use std::process::Command;
 use super::{signals, BuildError};
 use crate::cli::Cmdline;
 use crate::messages::Reporter;
-use crate::output::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
-use crate::output::gzip::ParallelGzEncoder;
-use crate::output::progress::WriterProgress;
-use crate::output::qcow2::{write_qcow2, Qcow2Options};
-use crate::output::squashfs::{write_from_tar, SquashfsOptions};
-use crate::output::vhd::write_vhd;
-use crate::output::Format;
+use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
+use crate::formats::gzip::ParallelGzEncoder;
+use crate::formats::progress::WriterProgress;
+use crate::formats::qcow2::{write_qcow2, Qcow2Options};
+use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
+use crate::formats::vhd::write_vhd;
+use crate::formats::Format;
 use crate::vmbackend::BuildVm;
 
 /// The files of one build.

@@ -1,4 +1,4 @@
-//! The cargo-fuzz targets (vmm/fuzz, their own workspace, run with nightly by hack/fuzz) must
+//! The cargo-fuzz targets (fuzz, their own workspace, run with nightly by hack/fuzz) must
 //! keep compiling against the VMM's API: an API change once left one unbuildable unnoticed.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ fn fuzz_targets_compile() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(env!("CARGO"))
         .args(["check", "--locked", "--quiet", "--bins", "--manifest-path"])
-        .arg(root.join("vmm/fuzz/Cargo.toml"))
+        .arg(root.join("fuzz/Cargo.toml"))
         .env("CARGO_TARGET_DIR", root.join("target/fuzz-check"))
         .output()
         .expect("cannot run cargo");

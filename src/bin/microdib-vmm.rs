@@ -153,7 +153,7 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
-fn stop_on_signals(set: libc::sigset_t, latch: std::sync::Arc<vmm::vm::ExitLatch>) {
+fn stop_on_signals(set: libc::sigset_t, latch: std::sync::Arc<vmm::ExitLatch>) {
     std::thread::spawn(move || {
         let mut sig = 0;
         // SAFETY: sigwait with a valid set and output pointer.

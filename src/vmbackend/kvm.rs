@@ -9,7 +9,7 @@ use microdib_proto::net::GuestNetwork;
 use vmm::devices::virtio::block::{Block, DiskConfig};
 use vmm::devices::virtio::net::{Net, DEFAULT_MAC};
 use vmm::devices::virtio::{rng::Rng, vsock::Vsock, VirtioDevice};
-use vmm::vm::ExitLatch;
+use vmm::ExitLatch;
 use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
 
 use super::{error_chain, RunningVm, StopSwitch, VmEnd, VmError, VmSpec, GUEST_CID};

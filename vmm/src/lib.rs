@@ -3,12 +3,13 @@
 //!
 //! Layout: `host` (what KVM the host has), `memory` (guest RAM), `boot` (everything up to the
 //! kernel's first instruction), `vcpu` (per-vCPU setup and run loop), `devices` (port bus,
-//! serial, i8042), `vm` (putting it together), `child` (what child processes do before exec).
+//! serial, i8042), `exit` (how a VM ends), `vm` (putting it together), `child` (what child processes do before exec).
 
 pub mod boot;
 pub mod child;
 pub mod devices;
 pub mod error;
+pub mod exit;
 pub mod host;
 pub mod memory;
 pub mod vcpu;
@@ -16,4 +17,5 @@ pub mod vm;
 
 pub use error::{Error, Result};
 pub use host::{KvmBackend, KvmHost};
-pub use vm::{ConsoleOutput, GuestExit, Vm, VmConfig, DEFAULT_CMDLINE};
+pub use exit::{ExitLatch, GuestExit};
+pub use vm::{ConsoleOutput, Vm, VmConfig, DEFAULT_CMDLINE};

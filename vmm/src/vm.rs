@@ -2,11 +2,10 @@
 //! does the setup in the order KVM needs (irqchip before vCPUs, CPUID before MSRs); `Vm::run`
 //! starts the vCPUs and waits for the first reason to stop.
 
-use std::fmt;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,84 +25,8 @@ use crate::devices::{EventFdTrigger, MmioBus, PioBus};
 use crate::error::{Error, Result};
 use crate::host::KvmHost;
 use crate::memory::GuestRam;
+use crate::exit::{ExitLatch, GuestExit};
 use crate::vcpu::{BootEntry, Vcpu};
-
-/// How the guest (or the VMM on its behalf) ended the VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GuestExit {
-    /// ACPI-style power off (KVM system event).
-    PowerOff,
-    /// Reset through the i8042 or a KVM reset event: the normal end of a microVM.
-    Reset,
-    /// A triple fault: the guest crashed, or was booted with `reboot=t`.
-    TripleFault { vcpu: u8 },
-    /// The guest kernel panicked (seen on the console) and then rebooted.
-    Panic,
-    /// KVM reported a guest crash event.
-    Crash,
-    /// KVM could not run the vCPU.
-    KvmFailure { vcpu: u8, reason: String },
-    /// The VMM's own time limit ran out.
-    Timeout(Duration),
-    /// The VMM was asked to stop (a signal such as SIGINT or SIGTERM).
-    Interrupted(i32),
-}
-
-impl fmt::Display for GuestExit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            GuestExit::PowerOff => write!(f, "guest powered off"),
-            GuestExit::Reset => write!(f, "guest reset (normal shutdown)"),
-            GuestExit::TripleFault { vcpu } => write!(f, "guest triple-faulted on vCPU {vcpu}"),
-            GuestExit::Panic => write!(f, "guest kernel panicked"),
-            GuestExit::Crash => write!(f, "guest reported a crash"),
-            GuestExit::KvmFailure { vcpu, reason } => write!(f, "vCPU {vcpu} stopped: {reason}"),
-            GuestExit::Timeout(d) => write!(f, "guest still running after {:.1} s; stopped it", d.as_secs_f64()),
-            GuestExit::Interrupted(sig) => write!(f, "stopped the guest on signal {sig}"),
-        }
-    }
-}
-
-/// The first reason to stop wins; everyone else can poll or wait for it.
-#[derive(Default)]
-pub struct ExitLatch {
-    reason: Mutex<Option<GuestExit>>,
-    cond: Condvar,
-}
-
-impl ExitLatch {
-    pub fn set(&self, reason: GuestExit) {
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            *r = Some(reason);
-            self.cond.notify_all();
-        }
-    }
-
-    pub fn get(&self) -> Option<GuestExit> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Waits up to `timeout` (forever if None) for a reason.
-    pub fn wait(&self, timeout: Option<Duration>) -> Option<GuestExit> {
-        // A timeout too large to represent is no timeout.
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        while r.is_none() {
-            match deadline {
-                None => r = self.cond.wait(r).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return None;
-                    }
-                    r = self.cond.wait_timeout(r, d - now).unwrap_or_else(|p| p.into_inner()).0;
-                }
-            }
-        }
-        r.clone()
-    }
-}
 
 /// Where the guest console goes.
 pub enum ConsoleOutput {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use vm_superio::{I8042Device, Trigger};
 
 use super::PioDevice;
-use crate::vm::{ExitLatch, GuestExit};
+use crate::exit::{ExitLatch, GuestExit};
 
 /// First i8042 port (data); the command/status port is base + 4.
 pub const I8042_PORT: u16 = 0x60;

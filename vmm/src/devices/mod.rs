@@ -166,7 +166,7 @@ mod tests {
     fn random_guest_port_io_never_panics() {
         use crate::devices::i8042::{ResetController, I8042_LEN, I8042_PORT};
         use crate::devices::serial::{ConsoleSink, ConsoleWatch, SerialConsole, COM1_LEN, COM1_PORT};
-        use crate::vm::ExitLatch;
+        use crate::exit::ExitLatch;
         use vmm_sys_util::eventfd::EventFd;
 
         let (sink, _writer) = ConsoleSink::new(Box::new(std::io::sink()), Arc::new(ConsoleWatch::default())).unwrap();

@@ -11,7 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use crate::boot::{cpuid, msr, regs};
 use crate::devices::{MmioBus, PioBus};
 use crate::error::{Error, Result};
-use crate::vm::{ExitLatch, GuestExit};
+use crate::exit::{ExitLatch, GuestExit};
 
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;

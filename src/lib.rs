@@ -6,7 +6,7 @@ pub mod engine;
 pub mod cli;
 pub mod elements;
 pub mod guest;
-pub mod messages;
+pub mod report;
 pub mod formats;
 pub mod preflight;
 pub mod shell;

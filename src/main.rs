@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use microdib::engine::{self, BuildError};
 use microdib::cli::{self, Action, CliError};
-use microdib::messages::{Reporter, ReporterOptions};
+use microdib::report::{Reporter, ReporterOptions};
 use microdib::formats::Format;
 
 fn main() -> ExitCode {
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     };
     let machine = match &c.machine_readable {
         None => None,
-        Some(spec) => match Reporter::open_machine(spec) {
+        Some(spec) => match spec.open() {
             Ok(w) => Some(w),
             Err(e) => {
                 plain.error(&format!("cannot open the --machine-readable output: {e}"));

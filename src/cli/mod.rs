@@ -12,13 +12,7 @@ use crate::formats::Format;
 use options::Opt;
 
 /// Where `--machine-readable` output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MachineReadable {
-    Stdout,
-    Stderr,
-    File(String),
-    Fd(i32),
-}
+pub use crate::report::machine::MachineReadable;
 
 /// How the build VM runs (microdib's own option).
 pub use crate::vmbackend::Accel;

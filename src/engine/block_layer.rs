@@ -12,7 +12,7 @@ use super::phases::guest_sh;
 use super::BuildError;
 use crate::elements::ElementIndex;
 use crate::guest;
-use crate::messages::Reporter;
+use crate::report::Reporter;
 use crate::vmbackend::BuildVm;
 
 /// The virtual element the layer's elements provide.

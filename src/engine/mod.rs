@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::Cmdline;
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::guest;
-use crate::messages::Reporter;
+use crate::report::Reporter;
 use crate::vmbackend::{self, Backend, BuildVm, DiskFormat, VmDisk, VmSpec};
 use block_layer::BlockLayer;
 use env::{BuildVars, Context, HostPaths, SYSROOT};

@@ -9,10 +9,10 @@ use std::process::Command;
 
 use super::{signals, BuildError};
 use crate::cli::Cmdline;
-use crate::messages::Reporter;
+use crate::report::Reporter;
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::formats::gzip::ParallelGzEncoder;
-use crate::formats::progress::WriterProgress;
+use crate::report::progress::WriterProgress;
 use crate::formats::qcow2::{write_qcow2, Qcow2Options};
 use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
 use crate::formats::vhd::write_vhd;
@@ -224,7 +224,7 @@ impl OutputPlan {
         let mut written = Vec::new();
         for (format, path, r) in finished {
             let Ok((bytes, sums)) = r else { continue };
-            written.push((format, bytes));
+            written.push((format.name(), bytes));
             if let Some(sums) = sums {
                 self.sums.borrow_mut().insert(path.clone(), sums);
             }
@@ -322,7 +322,7 @@ impl OutputPlan {
         let result = write(&out, &mut tick);
         signals::check()?;
         let (bytes, sums) = result.map_err(|e| format!("cannot write {}: {e}", fin.display()))?;
-        progress.finish(&[(f, bytes)]);
+        progress.finish(&[(f.name(), bytes)]);
         if let Some(s) = sums {
             self.sums.borrow_mut().insert(tmp, s);
         }

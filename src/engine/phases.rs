@@ -10,7 +10,7 @@ use microdib_proto::client::ExitStatus;
 use super::env::{BuildVars, Context, AUX, SYSROOT};
 use super::{capture, BuildError};
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
-use crate::messages::Reporter;
+use crate::report::Reporter;
 use crate::vmbackend::BuildVm;
 
 /// Runs phases of one build.

@@ -4,7 +4,6 @@
 pub mod checksum;
 pub mod gzip;
 pub mod parallel;
-pub mod progress;
 pub mod qcow2;
 #[cfg(test)]
 mod roundtrip;

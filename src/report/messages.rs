@@ -6,7 +6,6 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::cli::MachineReadable;
 
 /// Wrap width for info/warning/error text on a terminal or with --wrap.
 const WRAP_COLUMNS: usize = 76;
@@ -66,25 +65,6 @@ impl Reporter {
             trace: o.trace,
             machine: machine.map(Mutex::new),
         }
-    }
-
-    /// Opens the --machine-readable channel.
-    pub fn open_machine(spec: &MachineReadable) -> std::io::Result<Box<dyn Write + Send>> {
-        use std::os::fd::FromRawFd;
-        Ok(match spec {
-            MachineReadable::Stdout => Box::new(std::io::stdout()),
-            MachineReadable::Stderr => Box::new(std::io::stderr()),
-            MachineReadable::File(p) => Box::new(std::fs::File::create(p)?),
-            MachineReadable::Fd(fd) => {
-                // The user handed us this descriptor on the command line; check it is open first.
-                // SAFETY: fcntl(F_GETFD) only queries the descriptor.
-                if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // SAFETY: the descriptor is open and, by the user's choice, ours to write to.
-                Box::new(unsafe { std::fs::File::from_raw_fd(*fd) })
-            }
-        })
     }
 
     pub fn prog(&self) -> &str {

@@ -4,8 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::Format;
-use crate::messages::Reporter;
+use super::messages::Reporter;
 
 /// How often JSON progress events are sent at most.
 const EVENT_PERIOD: Duration = Duration::from_millis(500);
@@ -48,7 +47,7 @@ impl<'r> WriterProgress<'r> {
     }
 
     /// The writers are done: one line per output with its size (they shared the input).
-    pub fn finish(self, outputs: &[(Format, u64)]) {
+    pub fn finish(self, outputs: &[(&str, u64)]) {
         let secs = self.start.elapsed().as_secs_f64();
         if let Some(b) = &self.bar {
             b.finish_and_clear();
@@ -66,7 +65,7 @@ impl<'r> WriterProgress<'r> {
                 );
             }
             let (secs, out) = (format!("{secs:.3}"), out.to_string());
-            self.reporter.json(&[("type", "written"), ("format", format.name()), ("seconds", &secs), ("bytes", &out)]);
+            self.reporter.json(&[("type", "written"), ("format", format), ("seconds", &secs), ("bytes", &out)]);
         }
     }
 }

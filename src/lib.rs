@@ -8,7 +8,8 @@ pub mod elements;
 pub mod guest;
 pub mod report;
 pub mod formats;
-pub mod preflight;
+pub mod host;
+pub mod plan;
 pub mod shell;
 pub mod stamp;
 #[cfg(test)]

@@ -77,7 +77,14 @@ fn main() -> ExitCode {
         reporter.raw_machine(&lines.join("\n"));
         return ExitCode::SUCCESS;
     }
-    match engine::run(&c, &reporter) {
+    let plan = match cli::plan::plan(&c) {
+        Ok(p) => p,
+        Err(e) => {
+            reporter.error(&e.to_string());
+            return ExitCode::from(1);
+        }
+    };
+    match engine::run(&plan, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(BuildError::Error(m)) => {
             reporter.error(&m);

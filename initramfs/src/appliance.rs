@@ -456,11 +456,7 @@ pub fn package_list() -> Vec<String> {
 
 /// Default cache directory: `${XDG_CACHE_HOME:-~/.cache}/microdib/appliance`.
 pub fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join("microdib/appliance")
+    crate::cache_root().join("appliance")
 }
 
 /// Builds the appliance for `agent` into `cache`, or returns the cached one. `say` receives

@@ -7,6 +7,16 @@ pub mod probe;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// `${XDG_CACHE_HOME:-~/.cache}/microdib`: where the kernel (hack/build-kernel), the appliance and
+/// the nested harness are cached. The one Rust spelling of it (hack/lib.sh has the shell's).
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("microdib")
+}
+
 /// Errors while assembling or writing an archive.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -20,7 +20,7 @@ pub mod workspace;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::cli::Cmdline;
+use crate::plan::BuildPlan;
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::guest;
 use crate::report::Reporter;
@@ -57,19 +57,6 @@ impl From<String> for BuildError {
 
 /// Size of the throwaway helper drive, as virt-dib made it.
 const HELPER_SIZE: u64 = 5 << 30;
-/// Build VM defaults when -m / --smp are not given.
-const DEFAULT_MEMORY_MIB: u64 = 1024;
-const DEFAULT_VCPUS: u8 = 2;
-
-/// The dpkg-style name of this host's architecture.
-pub fn host_arch() -> String {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64".into(),
-        "x86" => "i386".into(),
-        "arm" => "armhf".into(),
-        other => other.into(),
-    }
-}
 
 /// A random (version 4) UUID for the root file system.
 pub fn random_uuid() -> String {
@@ -96,7 +83,7 @@ fn utc_stamp() -> String {
 }
 
 /// Runs a whole build.
-pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
+pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), BuildError> {
     signals::install();
     let result = run_inner(c, r);
     signals::watch_vm(None);
@@ -106,20 +93,19 @@ pub fn run(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     }
 }
 
-fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
-    let tools = crate::preflight::check(c)?;
+fn run_inner(c: &BuildPlan, r: &Reporter) -> Result<(), BuildError> {
     signals::check()?;
     // Where the build VM runs: this host's KVM, or qemu's software emulation.
-    let backend = Backend::choose(c.accel, |why| r.info(why))?;
+    let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
     let ws = Workspace::create()?;
-    let image_name = Path::new(&c.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.name.clone());
+    let image_name = Path::new(&c.image.name).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(c.image.name.clone());
     let requested = requested_elements(c);
     r.info(&format!("Elements: {}", requested.join(" ")));
     if c.debug >= 1 {
         r.debug(&format!("tmpdir: {}", ws.dir.display()));
-        r.debug(&format!("element paths: {}", c.element_paths.join(":")));
+        r.debug(&format!("element paths: {}", c.elements.paths.join(":")));
     }
-    let idx = ElementIndex::load(&c.element_paths);
+    let idx = ElementIndex::load(&c.elements.paths);
     if c.debug >= 1 {
         for (name, dir) in &idx.shadowed {
             r.debug(&format!("element {name} (in {}) already present", dir.display()));
@@ -135,7 +121,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         }
         r.debug("");
     }
-    let expanded = elements::resolve(&idx, &requested, &c.exclude_elements).map_err(|e| e.to_string())?;
+    let expanded = elements::resolve(&idx, &requested, &c.elements.exclude_elements).map_err(|e| e.to_string())?;
     let expanded_list: Vec<String> = expanded.iter().cloned().collect();
     r.info(&format!("Expanded elements: {}", expanded_list.join(" ")));
     let user_vars = env::resolve_envvars(&c.envvars, |k| std::env::var(k).ok());
@@ -151,15 +137,15 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         }
         r.debug("");
     }
-    let ramdisk = c.ramdisk || expanded.contains("ironic-agent");
-    let arch = c.arch.clone().unwrap_or_else(host_arch);
+    let ramdisk = c.elements.ramdisk || expanded.contains("ironic-agent");
+    let arch = c.elements.arch.clone();
     let block_config = user_vars.iter().find(|(k, _)| k == "DIB_BLOCK_DEVICE_CONFIG").map(|(_, v)| v.as_str());
     let mut block_layer = match ramdisk {
         true => None,
         false => BlockLayer::plan(
             &idx,
             &expanded,
-            Path::new(c.basepath.as_deref().unwrap_or_default()),
+            &c.lib_dir,
             &arch,
             block_config,
         )?,
@@ -168,46 +154,46 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     r.message("Preparing auxiliary data");
     ws.write_aux(&image_name, &c.extra_packages)?;
     let hooks_dir = ws.aux().join("hooks");
-    hooks::build(&hooks_dir, &expanded, &idx, &c.exclude_scripts, &c.install_type).map_err(|e| e.to_string())?;
+    hooks::build(&hooks_dir, &expanded, &idx, &c.elements.exclude_scripts, &c.elements.install_type).map_err(|e| e.to_string())?;
     let owners = script_owners(&idx, &expanded);
-    if c.debug >= 1 && crate::preflight::which("tree").is_some() {
+    if c.debug >= 1 && crate::host::which("tree").is_some() {
         // virt-dib showed the workspace it had prepared; quietly skipped without tree.
         let _ = signals::command("tree").arg("-ps").arg(&ws.dir).status();
     }
     let log_name = format!("{}-{}.log", r.prog(), utc_stamp());
-    let image_cache = image_cache_dir(c)?;
+    let image_cache = image_cache_dir(&c.image_cache)?;
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
     let vars = BuildVars {
         user_vars,
         arch,
         image_name: image_name.clone(),
         elements: expanded_list.clone(),
-        offline: !c.network,
-        root_label: c.root_label(),
+        offline: c.vm.passt.is_none(),
+        root_label: c.image.root_label.clone(),
         root_uuid: random_uuid(),
         dib_args: env::dib_args(&argv),
         dib_env: env::dib_env(
             std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned())),
         ),
         debug: c.debug,
-        fs_type: c.fs_type.clone(),
-        checksum: c.checksum,
+        fs_type: c.image.fs_type.clone(),
+        checksum: c.outputs.checksum,
         block_device: "/dev/loop0".into(),
         layer_vars: Vec::new(),
     };
-    let extra_data = extra_data_plan(c, &ws, &hooks_dir, &idx, &expanded, &vars, &tools, &image_cache);
+    let extra_data = extra_data_plan(c, &ws, &hooks_dir, &idx, &expanded, &vars, &image_cache);
     if c.debug >= 1 {
         r.debug(&format!("DIB args:\n{}\n", vars.dib_args));
         r.debug(&format!("DIB envvars:\n{}", vars.dib_env));
     }
 
     r.message("Opening the disks");
-    let plan = OutputPlan::new(c, ramdisk, &ws.dir)?;
-    plan.create_target_disk(c.size)?;
-    let helper = match &c.drive {
+    let plan = OutputPlan::new(&c.image.name, &c.outputs, ramdisk, &ws.dir)?;
+    plan.create_target_disk(c.image.size)?;
+    let helper = match &c.vm.drive {
         Some(d) => VmDisk {
-            path: PathBuf::from(d),
-            format: helper_drive::drive_format(Path::new(d), c.drive_format.as_deref())
+            path: d.path.clone(),
+            format: helper_drive::drive_format(&d.path, d.format.as_deref())
                 .map_err(|e| BuildError::Error(e.to_string()))?,
             read_only: false,
             serial: guest::HELPER_SERIAL.into(),
@@ -227,7 +213,7 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
     ];
     if block_layer.is_some() {
         // The tree is built here until the block-device layer has made the image's file systems.
-        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.size, guest::BUILD_SERIAL)?);
+        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.image.size, guest::BUILD_SERIAL)?);
     }
     let kernel = appliance::find_kernel()?;
     let agent = appliance::find_agent()?;
@@ -239,11 +225,11 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
         initrd: files.initrd,
         root: files.root,
         disks,
-        memory_mib: c.memsize.map(|m| m.max(256) as u64).unwrap_or(DEFAULT_MEMORY_MIB),
-        vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(DEFAULT_VCPUS),
+        memory_mib: c.vm.memory_mib,
+        vcpus: c.vm.vcpus,
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
-        network: tools.passt.clone().map(|passt| vmbackend::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        network: c.vm.passt.clone().map(|passt| vmbackend::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
         workdir: ws.dir.clone(),
     };
     signals::check()?;
@@ -263,8 +249,8 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
             r.debug(&format!("network: passt (pid {pid})"));
         }
     }
-    let log_hint = if c.drive.is_some() {
-        format!("The build log is {log_name} at the root of the helper drive {}.", c.drive.as_deref().unwrap_or(""))
+    let log_hint = if let Some(d) = &c.vm.drive {
+        format!("The build log is {log_name} at the root of the helper drive {}.", d.path.display())
     } else {
         "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".to_owned()
     };
@@ -291,22 +277,21 @@ fn run_inner(c: &Cmdline, r: &Reporter) -> Result<(), BuildError> {
 /// extra-data.d's scripts (from the host copy of the hooks) and its host environment.
 #[allow(clippy::too_many_arguments)]
 fn extra_data_plan(
-    c: &Cmdline,
+    c: &BuildPlan,
     ws: &Workspace,
     hooks_dir: &Path,
     idx: &ElementIndex,
     expanded: &BTreeSet<String>,
     vars: &BuildVars,
-    tools: &crate::preflight::HostTools,
     image_cache: &Path,
 ) -> ExtraData {
     let mount = ws.dir.join("extra-data.d");
     let paths = HostPaths {
         mount: mount.display().to_string(),
-        lib: c.basepath.clone().unwrap_or_default(),
+        lib: c.lib_dir.display().to_string(),
         image_cache: image_cache.display().to_string(),
-        python: tools.python.display().to_string(),
-        elements_path: c.element_paths.join(":"),
+        python: c.python.display().to_string(),
+        elements_path: c.elements.paths.join(":"),
         aux: ws.aux().display().to_string(),
     };
     let mut env = vars.host_env(&paths, &std::env::var("PATH").unwrap_or_default());
@@ -316,7 +301,7 @@ fn extra_data_plan(
     ExtraData {
         scripts: phase_scripts(&hooks_dir.join("extra-data.d")),
         hooks: hooks_dir.to_owned(),
-        max_bytes: c.size,
+        max_bytes: c.image.size,
         mount,
         element_info: env::element_info(&dirs),
         env,
@@ -325,17 +310,9 @@ fn extra_data_plan(
 }
 
 /// `--image-cache`, or `$HOME/.cache/image-create`, created as virt-dib did at startup.
-pub fn image_cache_dir(c: &Cmdline) -> Result<PathBuf, String> {
-    let dir = image_cache_path(c.image_cache.as_deref(), std::env::var_os("HOME"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
-fn image_cache_path(option: Option<&str>, home: Option<std::ffi::OsString>) -> PathBuf {
-    match option {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(home.unwrap_or_default()).join(".cache/image-create"),
-    }
+pub fn image_cache_dir(dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir.to_owned())
 }
 
 /// A sparse raw disk of `size` bytes in the workspace (gone with it), with serial `id`.
@@ -347,13 +324,13 @@ fn throwaway_disk(path: PathBuf, size: u64, serial: &str) -> Result<VmDisk, Buil
 
 /// The elements asked for: virt-dib's (ramdisk element, base, the command line), plus the block
 /// device element disk-image-create adds for `vm`.
-fn requested_elements(c: &Cmdline) -> Vec<String> {
-    let mut named = c.elements.clone();
-    let arch = c.arch.clone().unwrap_or_else(host_arch);
-    if let Some(e) = block_layer::default_element(&c.elements, &arch) {
-        named.push(e.to_owned());
+fn requested_elements(c: &BuildPlan) -> Vec<String> {
+    let e = &c.elements;
+    let mut named = e.named.clone();
+    if let Some(extra) = block_layer::default_element(&e.named, &e.arch) {
+        named.push(extra.to_owned());
     }
-    elements::requested(&named, c.skip_base, c.ramdisk.then_some(c.ramdisk_element.as_str()))
+    elements::requested(&named, e.skip_base, e.ramdisk.then_some(e.ramdisk_element.as_str()))
 }
 
 /// Which element each copied script came from.
@@ -377,7 +354,7 @@ fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String
 /// The part of the build that happens in the VM.
 #[allow(clippy::too_many_arguments)]
 fn guest_build(
-    c: &Cmdline,
+    c: &BuildPlan,
     vm: &mut BuildVm,
     mut runner: PhaseRunner<'_>,
     ws: &Workspace,
@@ -398,8 +375,8 @@ fn guest_build(
     // the helper drive is mounted inside it at perm/.
     guest_sh(vm, "mkdir -p /run/microdib/aux /sysroot && mount -t tmpfs -o mode=0755 aux /run/microdib/aux", &[])?;
     tar_in(vm, &ws.aux(), "/run/microdib/aux")?;
-    tar_in(vm, Path::new(c.basepath.as_deref().unwrap_or_default()), "/run/microdib/aux/lib")?;
-    let helper_setup = if c.drive.is_some() {
+    tar_in(vm, &c.lib_dir, "/run/microdib/aux/lib")?;
+    let helper_setup = if c.vm.drive.is_some() {
         // A partitioned helper: its first partition; otherwise the whole disk.
         r#"dev=$(readlink -f "$1"); name=${dev##*/}
            part=$(ls -d /sys/block/$name/$name* 2>/dev/null | sort -V | head -n1); [ -z "$part" ] || dev=/dev/${part##*/}
@@ -438,7 +415,7 @@ fn guest_build(
         guest_sh(vm, "sync; umount -R /sysroot", &[])?;
 
         r.message("Setting up the destination root");
-        make_filesystem(vm, c, &runner.vars, &block_device)?;
+        make_filesystem(vm, &c.image, &runner.vars, &block_device)?;
         guest_sh(vm, r#"set -e; mount "$1" /sysroot; mkdir -p /sysroot/tmp"#, &[&block_device])?;
     }
     mount_aux(vm)?;
@@ -477,14 +454,14 @@ fn guest_build(
     match block_layer.as_deref_mut() {
         Some(layer) => {
             // disk-image-create's turn: the layer makes and mounts the image, the tree moves in.
-            let mut mkfs_opts = if c.fs_type == "ext4" { "-i 4096 -J size=64".to_owned() } else { String::new() };
-            if let Some(o) = &c.mkfs_options {
+            let mut mkfs_opts = if c.image.fs_type == "ext4" { "-i 4096 -J size=64".to_owned() } else { String::new() };
+            if let Some(o) = &c.image.mkfs_options {
                 mkfs_opts = format!("{mkfs_opts} {o}").trim().to_owned();
             }
             let params = block_layer::Params {
-                fs_type: c.fs_type.clone(),
+                fs_type: c.image.fs_type.clone(),
                 root_label: runner.vars.root_label.clone(),
-                size_bytes: c.size,
+                size_bytes: c.image.size,
                 mkfs_opts,
             };
             layer.enter_image(vm, SYSROOT, &params, runner.reporter)?;
@@ -555,7 +532,7 @@ fn mount_aux(vm: &mut BuildVm) -> Result<(), BuildError> {
 }
 
 /// mkfs with virt-dib's options, then the label and (for ext*) the UUID.
-fn make_filesystem(vm: &mut BuildVm, c: &Cmdline, vars: &BuildVars, dev: &str) -> Result<(), BuildError> {
+fn make_filesystem(vm: &mut BuildVm, c: &crate::plan::ImagePlan, vars: &BuildVars, dev: &str) -> Result<(), BuildError> {
     let fs = &c.fs_type;
     let mut cmd = format!("mkfs -t {}", crate::shell::quote(fs));
     if fs == "ext4" {
@@ -661,14 +638,5 @@ mod tests {
         let s = utc_stamp();
         assert_eq!(s.len(), 15, "{s}");
         assert!(s.starts_with("20") && &s[8..9] == "-");
-        if cfg!(target_arch = "x86_64") {
-            assert_eq!(host_arch(), "amd64");
-        }
-    }
-
-    #[test]
-    fn image_cache_defaults_to_homes_image_create() {
-        assert_eq!(image_cache_path(None, Some("/home/u".into())), PathBuf::from("/home/u/.cache/image-create"));
-        assert_eq!(image_cache_path(Some("rel/c"), Some("/home/u".into())), PathBuf::from("rel/c"));
     }
 }

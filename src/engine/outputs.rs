@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{signals, BuildError};
-use crate::cli::Cmdline;
+use crate::plan::OutputsPlan;
 use crate::report::Reporter;
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::formats::gzip::ParallelGzEncoder;
@@ -58,9 +58,9 @@ fn create_new(p: &Path) -> Result<std::fs::File, BuildError> {
 }
 
 impl OutputPlan {
-    pub fn new(c: &Cmdline, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, BuildError> {
+    pub fn new(name: &str, c: &OutputsPlan, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, BuildError> {
         let mut plan = OutputPlan {
-            name: c.name.clone(),
+            name: name.to_owned(),
             formats: c.formats.clone(),
             ramdisk,
             target_disk: workspace.join("image.raw"),
@@ -69,7 +69,7 @@ impl OutputPlan {
             done: Default::default(),
             checksum: c.checksum,
             sums: Default::default(),
-            qcow2: Qcow2Options::parse(c.compress, c.qemu_img_options.as_deref()).map_err(BuildError::Error)?,
+            qcow2: c.qcow2.clone(),
             squashfs: SquashfsOptions {
                 compression: c.squashfs_compression,
                 // virt-dib gave mksquashfs `-e sys/* proc/* dev/*`.
@@ -80,12 +80,12 @@ impl OutputPlan {
             docker_target: c.docker_target.clone(),
             lock: None,
         };
-        if let Some(dir) = Path::new(&c.name).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = Path::new(name).parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
                 return Err(BuildError::Error(format!("the output directory {} does not exist", dir.display())));
             }
         }
-        plan.lock = Some(super::name_lock::NameLock::take(&c.name).map_err(|e| BuildError::Error(e.to_string()))?);
+        plan.lock = Some(super::name_lock::NameLock::take(name).map_err(|e| BuildError::Error(e.to_string()))?);
         if c.formats.contains(&Format::Raw) && !ramdisk {
             let fin = plan.file(Format::Raw);
             plan.target_disk = partial_name(&fin);

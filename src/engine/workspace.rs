@@ -56,7 +56,7 @@ impl Workspace {
         w("run-and-log.sh", RUN_AND_LOG)?;
         w("fake-bin/sudo", FAKE_SUDO)?;
         // The host's dib-run-parts if it has one, as virt-dib did.
-        match crate::preflight::which("dib-run-parts") {
+        match crate::host::which("dib-run-parts") {
             Some(p) => {
                 crate::elements::hooks::copy_tree(&p, &aux.join("fake-bin/dib-run-parts")).map_err(|e| e.to_string())?
             }

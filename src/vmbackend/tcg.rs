@@ -34,7 +34,7 @@ const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
 /// `$MICRODIB_QEMU`, else qemu-system-x86_64 from PATH.
 pub fn find_qemu() -> Result<PathBuf, VmError> {
     let name = std::env::var("MICRODIB_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
-    crate::preflight::which(&name).ok_or(VmError::QemuMissing)
+    crate::host::which(&name).ok_or(VmError::QemuMissing)
 }
 
 /// What the reaper and the stop switch share.

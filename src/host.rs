@@ -1,0 +1,47 @@
+//! Facts about the host microdib runs on, looked up one way everywhere: programs in PATH, the
+//! dpkg name of its architecture, and microdib's cache directory.
+
+use std::path::{Path, PathBuf};
+
+/// `which`: a name with a slash must be executable itself; a bare name is searched in PATH.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    fn executable(p: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return executable(&p).then(|| std::path::absolute(&p).unwrap_or(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(prog)).find(|p| executable(p))
+}
+
+/// The dpkg-style name of this host's architecture.
+pub fn arch() -> String {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64".into(),
+        "x86" => "i386".into(),
+        "arm" => "armhf".into(),
+        other => other.into(),
+    }
+}
+
+/// `${XDG_CACHE_HOME:-~/.cache}/microdib`: the kernel, the appliance, the nested harness.
+pub use initramfs::cache_root;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_finds_programs() {
+        assert!(which("sh").is_some());
+        assert!(which("/bin/sh").is_some());
+        assert!(which("/etc/passwd").is_none());
+        assert!(which("surely-not-a-program-xyz").is_none());
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(arch(), "amd64");
+        }
+    }
+}

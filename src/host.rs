@@ -1,5 +1,5 @@
-//! Facts about the host microdib runs on, looked up one way everywhere: programs in PATH, the
-//! dpkg name of its architecture, and microdib's cache directory.
+//! The host microdib runs on, one way everywhere: programs in PATH, starting them as children
+//! that die with us, the dpkg name of its architecture, and microdib's cache directory.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,29 @@ pub fn arch() -> String {
         "arm" => "armhf".into(),
         other => other.into(),
     }
+}
+
+/// A command for a child process. The stop signals are blocked in all of microdib's threads
+/// (`engine::signals::install`) and a child would inherit that mask (std does not reset it), leaving it
+/// deaf to the SIGTERM that stops it: the child unblocks them before it runs. It inherits no
+/// descriptor of ours beyond its stdio.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Killed with microdib, even by SIGKILL (the commands are started from the build's
+            // own thread, which lives as long as they do).
+            vmm::child::die_with_parent(parent)?;
+            vmm::child::unblock_signals();
+            // Host tools and extra-data.d scripts get nothing of ours but their stdio (no guest
+            // memory, eventfds or sockets a library opened without O_CLOEXEC).
+            vmm::child::cloexec_from_3()
+        });
+    }
+    cmd
 }
 
 /// `${XDG_CACHE_HOME:-~/.cache}/microdib`: the kernel, the appliance, the nested harness.

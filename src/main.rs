@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use microdib::engine::{self, BuildError};
+use microdib::engine::{self, EngineError};
 use microdib::cli::{self, Action, CliError};
 use microdib::report::{Reporter, ReporterOptions};
 use microdib::formats::Format;
@@ -86,13 +86,13 @@ fn main() -> ExitCode {
     };
     match engine::run(&plan, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(BuildError::Error(m)) => {
-            reporter.error(&m);
+        Err(EngineError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(EngineError::Signal(name)) => {
+            eprintln!("{prog}: Exiting on signal {name}");
             ExitCode::from(1)
         }
-        Err(BuildError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
-        Err(BuildError::Signal(name)) => {
-            eprintln!("{prog}: Exiting on signal {name}");
+        Err(e) => {
+            reporter.error(&e.to_string());
             ExitCode::from(1)
         }
     }

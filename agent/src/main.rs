@@ -332,7 +332,7 @@ fn serve(stream: UnixStream) {
     }
 }
 
-const PATH: &[u8] = b"/usr/sbin:/usr/bin:/sbin:/bin";
+const PATH: &[u8] = microdib_proto::GUEST_PATH.as_bytes();
 
 /// GNU tar (the appliance's) keeps xattrs, ACLs and sparse files; busybox tar (minimal test
 /// images) gets the options it understands.

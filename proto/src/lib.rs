@@ -20,6 +20,8 @@ pub const AGENT_PORT: u32 = 1024;
 pub const MAX_FRAME: u32 = 16 << 20;
 /// Serial number of the appliance's root disk (squashfs); the agent mounts the disk that has it.
 pub const APPLIANCE_DISK_SERIAL: &str = "microdib-appliance";
+/// The appliance's PATH: the agent's own commands and the host's (`guest::paths`) use this one.
+pub const GUEST_PATH: &str = "/sbin:/usr/sbin:/bin:/usr/bin";
 /// Printed on the serial console when the agent is ready.
 pub const READY_BANNER: &str = "microdib-agent: ready";
 

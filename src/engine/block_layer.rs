@@ -8,19 +8,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::phases::guest_sh;
-use super::BuildError;
+use super::EngineError;
 use crate::elements::ElementIndex;
-use crate::guest;
+use crate::guest::paths::{self, BLOCK_PYTHON, BLOCK_WORK};
+use crate::guest::{scripts, GuestOps};
 use crate::report::Reporter;
-use crate::vmbackend::BuildVm;
 
 /// The virtual element the layer's elements provide.
 pub const PROVIDED: &str = "block-device";
-/// The layer's working directory in the appliance (its state must live from init to cleanup).
-const WORK: &str = "/run/microdib/dib-block";
-/// Where the Python code is copied in the appliance.
-const PYTHON_DIR: &str = "/run/microdib/dib-python";
 /// Python modules the layer imports, besides the standard library.
 const MODULES: &[&str] = &["yaml", "_yaml", "networkx", "stevedore"];
 
@@ -101,55 +96,32 @@ impl BlockLayer {
     }
 
     /// Copies the layer's code into the appliance and formats and mounts the scratch disk at
-    /// `sysroot` for root.d to post-install.d.
-    pub fn prepare(&self, vm: &mut BuildVm, sysroot: &str) -> Result<(), BuildError> {
+    /// the sysroot for root.d to post-install.d.
+    pub fn prepare(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
         for (src, name) in self.python_tree()? {
-            super::tar_in(vm, &src, &format!("{PYTHON_DIR}/{name}"))?;
+            guest.send_dir(&src, &format!("{BLOCK_PYTHON}/{name}"))?;
         }
-        guest_sh(
-            vm,
-            &format!(
-                r#"set -e
-dev=$2
-mkfs.ext4 -q -F "$dev"
-mkdir -p "$1" {WORK}/image {WORK}/home
-mount "$dev" "$1"
-rmdir "$1/lost+found"
-ln -sfn "$1" {WORK}/built
-# The layer's loop image is the target disk itself, so its partitions are what the host writes.
-ln -sfn "$3" {WORK}/image/image0.raw"#
-            ),
-            &[sysroot, &guest::disk(guest::BUILD_SERIAL), &guest::disk(guest::TARGET_SERIAL)],
-        )?;
+        let (build, target) = (paths::disk(paths::BUILD_SERIAL), paths::disk(paths::TARGET_SERIAL));
+        guest.script(&scripts::BLOCK_LAYER_PREPARE, &[&build, &target])?;
         Ok(())
     }
 
     /// After post-install.d: partition and format the target disk through the layer, mount it,
-    /// copy the tree built at `sysroot` into it and bind it there instead. `params` is the rest
-    /// of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
-    pub fn enter_image(
-        &mut self,
-        vm: &mut BuildVm,
-        sysroot: &str,
-        params: &Params,
-        r: &Reporter,
-    ) -> Result<(), BuildError> {
+    /// copy the tree built at the sysroot into it and bind it there instead. `params` is the
+    /// rest of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
+    pub fn enter_image(&mut self, guest: &mut GuestOps, params: &Params, r: &Reporter) -> Result<(), EngineError> {
         let yaml = format!(
-            "config: {WORK}/config.yaml\nimage-dir: {WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {WORK}/mnt\nbuild-dir: {WORK}\nimage-size: {}KiB\nroot-fs-opts: {}\n",
+            "config: {BLOCK_WORK}/config.yaml\nimage-dir: {BLOCK_WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {BLOCK_WORK}/mnt\nbuild-dir: {BLOCK_WORK}\nimage-size: {}KiB\nroot-fs-opts: {}\n",
             yaml_string(&params.fs_type),
             yaml_string(&params.root_label),
             params.size_bytes / 1024,
             yaml_string(&params.mkfs_opts),
         );
-        guest_sh(
-            vm,
-            &format!(r#"set -e; printf '%s' "$1" > {WORK}/config.yaml; printf '%s' "$2" > {WORK}/params.yaml"#),
-            &[&self.config, &yaml],
-        )?;
+        guest.script(&scripts::BLOCK_LAYER_CONFIG, &[&self.config, &yaml])?;
         r.message("Partitioning the disk (diskimage-builder's block-device layer)");
-        self.layer(vm, "init")?;
+        self.layer(guest, &["init"])?;
         // `create` partitions, makes the file systems and mounts them under mount-base.
-        self.layer(vm, "create")?;
+        self.layer(guest, &["create"])?;
         let mut exported = Vec::new();
         for (var, symbol) in [
             ("IMAGE_BLOCK_DEVICE", "image-block-device"),
@@ -159,58 +131,32 @@ ln -sfn "$3" {WORK}/image/image0.raw"#
             ("DIB_BOOT_LABEL", "boot-label"),
             ("DIB_MOUNTPOINTS", "mount-points"),
         ] {
-            let value = self.layer(vm, &format!("getval {symbol}"))?;
+            let value = self.layer(guest, &["getval", symbol])?;
             exported.push((var.to_owned(), value.trim_end_matches('\n').to_owned()));
         }
         exported.push(("DIB_IMAGE_SIZE".to_owned(), (params.size_bytes / 1024).to_string()));
-        exported.push(("DIB_BLOCK_DEVICE_PARAMS_YAML".to_owned(), format!("{WORK}/params.yaml")));
+        exported.push(("DIB_BLOCK_DEVICE_PARAMS_YAML".to_owned(), format!("{BLOCK_WORK}/params.yaml")));
         self.exported = exported;
         // fstab goes to <build-dir>/built/etc/fstab: the tree, through the symlink.
-        self.layer(vm, "writefstab")?;
+        self.layer(guest, &["writefstab"])?;
         r.message("Copying the tree into the image");
-        guest_sh(
-            vm,
-            &format!(
-                r#"set -e
-sync
-# What the phases left mounted in the tree (proc, an apt cache...) stays out of the image.
-awk -v r="$1/" 'index($2, r) == 1 {{ print $2 }}' /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
-cp -a "$1"/. {WORK}/mnt/
-umount -R "$1"
-mount --rbind {WORK}/mnt "$1""#
-            ),
-            &[sysroot],
-        )?;
+        guest.script(&scripts::BLOCK_LAYER_ENTER, &[])?;
         Ok(())
     }
 
-    /// Mounts the image at `sysroot` again (after it was unmounted there).
-    pub fn remount_script(&self) -> String {
-        format!("mount --rbind {WORK}/mnt /sysroot")
-    }
-
     /// After the outputs: unmount (the layer trims each file system), detach, forget.
-    pub fn finish(&self, vm: &mut BuildVm, sysroot: &str) -> Result<(), BuildError> {
-        guest_sh(vm, r#"set -e; sync; umount -R "$1""#, &[sysroot])?;
-        self.layer(vm, "umount")?;
-        self.layer(vm, "cleanup")?;
+    pub fn finish(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
+        guest.sh(r#"set -e; sync; umount -R "$MICRODIB_SYSROOT""#, &[])?;
+        self.layer(guest, &["umount"])?;
+        self.layer(guest, &["cleanup"])?;
         Ok(())
     }
 
     /// Runs `python3 -m diskimage_builder.block_device.cmd ARGS` in the appliance; its stdout.
-    fn layer(&self, vm: &mut BuildVm, args: &str) -> Result<String, BuildError> {
-        // Its commands run through sudo: the fake one (we are root). No udev runs in the
-        // appliance, so device-mapper makes its own nodes.
-        let script = format!(
-            "export PATH={aux}/fake-bin:$PATH HOME={WORK}/home PYTHONPATH={PYTHON_DIR} DM_DISABLE_UDEV=1 \
-             DIB_BLOCK_DEVICE_PARAMS_YAML={WORK}/params.yaml\n\
-             exec python3 -m diskimage_builder.block_device.cmd {args}",
-            aux = "/run/microdib/aux",
-        );
-        guest_sh(vm, &script, &[]).map_err(|e| match e {
-            BuildError::Error(m) => BuildError::Error(format!("block-device layer `{args}` failed: {m}")),
-            other => other,
-        })
+    fn layer(&self, guest: &mut GuestOps, args: &[&str]) -> Result<String, EngineError> {
+        guest
+            .script(&scripts::BLOCK_LAYER, args)
+            .map_err(EngineError::step(format!("block-device layer `{}` failed", args.join(" "))))
     }
 }
 

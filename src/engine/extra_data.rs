@@ -3,18 +3,17 @@
 //! ends. A failing script ends the build with its own exit status and no message (virt-dib).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
 
-use super::env::{AUX, SYSROOT};
 use super::host_view::{self, make_removable, HostView};
-use super::phases::{profiling_table, status_text, PhaseRunner, PhaseTimes};
-use super::{capture, BuildError};
-use crate::vmbackend::BuildVm;
+use super::phases::{profiling_table, PhaseRunner, PhaseTimes};
+use super::EngineError;
+use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
+use crate::guest::{GuestError, GuestOps, TreeTar};
 
 const PHASE: &str = "extra-data.d";
 
@@ -40,83 +39,71 @@ pub struct ExtraData {
 
 impl ExtraData {
     /// Unpacks the image, runs the scripts, writes their changes back.
-    pub fn run(&self, vm: &mut BuildVm, runner: &PhaseRunner<'_>) -> Result<(), BuildError> {
+    pub fn run(&self, guest: &mut GuestOps, runner: &PhaseRunner<'_>) -> Result<(), EngineError> {
         if self.scripts.is_empty() {
             return Ok(());
         }
         let r = runner.reporter;
         r.info("Preparing the image's root for extra-data.d on the host");
-        let view = self.unpack(vm)?;
+        let view = self.unpack(guest)?;
         let result = self.run_scripts(runner, view.root());
-        let written = result.and_then(|()| write_back(vm, &view));
+        let written = result.and_then(|()| write_back(guest, &view));
         make_removable(view.root());
         let _ = std::fs::remove_dir_all(view.root());
         written
     }
 
-    fn unpack(&self, vm: &mut BuildVm) -> Result<HostView, BuildError> {
-        std::fs::create_dir_all(&self.mount).map_err(|e| format!("cannot create {}: {e}", self.mount.display()))?;
-        let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    fn unpack(&self, guest: &mut GuestOps) -> Result<HostView, EngineError> {
+        std::fs::create_dir_all(&self.mount).map_err(EngineError::host(format!("cannot create {}", self.mount.display())))?;
+        let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
         let mount = self.mount.clone();
         let budget = self.max_bytes;
         let unpacker = std::thread::spawn(move || HostView::unpack(&mount, reader, budget));
         // The helper drive stays out (it is the guest's cache, DIB_IMAGE_CACHE on the host), and
-        // so do the guest's hooks: the host's own take their place below.
-        let exclude_perm = format!("--exclude=.{AUX}/perm");
-        let exclude_hooks = format!("--exclude=./{}", host_view::host_only().display());
-        // --sparse: a 200 GiB sparse file in the image stays a few blocks on the host.
-        let argv =
-            ["tar", "-c", "-f", "-", "--sparse", "-C", SYSROOT, "--numeric-owner", &exclude_perm, &exclude_hooks, "."];
-        vm.trace_command(&argv);
-        let mut errors = capture::Tail::new(capture::MESSAGE_MAX);
-        let mut pipe_ok = true;
-        let status = vm.agent()?.run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |is_err, d| {
-            if is_err {
-                errors.feed(d);
-            } else if pipe_ok {
-                pipe_ok = writer.write_all(d).is_ok();
-            }
-        });
+        // so do the guest's hooks: the host's own take their place below. --sparse (always): a
+        // 200 GiB sparse file in the image stays a few blocks on the host.
+        let excludes = [format!(".{IN_TARGET_AUX}/perm"), format!("./{}", host_view::host_only().display())];
+        let tree = TreeTar { root: SYSROOT, excludes: &excludes, metadata: false };
+        let sent = guest.send_tree(&tree, |d| std::io::Write::write_all(&mut writer, d));
         drop(writer);
-        let mut view = unpacker.join().map_err(|_| BuildError::Error("the extra-data.d unpacker panicked".into()))?;
-        let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
-        if status != ExitStatus::Code(0) {
-            return Err(BuildError::Error(format!(
-                "cannot read the image's root for extra-data.d: {} ({})",
-                errors.text(),
-                status_text(&status)
-            )));
+        let mut view = unpacker.join().map_err(|_| EngineError::Invalid("the extra-data.d unpacker panicked".into()))?;
+        match sent {
+            // A view that refused the stream stopped reading: its own error says why.
+            Err(GuestError::Host { .. }) if view.is_err() => {}
+            Ok(()) => {}
+            Err(e @ GuestError::Lost { .. }) => return Err(e.into()),
+            Err(e) => return Err(EngineError::step("cannot read the image's root for extra-data.d")(e)),
         }
-        let extra = |e| BuildError::Error(format!("extra-data.d: {e}"));
+        let extra = |e| EngineError::Invalid(format!("extra-data.d: {e}"));
         if let Ok(v) = &mut view {
             v.add_host_hooks(&self.hooks).map_err(extra)?;
         }
         view.map_err(extra)
     }
 
-    fn run_scripts(&self, runner: &PhaseRunner<'_>, mount: &Path) -> Result<(), BuildError> {
+    fn run_scripts(&self, runner: &PhaseRunner<'_>, mount: &Path) -> Result<(), EngineError> {
         let r = runner.reporter;
         let info = mount.with_file_name("element-info");
-        std::fs::write(&info, &self.element_info).map_err(|e| format!("cannot write {}: {e}", info.display()))?;
-        let target_dir = mount.join(format!("{}/hooks/{PHASE}", AUX.trim_start_matches('/')));
+        std::fs::write(&info, &self.element_info).map_err(EngineError::host(format!("cannot write {}", info.display())))?;
+        let target_dir = mount.join(format!("{}/hooks/{PHASE}", IN_TARGET_AUX.trim_start_matches('/')));
         let quiet = r.quiet();
         let mut times = PhaseTimes::start(r, PHASE);
         for script in &self.scripts {
             super::signals::check()?;
             times.script_start(r, script);
             let started = Instant::now();
-            let mut cmd = super::signals::command("bash");
+            let mut cmd = crate::host::command("bash");
             cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
             // Its own process group: a signal to microdib stops what the script started too.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             if quiet {
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
-            let mut child = cmd.spawn().map_err(|e| format!("cannot run bash for {PHASE}/{script}: {e}"))?;
+            let mut child = cmd.spawn().map_err(EngineError::host(format!("cannot run bash for {PHASE}/{script}")))?;
             super::signals::watch_child(child.id());
             let status = child.wait();
             super::signals::watch_child(0);
-            let status = status.map_err(|e| format!("cannot wait for {PHASE}/{script}: {e}"))?;
+            let status = status.map_err(EngineError::host(format!("cannot wait for {PHASE}/{script}")))?;
             let secs = started.elapsed().as_secs_f64();
             let shown = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
                 (Some(c), _) => ExitStatus::Code(c),
@@ -130,9 +117,9 @@ impl ExtraData {
             super::signals::check()?;
             match shown {
                 ExitStatus::Code(0) => {}
-                ExitStatus::Code(c) => return Err(BuildError::Exit(c)),
+                ExitStatus::Code(c) => return Err(EngineError::Exit(c)),
                 ExitStatus::Signal(s) => {
-                    return Err(BuildError::Error(format!("{PHASE}/{script}: sub-process killed by signal ({s})")))
+                    return Err(EngineError::Invalid(format!("{PHASE}/{script}: sub-process killed by signal ({s})")))
                 }
             }
         }
@@ -146,41 +133,22 @@ impl ExtraData {
 }
 
 /// Removes what the scripts deleted from the image, then unpacks what they wrote.
-fn write_back(vm: &mut BuildVm, view: &HostView) -> Result<(), BuildError> {
-    let changes = view.changes().map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;
+fn write_back(guest: &mut GuestOps, view: &HostView) -> Result<(), EngineError> {
+    let changes = view.changes().map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
     if changes.is_empty() {
         return Ok(());
     }
-    let fail = |what: &str, s: ExitStatus, err: &capture::Tail| {
-        BuildError::Error(format!("cannot {what} the image after extra-data.d: {} ({})", err.text(), status_text(&s)))
-    };
-    for chunk in changes.removed.chunks(256) {
-        let paths: Vec<String> = chunk.iter().map(|p| format!("{SYSROOT}/{}", p.display())).collect();
-        let mut argv = vec!["rm", "-rf", "--"];
-        argv.extend(paths.iter().map(String::as_str));
-        let mut err = capture::Tail::new(capture::MESSAGE_MAX);
-        let s = vm
-            .agent()?
-            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH)], Some("/"), |_, d| err.feed(d))
-            .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
-        if s != ExitStatus::Code(0) {
-            return Err(fail("update", s, &err));
-        }
-    }
+    let removed: Vec<String> = changes.removed.iter().map(|p| format!("{SYSROOT}/{}", p.display())).collect();
+    guest.remove(&removed).map_err(EngineError::step("cannot update the image after extra-data.d"))?;
     if changes.written.is_empty() {
         return Ok(());
     }
-    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let (reader, writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
     std::thread::scope(|s| {
         let packer = s.spawn(|| view.write_changes(&changes, writer));
-        let mut err = capture::Tail::new(capture::MESSAGE_MAX);
-        let status = vm.agent()?.tar_in(SYSROOT, reader, |_, d| err.feed(d));
-        let packed = packer.join().map_err(|_| BuildError::Error("the extra-data.d packer panicked".into()))?;
-        let status = status.map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
-        packed.map_err(|e| BuildError::Error(format!("extra-data.d: {e}")))?;
-        if status != ExitStatus::Code(0) {
-            return Err(fail("write", status, &err));
-        }
-        Ok(())
+        let status = guest.receive_tar(SYSROOT, reader);
+        let packed = packer.join().map_err(|_| EngineError::Invalid("the extra-data.d packer panicked".into()))?;
+        packed.map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
+        status.map_err(EngineError::step("cannot write the image after extra-data.d"))
     })
 }

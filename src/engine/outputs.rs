@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{signals, BuildError};
+use super::{signals, EngineError};
 use crate::plan::OutputsPlan;
 use crate::report::Reporter;
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
@@ -17,7 +17,8 @@ use crate::formats::qcow2::{write_qcow2, Qcow2Options};
 use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
 use crate::formats::vhd::write_vhd;
 use crate::formats::Format;
-use crate::vmbackend::BuildVm;
+use crate::guest::paths::{self, SYSROOT};
+use crate::guest::{GuestError, GuestOps, TreeTar};
 
 /// The files of one build.
 pub struct OutputPlan {
@@ -49,16 +50,16 @@ fn partial_name(final_path: &Path) -> PathBuf {
 }
 
 /// Creates a new output file; an existing one (or a symlink planted there) is an error.
-fn create_new(p: &Path) -> Result<std::fs::File, BuildError> {
+fn create_new(p: &Path) -> Result<std::fs::File, EngineError> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(p)
-        .map_err(|e| BuildError::Error(format!("cannot create {}: {e}", p.display())))
+        .map_err(EngineError::host(format!("cannot create {}", p.display())))
 }
 
 impl OutputPlan {
-    pub fn new(name: &str, c: &OutputsPlan, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, BuildError> {
+    pub fn new(name: &str, c: &OutputsPlan, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, EngineError> {
         let mut plan = OutputPlan {
             name: name.to_owned(),
             formats: c.formats.clone(),
@@ -82,10 +83,10 @@ impl OutputPlan {
         };
         if let Some(dir) = Path::new(name).parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                return Err(BuildError::Error(format!("the output directory {} does not exist", dir.display())));
+                return Err(EngineError::Invalid(format!("the output directory {} does not exist", dir.display())));
             }
         }
-        plan.lock = Some(super::name_lock::NameLock::take(name).map_err(|e| BuildError::Error(e.to_string()))?);
+        plan.lock = Some(super::name_lock::NameLock::take(name).map_err(|e| EngineError::Invalid(e.to_string()))?);
         if c.formats.contains(&Format::Raw) && !ramdisk {
             let fin = plan.file(Format::Raw);
             plan.target_disk = partial_name(&fin);
@@ -100,37 +101,33 @@ impl OutputPlan {
     }
 
     /// Creates the sparse target disk of `size` bytes (replacing what was there).
-    pub fn create_target_disk(&self, size: u64) -> Result<(), BuildError> {
+    pub fn create_target_disk(&self, size: u64) -> Result<(), EngineError> {
         let p = &self.target_disk;
         let f = create_new(p)?;
-        f.set_len(size).map_err(|e| format!("cannot size {}: {e}", p.display()))?;
+        f.set_len(size).map_err(EngineError::host(format!("cannot size {}", p.display())))?;
         Ok(())
     }
 
     /// Copies the appliance's out/NAME.d into NAME.d on the host (merging; `named_dir`).
-    pub fn extract_named_dir(&self, vm: &mut BuildVm) -> Result<(), BuildError> {
+    pub fn extract_named_dir(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
         let named = PathBuf::from(format!("{}.d", self.name));
-        let (reader, mut writer) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+        let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
         let dest = named.clone();
         let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
-        let mut errs = super::capture::Tail::new(super::capture::MESSAGE_MAX);
-        let status = vm.agent()?.tar_out("/run/microdib/aux/out", &mut writer, |d| errs.feed(d));
+        let out_dir = paths::aux("out");
+        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, |d| {
+            writer.write_all(d)
+        });
         drop(writer);
-        let copied = unpacker.join().map_err(|_| BuildError::Error("the NAME.d unpacker panicked".into()))?;
-        copied.map_err(|e| BuildError::Error(format!("copying {} out of the image failed: {e}", named.display())))?;
-        match status {
-            Ok(microdib_proto::client::ExitStatus::Code(0)) => Ok(()),
-            other => Err(BuildError::Error(format!(
-                "copying {} out of the image failed: {} ({other:?})",
-                named.display(),
-                errs.text()
-            ))),
-        }
+        let copied = unpacker.join().map_err(|_| EngineError::Invalid("the NAME.d unpacker panicked".into()))?;
+        let failed = format!("copying {} out of the image failed", named.display());
+        copied.map_err(|e| EngineError::Invalid(format!("{failed}: {e}")))?;
+        sent.map_err(EngineError::step(failed))
     }
 
     /// The file-system formats (docker, squashfs, tar, tgz) from one tar stream of the image's
     /// root (mounted at /sysroot), sent by the appliance and fanned out to every writer.
-    pub fn filesystem_outputs(&self, vm: &mut BuildVm, r: &Reporter, workspace: &Path) -> Result<(), BuildError> {
+    pub fn filesystem_outputs(&self, guest: &mut GuestOps, r: &Reporter, workspace: &Path) -> Result<(), EngineError> {
         let formats: Vec<Format> = self.formats.iter().copied().filter(|f| f.from_filesystem()).collect();
         if formats.is_empty() {
             return Ok(());
@@ -160,66 +157,46 @@ impl OutputPlan {
             sinks.push(StreamSink::new(f, file, path, self.checksum && f != Format::Docker, &self.squashfs)?);
         }
         // The size of what the tar stream will carry, for the progress bar (0 when unknown).
-        let used = super::phases::guest_sh(vm, "df -B1 --output=used /sysroot | tail -n 1", &[])?;
+        let used = guest.sh(r#"df -B1 --output=used "$MICRODIB_SYSROOT" | tail -n 1"#, &[])?;
         let label = formats.iter().map(|f| f.name()).collect::<Vec<_>>().join("+");
         let mut progress = WriterProgress::start(r, &label, used.trim().parse().unwrap_or(0));
-        // --sort=name: the same tree gives the same stream, and so the same outputs.
-        let argv = [
-            "tar",
-            "-C",
-            "/sysroot",
-            "--sort=name",
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "--sparse",
-            "--exclude=./sys/*",
-            "--exclude=./proc/*",
-            "-cf",
-            "-",
-            ".",
-        ];
+        // The contents of /sys and /proc stay out, as virt-dib's.
+        let excludes = ["./sys/*".to_owned(), "./proc/*".to_owned()];
         let mut werr = None;
-        let mut errs = super::capture::Tail::new(super::capture::MESSAGE_MAX);
         let mut seen = 0u64;
-        let status = vm
-            .agent()?
-            .run(&argv, &[("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")], Some("/"), |is_err, d| {
-                if is_err {
-                    errs.feed(d);
-                    return;
+        let status = guest.send_tree(&TreeTar { root: SYSROOT, excludes: &excludes, metadata: true }, |d| {
+            if werr.is_some() {
+                return Ok(());
+            }
+            seen += d.len() as u64;
+            progress.set(seen);
+            for s in sinks.iter_mut() {
+                if let Err(e) = s.write_all(d) {
+                    werr = Some(format!("cannot write {}: {e}", s.path.display()));
+                    return Ok(());
                 }
-                if werr.is_some() {
-                    return;
-                }
-                seen += d.len() as u64;
-                progress.set(seen);
-                for s in sinks.iter_mut() {
-                    if let Err(e) = s.write_all(d) {
-                        werr = Some(format!("cannot write {}: {e}", s.path.display()));
-                        return;
-                    }
-                }
-                if signals::caught().is_some() {
-                    werr = Some("interrupted".to_owned());
-                }
-            })
-            .map_err(|e| format!("lost the build VM while writing the file-system outputs: {e}"))?;
+            }
+            if signals::caught().is_some() {
+                werr = Some("interrupted".to_owned());
+            }
+            Ok(())
+        });
         // Every writer is finished (its threads joined) before any error is reported; a writer's
         // own error says more than the broken pipe the stream then met.
         let finished: Vec<_> = sinks.into_iter().map(|s| (s.format, s.path.clone(), s.finish())).collect();
         signals::check()?;
         for (_, path, r) in &finished {
             if let Err(e) = r {
-                return Err(BuildError::Error(format!("cannot write {}: {e}", path.display())));
+                return Err(EngineError::Invalid(format!("cannot write {}: {e}", path.display())));
             }
         }
         if let Some(e) = werr {
-            return Err(BuildError::Error(e));
+            return Err(EngineError::Invalid(e));
         }
-        if status != microdib_proto::client::ExitStatus::Code(0) {
-            return Err(BuildError::Error(format!("tar of the image failed: {}", errs.text())));
+        match status {
+            Err(e @ GuestError::Lost { .. }) => return Err(e.during("writing the file-system outputs").into()),
+            Err(e) => return Err(EngineError::step("tar of the image failed")(e)),
+            Ok(()) => {}
         }
         let mut written = Vec::new();
         for (format, path, r) in finished {
@@ -230,7 +207,7 @@ impl OutputPlan {
             }
             if format == Format::Docker {
                 let target = self.docker_target.as_deref().unwrap_or("");
-                run_host(super::signals::command("docker").arg("import").arg(&path).arg(target), "docker import")?;
+                run_host(crate::host::command("docker").arg("import").arg(&path).arg(target), "docker import")?;
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -239,10 +216,10 @@ impl OutputPlan {
     }
 
     /// After the VM: qcow2 and vhd from the disk, checksums, then every output under its final name.
-    pub fn finish(&self, r: &Reporter) -> Result<(), BuildError> {
+    pub fn finish(&self, r: &Reporter) -> Result<(), EngineError> {
         if !self.ramdisk {
             let src = std::fs::File::open(&self.target_disk)
-                .map_err(|e| format!("cannot read {}: {e}", self.target_disk.display()))?;
+                .map_err(EngineError::host(format!("cannot read {}", self.target_disk.display())))?;
             let len = src.metadata().map(|m| m.len()).unwrap_or(0);
             if let Some(opts) = self.formats.contains(&Format::Qcow2).then_some(&self.qcow2) {
                 r.message("Converting to qcow2");
@@ -270,21 +247,21 @@ impl OutputPlan {
                 let sums = match self.sums.borrow_mut().remove(tmp) {
                     Some(s) => s,
                     // The raw disk, and formats whose header is written last, are read back.
-                    None => sum_file(tmp).map_err(|e| format!("cannot read {}: {e}", tmp.display()))?,
+                    None => sum_file(tmp).map_err(EngineError::host(format!("cannot read {}", tmp.display())))?,
                 };
                 for (ext, sum) in [("md5", &sums.md5), ("sha256", &sums.sha256)] {
                     let sum_fin = PathBuf::from(format!("{}.{ext}", fin.display()));
                     let sum_tmp = partial_name(&sum_fin);
                     self.pending.borrow_mut().push((sum_tmp.clone(), sum_fin));
                     write_sum_file(&sum_tmp, sum, fin)
-                        .map_err(|e| format!("cannot write {}: {e}", sum_tmp.display()))?;
+                        .map_err(EngineError::host(format!("cannot write {}", sum_tmp.display())))?;
                 }
             }
         }
         let pending = self.pending.borrow().clone();
         for (tmp, fin) in &pending {
             std::fs::rename(tmp, fin)
-                .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), fin.display()))?;
+                .map_err(EngineError::host(format!("cannot rename {} to {}", tmp.display(), fin.display())))?;
             r.json(&[("type", "output"), ("file", &fin.display().to_string())]);
         }
         self.done.set(true);
@@ -301,7 +278,7 @@ impl OutputPlan {
             &std::fs::File,
             &mut (dyn FnMut(u64) -> std::io::Result<()> + Send),
         ) -> std::io::Result<(u64, Option<Sums>)>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), EngineError> {
         let fin = self.file(f);
         let tmp = partial_name(&fin);
         self.pending.borrow_mut().push((tmp.clone(), fin.clone()));
@@ -310,7 +287,7 @@ impl OutputPlan {
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            .map_err(EngineError::host(format!("cannot create {}", tmp.display())))?;
         let mut progress = WriterProgress::start(r, f.name(), len);
         let mut tick = |done| {
             progress.set(done);
@@ -321,7 +298,7 @@ impl OutputPlan {
         };
         let result = write(&out, &mut tick);
         signals::check()?;
-        let (bytes, sums) = result.map_err(|e| format!("cannot write {}: {e}", fin.display()))?;
+        let (bytes, sums) = result.map_err(EngineError::host(format!("cannot write {}", fin.display())))?;
         progress.finish(&[(f.name(), bytes)]);
         if let Some(s) = sums {
             self.sums.borrow_mut().insert(tmp, s);
@@ -351,10 +328,10 @@ impl StreamSink {
         path: PathBuf,
         hash: bool,
         squashfs: &SquashfsOptions,
-    ) -> Result<StreamSink, BuildError> {
+    ) -> Result<StreamSink, EngineError> {
         let writer = match format {
             Format::Squashfs => {
-                let (input, feed) = std::io::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
+                let (input, feed) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
                 let opts = squashfs.clone();
                 let worker = std::thread::spawn(move || {
                     let s =
@@ -418,14 +395,14 @@ impl Drop for OutputPlan {
 }
 
 /// Runs a host tool; a stop signal kills it.
-fn run_host(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+fn run_host(cmd: &mut Command, what: &str) -> Result<(), EngineError> {
+    let mut child = cmd.spawn().map_err(EngineError::host(format!("cannot run {what}")))?;
     signals::watch_child(child.id());
     let status = child.wait();
     signals::watch_child(0);
     match status {
         Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(BuildError::Error(format!("{what} failed ({s})"))),
-        Err(e) => Err(BuildError::Error(format!("{what} failed: {e}"))),
+        Ok(s) => Err(EngineError::Invalid(format!("{what} failed ({s})"))),
+        Err(e) => Err(EngineError::host(format!("{what} failed"))(e)),
     }
 }

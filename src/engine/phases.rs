@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use microdib_proto::client::ExitStatus;
 
-use super::env::{BuildVars, Context, AUX, SYSROOT};
-use super::{capture, BuildError};
+use super::env::{BuildVars, Context};
+use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
+use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
+use crate::guest::{capture, paths, scripts, status_text, GuestOps, Streamed};
 use crate::report::Reporter;
-use crate::vmbackend::BuildVm;
 
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
@@ -75,13 +76,8 @@ impl<'a> PhaseRunner<'a> {
     }
 
     /// The scripts of `phase` as the guest has them now, in run order.
-    pub fn guest_scripts(&self, vm: &mut BuildVm, phase: &str) -> Result<Vec<String>, BuildError> {
-        let dir = format!("/run/microdib/aux/hooks/{phase}");
-        let out = guest_sh(
-            vm,
-            r#"cd "$1" 2>/dev/null || exit 0; for f in *; do if [ -f "$f" ] && [ -x "$f" ]; then echo "$f"; fi; done"#,
-            &[&dir],
-        )?;
+    pub fn guest_scripts(&self, guest: &mut GuestOps, phase: &str) -> Result<Vec<String>, EngineError> {
+        let out = guest.script(&scripts::LIST_SCRIPTS, &[phase])?;
         let mut v: Vec<String> = out.lines().filter(|l| is_script_name(l)).map(String::from).collect();
         v.sort_by(|a, b| digit_prefix_compare(a, b));
         Ok(v)
@@ -91,13 +87,13 @@ impl<'a> PhaseRunner<'a> {
     /// is set (block-device.d reads IMAGE_BLOCK_DEVICE from it).
     pub fn run(
         &self,
-        vm: &mut BuildVm,
+        guest: &mut GuestOps,
         phase: &str,
         ctx: &Context,
         scripts: &[String],
         new_wd: Option<&str>,
         capture: bool,
-    ) -> Result<String, BuildError> {
+    ) -> Result<String, EngineError> {
         if scripts.is_empty() {
             return Ok(String::new());
         }
@@ -110,7 +106,7 @@ impl<'a> PhaseRunner<'a> {
             Context::Outside { .. } => (SYSROOT, None),
             Context::Chroot => ("", Some(SYSROOT)),
         };
-        let aux = format!("{root}{AUX}");
+        let aux = format!("{root}{IN_TARGET_AUX}");
         let log = format!("{aux}/perm/{}", self.log_name);
         let hook_dir = format!("{aux}/hooks/{phase}");
         let die = if chroot.is_none() { "1" } else { "0" };
@@ -147,69 +143,48 @@ impl<'a> PhaseRunner<'a> {
                 }
                 tail.feed(data);
             };
-            vm.trace_command(&argv);
-            let agent = vm.agent()?;
-            let status = match chroot {
-                None => agent.run(&argv, &env, Some("/"), on_output),
-                Some(root) => agent.run_chrooted(&argv, &env, Some("/"), root, on_output),
-            };
+            let status = guest.stream(&Streamed { argv: &argv, env: &env, chroot }, on_output);
             let secs = started.elapsed().as_secs_f64();
             // Output without a final newline: the next progress line starts on its own line.
             if tail.in_a_line() && !quiet {
                 println!();
             }
             if capture {
-                let text = answer.text().ok_or_else(|| {
-                    BuildError::Error(format!(
-                        "{phase}/{script} printed more than {} MiB on its standard output, which is read as its answer",
-                        answer.cap() >> 20
-                    ))
+                let text = answer.text().ok_or_else(|| EngineError::AnswerTooLong {
+                    phase: phase.to_owned(),
+                    script: script.clone(),
+                    mib: answer.cap() >> 20,
                 })?;
                 captured.push_str(&text);
                 if !captured.ends_with('\n') {
                     captured.push('\n');
                 }
             }
-            let status = status
-                .map_err(|e| BuildError::Error(format!("lost the build VM while running {phase}/{script}: {e}")))?;
+            let status = status.map_err(|e| e.during(&format!("running {phase}/{script}")))?;
             times.script_end(self.reporter, script, secs, &status);
             if self.vars.debug >= 1 {
                 self.reporter.debug(&format!("{script} completed after {secs:.3} s"));
             }
             if !matches!(status, ExitStatus::Code(0)) {
-                let tail = tail.into_lines();
-                return Err(BuildError::Error(format!(
-                    "{phase}/{script} (element {}) failed: {}\nlast lines of its output:\n{}\n{}",
-                    self.owner(phase, script),
-                    status_text(&status),
-                    tail.join("\n"),
-                    self.log_hint
-                )));
+                return Err(EngineError::Script {
+                    phase: phase.to_owned(),
+                    script: script.clone(),
+                    element: self.owner(phase, script),
+                    status: status_text(&status),
+                    tail: tail.into_lines().join("\n"),
+                    log_hint: self.log_hint.clone(),
+                });
             }
         }
         times.end(self.reporter);
-        self.append_log(vm, &profiling_table(&times))?;
+        self.append_log(guest, &profiling_table(&times))?;
         Ok(captured)
     }
 
     /// Appends `text` to the build log (through the aux mount in the appliance).
-    pub fn append_log(&self, vm: &mut BuildVm, text: &str) -> Result<(), BuildError> {
-        let log = format!("/run/microdib/aux/perm/{}", self.log_name);
-        let agent = vm.agent()?;
-        let status = agent
-            .run_with_input(&["/bin/sh", "-c", r#"cat >> "$1""#, "sh", &log], &[], None, text.as_bytes(), |_, _| {})
-            .map_err(|e| BuildError::Error(format!("cannot write the build log: {e}")))?;
-        match status {
-            ExitStatus::Code(0) => Ok(()),
-            s => Err(BuildError::Error(format!("cannot write the build log ({})", status_text(&s)))),
-        }
-    }
-}
-
-pub fn status_text(s: &ExitStatus) -> String {
-    match s {
-        ExitStatus::Code(c) => format!("exit status {c}"),
-        ExitStatus::Signal(sig) => format!("killed by signal {sig}"),
+    pub fn append_log(&self, guest: &mut GuestOps, text: &str) -> Result<(), EngineError> {
+        let log = paths::aux(&format!("perm/{}", self.log_name));
+        guest.append(&log, text.as_bytes()).map_err(|source| EngineError::Step { step: "cannot write the build log".into(), source })
     }
 }
 
@@ -224,39 +199,6 @@ pub fn profiling_table(t: &PhaseTimes) -> String {
     }
     s.push_str("\n--------------------- END PROFILING ---------------------\n");
     s
-}
-
-/// Runs a shell snippet in the appliance (outside the target) with the appliance's PATH;
-/// returns its stdout, or an error with its output.
-pub fn guest_sh(vm: &mut BuildVm, script: &str, args: &[&str]) -> Result<String, BuildError> {
-    let mut argv = vec!["/bin/sh", "-c", script, "sh"];
-    argv.extend_from_slice(args);
-    let env = [("PATH", super::env::APPLIANCE_PATH), ("LC_ALL", "C")];
-    vm.trace_command(&argv);
-    let mut out = capture::Answer::new(capture::ANSWER_MAX);
-    let mut out_tail = capture::Tail::new(capture::MESSAGE_MAX);
-    let mut err = capture::Tail::new(capture::MESSAGE_MAX);
-    let status = vm
-        .agent()?
-        .run(&argv, &env, Some("/"), |is_err, d| {
-            if is_err {
-                err.feed(d)
-            } else {
-                out.feed(d);
-                out_tail.feed(d);
-            }
-        })
-        .map_err(|e| BuildError::Error(format!("lost the build VM: {e}")))?;
-    if status != ExitStatus::Code(0) {
-        let mut msg = err.text();
-        if msg.is_empty() {
-            msg = out_tail.text();
-        }
-        return Err(BuildError::Error(format!("{msg} ({})", status_text(&status))));
-    }
-    out.text().ok_or_else(|| {
-        BuildError::Error(format!("a command in the build VM printed more than {} MiB", capture::ANSWER_MAX >> 20))
-    })
 }
 
 /// block-device.d's contract: no output keeps `current`; otherwise exactly one

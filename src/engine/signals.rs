@@ -43,29 +43,6 @@ pub fn install() {
     }
 }
 
-/// A command for a child process. The stop signals are blocked in all of microdib's threads
-/// (see `install`) and a child would inherit that mask (std does not reset it), leaving it
-/// deaf to the SIGTERM that stops it: the child unblocks them before it runs. It inherits no
-/// descriptor of ours beyond its stdio.
-pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(program);
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Killed with microdib, even by SIGKILL (the commands are started from the build's
-            // own thread, which lives as long as they do).
-            vmm::child::die_with_parent(parent)?;
-            vmm::child::unblock_signals();
-            // Host tools and extra-data.d scripts get nothing of ours but their stdio (no guest
-            // memory, eventfds or sockets a library opened without O_CLOEXEC).
-            vmm::child::cloexec_from_3()
-        });
-    }
-    cmd
-}
-
 /// The VM a signal should stop (None when it is gone); stopped at once if one already came.
 pub fn watch_vm(vm: Option<Arc<dyn StopSwitch>>) {
     // Published first, then CAUGHT read: the signal thread stores CAUGHT, then reads VM, so a
@@ -98,9 +75,9 @@ fn stop_child(pid: i32) {
 }
 
 /// Err(Signal) once a stop signal has come: checked between the steps of a build.
-pub fn check() -> Result<(), super::BuildError> {
+pub fn check() -> Result<(), super::EngineError> {
     match caught() {
-        Some(sig) => Err(super::BuildError::Signal(sig)),
+        Some(sig) => Err(super::EngineError::Signal(sig)),
         None => Ok(()),
     }
 }
@@ -128,7 +105,7 @@ mod tests {
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         }
-        let out = super::command("grep").args(["^SigBlk", "/proc/self/status"]).output().unwrap();
+        let out = crate::host::command("grep").args(["^SigBlk", "/proc/self/status"]).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SigBlk:\t0000000000000000");
         let inherited = std::process::Command::new("grep").args(["^SigBlk", "/proc/self/status"]).output().unwrap();
         assert_ne!(inherited.stdout, out.stdout, "std passes the mask on (this test would prove nothing)");

@@ -4,12 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The wrapper scripts, written into the aux tree.
-const RUN_PART: &str = include_str!("wrappers/run-part.sh");
-const RUN_PART_EXTRA: &str = include_str!("wrappers/run-part-extra.sh");
-const RUN_AND_LOG: &str = include_str!("wrappers/run-and-log.sh");
-const FAKE_SUDO: &str = include_str!("wrappers/fake-sudo");
-const DIB_RUN_PARTS_MISSING: &str = include_str!("wrappers/dib-run-parts-missing");
+use crate::guest::wrappers::{DIB_RUN_PARTS_MISSING, FAKE_SUDO, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA};
 
 /// A temporary directory removed on drop.
 pub struct Workspace {

@@ -298,9 +298,9 @@ impl BuildVm {
         self.vm.pid()
     }
 
-    /// The agent connection.
-    pub fn agent(&mut self) -> Result<&mut AgentClient, String> {
-        self.agent.as_mut().ok_or_else(|| "the build VM is shut down".to_owned())
+    /// The agent connection (None once shut down). Only `guest::GuestOps` uses it.
+    pub(crate) fn agent(&mut self) -> Option<&mut AgentClient> {
+        self.agent.as_mut()
     }
 
     /// The VM's stop switch (signal handlers hold it).

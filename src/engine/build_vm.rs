@@ -1,0 +1,96 @@
+//! The build VM of one build: its disks (the target, the helper drive, the scratch disk for
+//! the block-device layer), the kernel and appliance it boots, started and waited for.
+
+use std::path::PathBuf;
+
+use super::outputs::OutputPlan;
+use super::workspace::Workspace;
+use super::{appliance, helper_drive, signals, EngineError};
+use crate::guest::paths::{BUILD_SERIAL, HELPER_SERIAL, TARGET_SERIAL};
+use crate::guest::GuestOps;
+use crate::plan::BuildPlan;
+use crate::report::Reporter;
+use crate::vmbackend::{self, Backend, BuildVm, DiskFormat, VmDisk, VmSpec};
+
+/// Size of the throwaway helper drive, as virt-dib made it.
+const HELPER_SIZE: u64 = 5 << 30;
+
+/// Starts the build VM and waits for its agent; a stop signal stops it from then on.
+pub fn start(
+    c: &BuildPlan,
+    r: &Reporter,
+    backend: &Backend,
+    ws: &Workspace,
+    outputs: &OutputPlan,
+    scratch: bool,
+) -> Result<GuestOps, EngineError> {
+    let spec = spec(c, r, ws, outputs, scratch)?;
+    signals::check()?;
+    let mut vm = BuildVm::start(backend, spec)?;
+    // A signal while it boots stops it too.
+    signals::watch_vm(Some(vm.stop_switch()));
+    vm.wait_for_agent()?;
+    let ready = r.elapsed();
+    vm.trace = c.trace;
+    if c.debug >= 1 {
+        let vmm = match vm.vmm_pid() {
+            Some(pid) => format!("qemu pid {pid}"),
+            None => "microdib's own VMM".to_owned(),
+        };
+        r.debug(&format!("build VM: {} ({vmm}); its agent answered {ready:.2} s after microdib started", vm.backend()));
+        if let Some(pid) = vm.passt_pid() {
+            r.debug(&format!("network: passt (pid {pid})"));
+        }
+    }
+    Ok(GuestOps::new(vm))
+}
+
+/// The VM's disks, kernel, appliance and resources.
+fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scratch: bool) -> Result<VmSpec, EngineError> {
+    let helper = match &c.vm.drive {
+        Some(d) => VmDisk {
+            path: d.path.clone(),
+            format: helper_drive::drive_format(&d.path, d.format.as_deref())
+                .map_err(|e| EngineError::Invalid(e.to_string()))?,
+            read_only: false,
+            serial: HELPER_SERIAL.into(),
+            scratch: false,
+        },
+        None => throwaway_disk(ws.dir.join("helper.raw"), HELPER_SIZE, HELPER_SERIAL)?,
+    };
+    let target = VmDisk {
+        path: outputs.target_disk.clone(),
+        format: DiskFormat::Raw,
+        read_only: false,
+        serial: TARGET_SERIAL.into(),
+        scratch: false,
+    };
+    let mut disks = vec![target, helper];
+    if scratch {
+        // The tree is built here until the block-device layer has made the image's file systems.
+        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.image.size, BUILD_SERIAL)?);
+    }
+    let kernel = appliance::find_kernel().map_err(EngineError::Invalid)?;
+    let agent = appliance::find_agent().map_err(EngineError::Invalid)?;
+    let files = initramfs::appliance::build_or_cached(&agent, &crate::host::cache_root().join("appliance"), |m| r.info(m))
+        .map_err(|e| EngineError::Invalid(format!("cannot build the appliance: {}", vmbackend::error_chain(&e))))?;
+    Ok(VmSpec {
+        kernel,
+        initrd: files.initrd,
+        root: files.root,
+        disks,
+        memory_mib: c.vm.memory_mib,
+        vcpus: c.vm.vcpus,
+        vsock: ws.dir.join("vsock"),
+        console: ws.dir.join("console.log"),
+        network: c.vm.passt.clone().map(|passt| vmbackend::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        workdir: ws.dir.clone(),
+    })
+}
+
+/// A sparse raw disk of `size` bytes in the workspace (gone with it), with serial `id`.
+fn throwaway_disk(path: PathBuf, size: u64, serial: &str) -> Result<VmDisk, EngineError> {
+    let f = std::fs::File::create(&path).map_err(EngineError::host(format!("cannot create {}", path.display())))?;
+    f.set_len(size).map_err(EngineError::host(format!("cannot size {}", path.display())))?;
+    Ok(VmDisk { path, format: DiskFormat::Raw, read_only: false, serial: serial.into(), scratch: true })
+}

@@ -1,0 +1,218 @@
+//! The build's steps on the image in the build VM, each a guest script (`guest::scripts`):
+//! the appliance's aux tree and helper drive, the root (block-device.d and virt-dib's mkfs, or
+//! diskimage-builder's block-device layer), root.d's tree moving into place, the remounts, the
+//! extra packages, the final clean-up.
+
+use std::path::Path;
+
+use super::block_layer::{self, BlockLayer};
+use super::env::Context;
+use super::phases::{block_device_from_output, PhaseRunner};
+use super::EngineError;
+use crate::elements::scripts::phase_scripts;
+use crate::guest::paths::{self, IN_TARGET_AUX, SYSROOT};
+use crate::guest::{scripts, status_text, GuestOps, Streamed};
+use crate::plan::{BuildPlan, ImagePlan};
+
+/// How the image's root is mounted at the sysroot.
+pub enum RootMount {
+    /// virt-dib's bare file system on this device.
+    Plain(String),
+    /// diskimage-builder's block-device layer's mounts.
+    Layer,
+}
+
+impl RootMount {
+    /// The arguments of `remount-root.sh`.
+    fn args(&self) -> Vec<&str> {
+        match self {
+            RootMount::Plain(dev) => vec!["plain", dev.as_str()],
+            RootMount::Layer => vec!["layer"],
+        }
+    }
+}
+
+/// Script context outside the chroot with TARGET_ROOT `sysroot`.
+pub fn outside(sysroot: &str) -> Context {
+    Context::Outside { sysroot: sysroot.to_owned() }
+}
+
+/// Names the disks, fills the appliance's aux tree (the host's aux tree and the library) and
+/// mounts the helper drive in it.
+pub fn prepare_appliance(guest: &mut GuestOps, c: &BuildPlan, aux: &Path, scratch: bool) -> Result<(), EngineError> {
+    let mut serials = vec![paths::TARGET_SERIAL, paths::HELPER_SERIAL];
+    if scratch {
+        serials.push(paths::BUILD_SERIAL);
+    }
+    guest.script(&scripts::NAME_DISKS, &serials)?;
+    guest.script(&scripts::AUX_TMPFS, &[])?;
+    send_dir(guest, aux, paths::AUX)?;
+    send_dir(guest, &c.lib_dir, &paths::aux("lib"))?;
+    let mode = if c.vm.drive.is_some() { "keep" } else { "fresh" };
+    guest.script(&scripts::HELPER_DRIVE, &[mode, &paths::disk(paths::HELPER_SERIAL)])?;
+    Ok(())
+}
+
+fn send_dir(guest: &mut GuestOps, src: &Path, dest: &str) -> Result<(), EngineError> {
+    guest.send_dir(src, dest).map_err(EngineError::step(format!("copying {} into the build VM failed", src.display())))
+}
+
+/// The image's root at the sysroot, with the aux tree bound in: on the layer's scratch disk, or
+/// after block-device.d, virt-dib's file system on the target disk (or the device it named).
+pub fn make_root(
+    guest: &mut GuestOps,
+    image: &ImagePlan,
+    runner: &mut PhaseRunner<'_>,
+    hooks_dir: &Path,
+    layer: Option<&BlockLayer>,
+) -> Result<RootMount, EngineError> {
+    let r = runner.reporter;
+    if let Some(layer) = layer {
+        // diskimage-builder's block-device layer makes the disk later; the tree starts on the
+        // scratch disk.
+        r.message("Setting up the destination root");
+        layer.prepare(guest)?;
+        mount_aux(guest)?;
+        return Ok(RootMount::Layer);
+    }
+    guest.script(&scripts::SYSROOT_TMPFS, &[])?;
+    mount_aux(guest)?;
+    let target = paths::disk(paths::TARGET_SERIAL);
+    let loop_dev = guest.sh(r#"losetup --show -f "$1""#, &[&target])?;
+    let mut device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
+    runner.vars.block_device = device.clone();
+    let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
+    let out = runner.run(guest, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
+    if !scripts.is_empty() {
+        device = block_device_from_output(&out, &device)?;
+        runner.vars.block_device = device.clone();
+    }
+    guest.sh(r#"sync; umount -R "$MICRODIB_SYSROOT""#, &[])?;
+
+    r.message("Setting up the destination root");
+    make_filesystem(guest, image, &runner.vars.root_uuid, &device)?;
+    guest.script(&scripts::MOUNT_ROOT, &[&device])?;
+    mount_aux(guest)?;
+    Ok(RootMount::Plain(device))
+}
+
+/// mkfs with virt-dib's options, then the label and (for ext*) the UUID.
+fn make_filesystem(guest: &mut GuestOps, image: &ImagePlan, uuid: &str, dev: &str) -> Result<(), EngineError> {
+    let opts = image.mkfs_options.as_deref().unwrap_or("");
+    guest
+        .script(&scripts::MKFS, &[&image.fs_type, dev, &image.root_label, uuid, opts])
+        .map_err(EngineError::step(format!("making the {} file system failed", image.fs_type)))?;
+    Ok(())
+}
+
+/// Binds the aux tree into the target at /tmp/in_target.aux.
+pub fn mount_aux(guest: &mut GuestOps) -> Result<(), EngineError> {
+    guest.script(&scripts::MOUNT_AUX, &[])?;
+    Ok(())
+}
+
+/// root.d builds the tree in subroot/, which then moves up to the sysroot; the aux tree is
+/// bound in again and `/tmp/in_target.d` points at the hooks.
+pub fn root_d(guest: &mut GuestOps, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
+    guest.sh(r#"mkdir "$MICRODIB_SYSROOT/subroot""#, &[])?;
+    let scripts = phase_scripts(&hooks_dir.join("root.d"));
+    runner.run(guest, "root.d", &outside(&format!("{SYSROOT}/subroot")), &scripts, None, false)?;
+    guest.script(&scripts::ROOT_D_FINISH, &[])?;
+    mount_aux(guest)?;
+    let hooks = format!("{}/hooks", IN_TARGET_AUX.rsplit('/').next().unwrap_or_default());
+    guest.sh(r#"ln -sfn "$1" "$MICRODIB_SYSROOT/tmp/in_target.d""#, &[&hooks])?;
+    Ok(())
+}
+
+/// After post-root.d, the image itself at the sysroot: the layer makes it and the tree moves
+/// in, or virt-dib's remount.
+pub fn enter_image(
+    guest: &mut GuestOps,
+    image: &ImagePlan,
+    runner: &mut PhaseRunner<'_>,
+    layer: Option<&mut BlockLayer>,
+    root: &RootMount,
+) -> Result<(), EngineError> {
+    match layer {
+        Some(layer) => {
+            let mut mkfs_opts = if image.fs_type == "ext4" { "-i 4096 -J size=64".to_owned() } else { String::new() };
+            if let Some(o) = &image.mkfs_options {
+                mkfs_opts = format!("{mkfs_opts} {o}").trim().to_owned();
+            }
+            let params = block_layer::Params {
+                fs_type: image.fs_type.clone(),
+                root_label: runner.vars.root_label.clone(),
+                size_bytes: image.size,
+                mkfs_opts,
+            };
+            layer.enter_image(guest, &params, runner.reporter)?;
+            for (k, v) in &layer.exported {
+                if k == "IMAGE_BLOCK_DEVICE" {
+                    runner.vars.block_device = v.clone();
+                }
+            }
+            runner.vars.layer_vars = layer.exported.clone();
+        }
+        None => {
+            guest.script(&scripts::REMOUNT_ROOT, &root.args())?;
+        }
+    }
+    mount_aux(guest)
+}
+
+/// `--extra-packages`: install-packages in the chroot right after pre-install.d, through the
+/// logging wrapper (TARGET_DIR is the aux root, so no environment.d is sourced, as in virt-dib).
+pub fn install_packages(guest: &mut GuestOps, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), EngineError> {
+    let list = pkgs.join(" ");
+    runner.reporter.message(&format!("Installing: {list}"));
+    runner.append_log(guest, &format!("Installing {list}...\n"))?;
+    let log = format!("{IN_TARGET_AUX}/perm/{}", runner.log_name);
+    let wrapper = format!("{IN_TARGET_AUX}/run-and-log.sh");
+    let argv = [wrapper.as_str(), log.as_str(), "-", IN_TARGET_AUX, "install-packages.sh", "", "0"];
+    let env = runner.vars.script_env(&Context::Chroot);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let quiet = runner.reporter.quiet();
+    let status = guest
+        .stream(&Streamed { argv: &argv, env: &env, chroot: Some(SYSROOT) }, |_, d| {
+            if !quiet {
+                use std::io::Write;
+                let _ = std::io::stdout().write_all(d);
+            }
+        })
+        .map_err(|e| e.during("installing packages"))?;
+    if status != microdib_proto::client::ExitStatus::Code(0) {
+        return Err(EngineError::Invalid(format!("installing the extra packages failed: {}", status_text(&status))));
+    }
+    if runner.vars.debug >= 1 {
+        runner.reporter.debug("package installation completed");
+    }
+    Ok(())
+}
+
+/// Whether cleanup.d left anything in NAME.d.
+pub fn named_dir_has_files(guest: &mut GuestOps, image_name: &str) -> Result<bool, EngineError> {
+    let listing = guest.sh(r#"sync; ls -A "$1""#, &[&paths::aux(&format!("out/{image_name}.d"))])?;
+    Ok(!listing.trim().is_empty())
+}
+
+/// virt-dib's clean-up of the image, remounted: /tmp emptied, logs truncated.
+pub fn clean_image(guest: &mut GuestOps, root: &RootMount) -> Result<(), EngineError> {
+    guest.script(&scripts::REMOUNT_ROOT, &root.args())?;
+    guest.script(&scripts::CLEAN_IMAGE, &[])?;
+    Ok(())
+}
+
+/// After the outputs: freed blocks handed back (virtio-blk discard punches holes, so the raw
+/// disk stays sparse and the disk-based writers skip them), the root unmounted, the helper
+/// drive and loop devices let go.
+pub fn finish(guest: &mut GuestOps, layer: Option<&BlockLayer>) -> Result<(), EngineError> {
+    guest.sh(r#"fstrim "$MICRODIB_SYSROOT" 2>/dev/null || true; sync"#, &[])?;
+    match layer {
+        Some(layer) => layer.finish(guest)?,
+        None => {
+            guest.sh(r#"umount -R "$MICRODIB_SYSROOT""#, &[])?;
+        }
+    }
+    guest.script(&scripts::FINISH_APPLIANCE, &[])?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! A build, step by step in virt-dib's order (notes §4, §6-§8). Each step lives in the module
+//! it names; this file is only their order.
+
+use super::image::{self, outside};
+use super::outputs::OutputPlan;
+use super::phases::PhaseRunner;
+use super::prepare::{self, Prepared};
+use super::workspace::Workspace;
+use super::{build_vm, signals, EngineError};
+use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
+use crate::guest::GuestOps;
+use crate::plan::BuildPlan;
+use crate::report::Reporter;
+use crate::vmbackend::Backend;
+use super::env::Context;
+
+/// Runs a whole build; a stop signal ends it through the same failure path.
+pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
+    signals::install();
+    let result = build(c, r);
+    signals::watch_vm(None);
+    match (result, signals::caught()) {
+        (_, Some(sig)) => Err(EngineError::Signal(sig)),
+        (res, None) => res,
+    }
+}
+
+fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
+    signals::check()?;
+    // Where the build VM runs: this host's KVM, or qemu's software emulation.
+    let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
+    let ws = Workspace::create()?;
+    // On the host: elements, environment, the aux tree with the hooks, extra-data.d's plan.
+    let mut host = prepare::prepare(c, r, &ws)?;
+    let log_name = format!("{}-{}.log", r.prog(), crate::stamp::utc_stamp());
+
+    r.message("Opening the disks");
+    let outputs = OutputPlan::new(&c.image.name, &c.outputs, host.ramdisk, &ws.dir)?;
+    outputs.create_target_disk(c.image.size)?;
+    let mut guest = build_vm::start(c, r, &backend, &ws, &outputs, host.block_layer.is_some())?;
+    let log_hint = match &c.vm.drive {
+        Some(d) => format!("The build log is {log_name} at the root of the helper drive {}.", d.path.display()),
+        None => "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".into(),
+    };
+    let owners = std::mem::take(&mut host.owners);
+    let vars = host.vars.clone();
+    let runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint };
+    if let Err(e) = in_the_vm(c, &mut guest, runner, &ws, &mut host, &outputs) {
+        if let (Some(end), None) = (guest.vm().ended(), signals::caught()) {
+            return Err(EngineError::VmStopped { end: end.to_string(), console: guest.vm().console_tail() });
+        }
+        return Err(e);
+    }
+    r.message("Umounting the disks");
+    guest.into_vm().shutdown()?;
+    signals::watch_vm(None);
+    signals::check()?;
+    // After the VM: qcow2 and vhd from the disk, checksums, every output under its final name.
+    outputs.finish(r)?;
+    r.message("Done");
+    Ok(())
+}
+
+/// The phases and everything else done in the build VM.
+fn in_the_vm(
+    c: &BuildPlan,
+    guest: &mut GuestOps,
+    mut runner: PhaseRunner<'_>,
+    ws: &Workspace,
+    host: &mut Prepared,
+    outputs: &OutputPlan,
+) -> Result<(), EngineError> {
+    let r = runner.reporter;
+    let hooks = host.hooks_dir.as_path();
+    image::prepare_appliance(guest, c, &ws.aux(), host.block_layer.is_some())?;
+    // block-device.d and the root file system (or the block-device layer's scratch root).
+    // block-device.d's, root.d's and cleanup.d's scripts are the ones copied at the start (as
+    // in virt-dib); the other phases are read again from the image just before they run,
+    // since earlier scripts may add some.
+    let root = image::make_root(guest, &c.image, &mut runner, hooks, host.block_layer.as_ref())?;
+    image::root_d(guest, &runner, hooks)?;
+    host.extra_data.run(guest, &runner)?;
+    for phase in ["pre-install.d", "install.d", "post-install.d"] {
+        let scripts = runner.guest_scripts(guest, phase)?;
+        runner.run(guest, phase, &Context::Chroot, &scripts, None, false)?;
+        if phase == "pre-install.d" && !c.extra_packages.is_empty() {
+            image::install_packages(guest, &runner, &c.extra_packages)?;
+        }
+    }
+    let scripts = runner.guest_scripts(guest, "post-root.d")?;
+    runner.run(guest, "post-root.d", &outside(SYSROOT), &scripts, None, false)?;
+    // disk-image-create's block-device layer makes the image now, or virt-dib remounts.
+    image::enter_image(guest, &c.image, &mut runner, host.block_layer.as_mut(), &root)?;
+    let scripts = runner.guest_scripts(guest, "pre-finalise.d")?;
+    runner.run(guest, "pre-finalise.d", &outside(SYSROOT), &scripts, None, false)?;
+    let scripts = runner.guest_scripts(guest, "finalise.d")?;
+    runner.run(guest, "finalise.d", &Context::Chroot, &scripts, None, false)?;
+    let scripts = crate::elements::scripts::phase_scripts(&hooks.join("cleanup.d"));
+    let out_dir = format!("{SYSROOT}{IN_TARGET_AUX}/out/{}.d", host.image_name);
+    runner.run(guest, "cleanup.d", &outside(SYSROOT), &scripts, Some(&out_dir), false)?;
+
+    if image::named_dir_has_files(guest, &host.image_name)? {
+        r.message("Extracting data out of the image");
+        outputs.extract_named_dir(guest)?;
+    }
+    image::clean_image(guest, &root)?;
+    // docker, squashfs, tar, tgz: from one tar stream of the image's root.
+    outputs.filesystem_outputs(guest, r, &ws.dir)?;
+    image::finish(guest, host.block_layer.as_ref())
+}

@@ -1,0 +1,253 @@
+//! `GuestOps`: what the build asks of the build VM, as operations (run a script, run a command
+//! with its output streamed, send or fetch a tree as tar, append to a file). The only code that
+//! sends anything to the agent; every byte coming back is bounded (`capture`).
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+
+use microdib_proto::client::{AgentClient, ExitStatus};
+use microdib_proto::ProtoError;
+
+use super::capture::{Answer, Tail, ANSWER_MAX, MESSAGE_MAX};
+use super::paths::script_env;
+use super::scripts::Script;
+use crate::vmbackend::BuildVm;
+
+/// A guest operation that did not work.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The agent connection failed (the VM died, or the agent broke the protocol).
+    #[error("lost the build VM{during}: {source}")]
+    Lost { during: String, source: ProtoError },
+    /// The build VM has been shut down already.
+    #[error("the build VM is shut down")]
+    ShutDown,
+    /// A command ran and failed; `stderr_tail` is the end of what it said.
+    #[error("{stderr_tail} ({})", status_text(.status))]
+    Failed { cmd: String, status: ExitStatus, stderr_tail: String },
+    /// A command printed more than the host reads as its answer.
+    #[error("a command in the build VM printed more than {} MiB", .0 >> 20)]
+    TooMuchOutput(usize),
+    /// The host side of an operation (a pipe, host tar) failed.
+    #[error("{what}: {source}")]
+    Host { what: String, source: std::io::Error },
+}
+
+impl GuestError {
+    /// The same error, for a `Lost` one saying what was going on.
+    pub fn during(self, what: &str) -> GuestError {
+        match self {
+            GuestError::Lost { source, .. } => GuestError::Lost { during: format!(" while {what}"), source },
+            other => other,
+        }
+    }
+}
+
+/// `exit status N` / `killed by signal N`.
+pub fn status_text(s: &ExitStatus) -> String {
+    match s {
+        ExitStatus::Code(c) => format!("exit status {c}"),
+        ExitStatus::Signal(sig) => format!("killed by signal {sig}"),
+    }
+}
+
+fn lost(source: ProtoError) -> GuestError {
+    GuestError::Lost { during: String::new(), source }
+}
+
+/// A command run with its output streamed (element scripts, package installs).
+pub struct Streamed<'a> {
+    pub argv: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Run chrooted into this directory (with /proc, /sys and /dev bound there).
+    pub chroot: Option<&'a str>,
+}
+
+/// The build VM, seen as the operations the build needs.
+pub struct GuestOps {
+    vm: BuildVm,
+}
+
+impl GuestOps {
+    pub fn new(vm: BuildVm) -> GuestOps {
+        GuestOps { vm }
+    }
+
+    /// The VM itself (how it ended, its console, its processes).
+    pub fn vm(&self) -> &BuildVm {
+        &self.vm
+    }
+
+    /// Back to the VM, to shut it down.
+    pub fn into_vm(self) -> BuildVm {
+        self.vm
+    }
+
+    fn agent(&mut self) -> Result<&mut AgentClient, GuestError> {
+        self.vm.agent().ok_or(GuestError::ShutDown)
+    }
+
+    /// Runs `argv` (outside the target) with the guest scripts' environment; its standard
+    /// output, or an error with the end of what it said.
+    fn capture(&mut self, argv: &[&str]) -> Result<String, GuestError> {
+        self.vm.trace_command(argv);
+        let mut out = Answer::new(ANSWER_MAX);
+        let mut out_tail = Tail::new(MESSAGE_MAX);
+        let mut err = Tail::new(MESSAGE_MAX);
+        let status = self
+            .agent()?
+            .run(argv, &script_env(), Some("/"), |is_err, d| {
+                if is_err {
+                    err.feed(d)
+                } else {
+                    out.feed(d);
+                    out_tail.feed(d);
+                }
+            })
+            .map_err(lost)?;
+        if status != ExitStatus::Code(0) {
+            let mut stderr_tail = err.text();
+            if stderr_tail.is_empty() {
+                stderr_tail = out_tail.text();
+            }
+            return Err(GuestError::Failed { cmd: argv.join(" "), status, stderr_tail });
+        }
+        out.text().ok_or(GuestError::TooMuchOutput(ANSWER_MAX))
+    }
+
+    /// Runs one of the guest's scripts with `args`; its standard output.
+    pub fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError> {
+        let mut argv = vec!["/bin/sh", "-c", script.text, script.name];
+        argv.extend_from_slice(args);
+        self.capture(&argv)
+    }
+
+    /// Runs a one-line shell command (no guest path in it: the `MICRODIB_*` variables are set).
+    pub fn sh(&mut self, line: &str, args: &[&str]) -> Result<String, GuestError> {
+        debug_assert!(!line.contains('\n'), "guest shell longer than a line belongs in scripts/");
+        let mut argv = vec!["/bin/sh", "-c", line, "sh"];
+        argv.extend_from_slice(args);
+        self.capture(&argv)
+    }
+
+    /// Runs a command, handing its output to `on_output(is_stderr, bytes)` as it arrives.
+    pub fn stream(
+        &mut self,
+        cmd: &Streamed<'_>,
+        on_output: impl FnMut(bool, &[u8]),
+    ) -> Result<ExitStatus, GuestError> {
+        self.vm.trace_command(cmd.argv);
+        let agent = self.agent()?;
+        match cmd.chroot {
+            None => agent.run(cmd.argv, cmd.env, Some("/"), on_output),
+            Some(root) => agent.run_chrooted(cmd.argv, cmd.env, Some("/"), root, on_output),
+        }
+        .map_err(lost)
+    }
+
+    /// Appends `text` to the guest file `path`.
+    pub fn append(&mut self, path: &str, text: &[u8]) -> Result<(), GuestError> {
+        let argv = ["/bin/sh", "-c", r#"cat >> "$1""#, "sh", path];
+        let mut err = Tail::new(MESSAGE_MAX);
+        let status = self.agent()?.run_with_input(&argv, &[], None, text, |_, d| err.feed(d)).map_err(lost)?;
+        match status {
+            ExitStatus::Code(0) => Ok(()),
+            status => Err(GuestError::Failed { cmd: format!("append to {path}"), status, stderr_tail: err.text() }),
+        }
+    }
+
+    /// Sends the host directory `src` into the guest directory `dest` (made if missing), every
+    /// file owned by root.
+    pub fn send_dir(&mut self, src: &Path, dest: &str) -> Result<(), GuestError> {
+        self.sh(r#"mkdir -p "$1""#, &[dest])?;
+        let host = |what: &str| {
+            let what = format!("{what} {}", src.display());
+            move |source| GuestError::Host { what, source }
+        };
+        let mut tar = crate::host::command("tar")
+            .args(["--owner=root", "--group=root", "-C"])
+            .arg(src)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(host("cannot run tar for"))?;
+        let Some(out) = tar.stdout.take() else {
+            return Err(host("no output from tar for")(std::io::Error::other("no pipe")));
+        };
+        let sent = self.receive_tar(dest, out);
+        let packed = tar.wait().map_err(host("tar failed for"))?;
+        sent?;
+        match packed.success() {
+            true => Ok(()),
+            false => Err(host("tar failed for")(std::io::Error::other(packed.to_string()))),
+        }
+    }
+
+    /// Unpacks the tar stream `input` into the guest directory `dest`.
+    pub fn receive_tar(&mut self, dest: &str, input: impl Read + Send) -> Result<(), GuestError> {
+        let mut err = Tail::new(MESSAGE_MAX);
+        let status = self.agent()?.tar_in(dest, input, |_, d| err.feed(d)).map_err(lost)?;
+        match status {
+            ExitStatus::Code(0) => Ok(()),
+            status => Err(GuestError::Failed { cmd: format!("tar -x -C {dest}"), status, stderr_tail: err.text() }),
+        }
+    }
+
+    /// Packs the guest tree `tree` into a tar stream handed to `sink` as it comes (GNU tar,
+    /// numeric owners, sparse files kept sparse, `excludes` left out). `metadata` adds what
+    /// the image outputs keep and reproduce: xattrs, ACLs, name order.
+    pub fn send_tree(
+        &mut self,
+        tree: &TreeTar<'_>,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), GuestError> {
+        let mut argv = vec!["tar", "-C", tree.root, "-c", "-f", "-", "--numeric-owner", "--sparse"];
+        if tree.metadata {
+            // --sort=name: the same tree gives the same stream, and so the same outputs.
+            argv.extend(["--sort=name", "--xattrs", "--xattrs-include=*", "--acls"]);
+        }
+        let excludes: Vec<String> = tree.excludes.iter().map(|e| format!("--exclude={e}")).collect();
+        argv.extend(excludes.iter().map(String::as_str));
+        argv.push(".");
+        self.vm.trace_command(&argv);
+        let mut err = Tail::new(MESSAGE_MAX);
+        let mut sink_err = None;
+        let status = self
+            .agent()?
+            .run(&argv, &script_env(), Some("/"), |is_err, d| {
+                if is_err {
+                    err.feed(d);
+                } else if sink_err.is_none() {
+                    sink_err = sink(d).err();
+                }
+            })
+            .map_err(lost)?;
+        if let Some(source) = sink_err {
+            return Err(GuestError::Host { what: format!("cannot take the tar stream of {}", tree.root), source });
+        }
+        match status {
+            ExitStatus::Code(0) => Ok(()),
+            status => Err(GuestError::Failed { cmd: argv.join(" "), status, stderr_tail: err.text() }),
+        }
+    }
+
+    /// Removes `paths` (guest paths) recursively.
+    pub fn remove(&mut self, paths: &[String]) -> Result<(), GuestError> {
+        for chunk in paths.chunks(256) {
+            let mut argv = vec!["rm", "-rf", "--"];
+            argv.extend(chunk.iter().map(String::as_str));
+            self.capture(&argv)?;
+        }
+        Ok(())
+    }
+}
+
+/// A guest tree to send as tar (`GuestOps::send_tree`).
+pub struct TreeTar<'a> {
+    pub root: &'a str,
+    /// tar `--exclude` patterns, relative to the root (`./proc/*`).
+    pub excludes: &'a [String],
+    pub metadata: bool,
+}
+

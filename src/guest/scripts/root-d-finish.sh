@@ -1,0 +1,11 @@
+# After root.d, which built the tree in subroot/: the tree moves up to the sysroot.
+set -e
+root=$MICRODIB_SYSROOT
+sync
+umount -R "$root$MICRODIB_IN_TARGET_AUX"
+rm -rf "$root/tmp" "$root/subroot/lost+found"
+for e in "$root"/subroot/* "$root"/subroot/.[!.]* "$root"/subroot/..?*; do
+    if [ -e "$e" ] || [ -L "$e" ]; then mv "$e" "$root/"; fi
+done
+rmdir "$root/subroot"
+[ -d "$root/tmp" ] || { echo "root.d left no /tmp in the image" >&2; exit 1; }

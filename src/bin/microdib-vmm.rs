@@ -139,27 +139,10 @@ fn exit_code(e: &GuestExit) -> u8 {
 
 /// SIGINT, SIGTERM and SIGHUP stop the VM cleanly (devices dropped, the vsock socket removed)
 /// instead of killing the process. They are blocked in every thread and taken by one waiter.
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset before use, and
-    // pthread_sigmask only changes this thread's mask (inherited by threads spawned later).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-fn stop_on_signals(set: libc::sigset_t, latch: std::sync::Arc<vmm::ExitLatch>) {
-    std::thread::spawn(move || {
-        let mut sig = 0;
-        // SAFETY: sigwait with a valid set and output pointer.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            latch.set(GuestExit::Interrupted(sig));
-        }
+fn stop_on_signals(signals: vmm::child::BlockedSignals, latch: std::sync::Arc<vmm::ExitLatch>) {
+    signals.take(move |sig| {
+        latch.set(GuestExit::Interrupted(sig));
+        false
     });
 }
 
@@ -211,7 +194,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
         console,
         virtio_devices,
     };
-    let signals = block_stop_signals();
+    let signals = vmm::child::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
     let vm = Vm::build(&host, config)?;
     stop_on_signals(signals, vm.exit_latch());
     tracing::debug!("VM ready {:.1} ms after start", started.elapsed().as_secs_f64() * 1e3);

@@ -46,22 +46,22 @@ impl BlockLayer {
         lib: &Path,
         arch: &str,
         user_config: Option<&str>,
-    ) -> Result<Option<BlockLayer>, String> {
+    ) -> Result<Option<BlockLayer>, EngineError> {
         let providers: Vec<&String> = expanded
             .iter()
             .filter(|e| idx.get(e).is_some_and(|el| el.provides().iter().any(|p| p == PROVIDED)))
             .collect();
         let Some(first) = providers.first() else { return Ok(None) };
         let package = lib.parent().filter(|p| p.join("block_device/cmd.py").is_file()).ok_or_else(|| {
-            format!(
+            EngineError::Invalid(format!(
                 "element {first} needs diskimage-builder's block-device layer, but {} is not inside a diskimage_builder package (no block_device/cmd.py next to it)",
                 lib.display()
-            )
+            ))
         })?;
         let config = match user_config.filter(|c| !c.is_empty()) {
             Some(c) => match c.strip_prefix("file://") {
                 Some(path) => std::fs::read_to_string(path)
-                    .map_err(|e| format!("DIB_BLOCK_DEVICE_CONFIG: cannot read {path}: {e}"))?,
+                    .map_err(EngineError::host(format!("DIB_BLOCK_DEVICE_CONFIG: cannot read {path}")))?,
                 None => c.to_owned(),
             },
             None => element_config(idx, expanded, arch).unwrap_or_else(|| FALLBACK_CONFIG.to_owned()),
@@ -70,26 +70,26 @@ impl BlockLayer {
     }
 
     /// The host directories to copy into the appliance's PYTHON_DIR: (source, name there).
-    fn python_tree(&self) -> Result<Vec<(PathBuf, String)>, String> {
+    fn python_tree(&self) -> Result<Vec<(PathBuf, String)>, EngineError> {
         let site = self.package.parent().unwrap_or(Path::new("/"));
         let mut out = vec![(self.package.clone(), "diskimage_builder".to_owned())];
         // stevedore finds the layer's plugins through the package's entry points.
         let dist = std::fs::read_dir(site)
-            .map_err(|e| format!("cannot read {}: {e}", site.display()))?
+            .map_err(EngineError::host(format!("cannot read {}", site.display())))?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .find(|n| n.starts_with("diskimage_builder-") && n.ends_with(".dist-info"))
-            .ok_or_else(|| format!("no diskimage_builder-*.dist-info in {}", site.display()))?;
+            .ok_or_else(|| EngineError::Invalid(format!("no diskimage_builder-*.dist-info in {}", site.display())))?;
         out.push((site.join(&dist), dist));
         for m in MODULES {
             let p = site.join(m);
             if p.is_dir() {
                 out.push((p, (*m).to_owned()));
             } else if *m != "_yaml" {
-                return Err(format!(
+                return Err(EngineError::Invalid(format!(
                     "diskimage-builder's block-device layer needs the Python module {m} beside it in {}",
                     site.display()
-                ));
+                )));
             }
         }
         Ok(out)

@@ -70,8 +70,8 @@ fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scrat
         // The tree is built here until the block-device layer has made the image's file systems.
         disks.push(throwaway_disk(ws.dir.join("build.raw"), c.image.size, BUILD_SERIAL)?);
     }
-    let kernel = appliance::find_kernel().map_err(EngineError::Invalid)?;
-    let agent = appliance::find_agent().map_err(EngineError::Invalid)?;
+    let kernel = appliance::find_kernel()?;
+    let agent = appliance::find_agent()?;
     let files = initramfs::appliance::build_or_cached(&agent, &crate::host::cache_root().join("appliance"), |m| r.info(m))
         .map_err(|e| EngineError::Invalid(format!("cannot build the appliance: {}", vmbackend::error_chain(&e))))?;
     Ok(VmSpec {

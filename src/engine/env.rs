@@ -15,12 +15,9 @@ pub enum Context {
     Chroot,
 }
 
-/// The appliance's own PATH, which scripts outside the chroot see after the hooks' bin.
-pub const APPLIANCE_PATH: &str = "/sbin:/usr/sbin:/bin:/usr/bin";
-/// Where the target file system is mounted in the appliance.
-pub const SYSROOT: &str = "/sysroot";
-/// The aux tree, seen from the target's root.
-pub const AUX: &str = "/tmp/in_target.aux";
+// The appliance's own PATH (scripts outside the chroot see it after the hooks' bin), where
+// the target is mounted in the appliance, and the aux tree as the target sees it.
+use crate::guest::paths::{GUEST_PATH as APPLIANCE_PATH, IN_TARGET_AUX as AUX, SYSROOT};
 
 /// What every script of a build shares.
 #[derive(Debug, Clone, Default)]

@@ -24,6 +24,9 @@ pub enum EngineError {
     /// A script whose standard output is its answer said too much.
     #[error("{phase}/{script} printed more than {mib} MiB on its standard output, which is read as its answer")]
     AnswerTooLong { phase: String, script: String, mib: usize },
+    /// Nothing to boot: no kernel, no agent.
+    #[error(transparent)]
+    Appliance(#[from] super::appliance::ApplianceError),
     /// A host file or process operation.
     #[error("{what}: {source}")]
     Host { what: String, source: std::io::Error },

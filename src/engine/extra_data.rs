@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
-use microdib_proto::client::ExitStatus;
+use crate::guest::ExitStatus;
 
 use super::host_view::{self, make_removable, HostView};
 use super::phases::{profiling_table, PhaseRunner, PhaseTimes};
@@ -68,9 +68,9 @@ impl ExtraData {
         drop(writer);
         let mut view = unpacker.join().map_err(|_| EngineError::Invalid("the extra-data.d unpacker panicked".into()))?;
         match sent {
-            // A view that refused the stream stopped reading: its own error says why.
-            Err(GuestError::Host { .. }) if view.is_err() => {}
-            Ok(()) => {}
+            // The view stops reading at the archive's end (tar pads its last record after it),
+            // or when it refuses the stream: then its own result says what happened.
+            Err(GuestError::Host { .. }) | Ok(()) => {}
             Err(e @ GuestError::Lost { .. }) => return Err(e.into()),
             Err(e) => return Err(EngineError::step("cannot read the image's root for extra-data.d")(e)),
         }

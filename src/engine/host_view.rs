@@ -88,10 +88,10 @@ pub struct HostView {
     recorded: HashMap<PathBuf, Recorded>,
 }
 
-/// The hooks in the aux tree (`env::AUX`, relative): the guest's are left out of the view, and
+/// The hooks in the aux tree (`guest::paths::IN_TARGET_AUX`, relative): the guest's are left out of the view, and
 /// the host puts its own trusted copy there (`add_host_hooks`).
 pub fn host_only() -> PathBuf {
-    Path::new(super::env::AUX.trim_start_matches('/')).join("hooks")
+    Path::new(crate::guest::paths::IN_TARGET_AUX.trim_start_matches('/')).join("hooks")
 }
 
 /// A relative path from the stream, or None if it is absolute or climbs out.

@@ -112,15 +112,16 @@ pub fn mount_aux(guest: &mut GuestOps) -> Result<(), EngineError> {
 }
 
 /// root.d builds the tree in subroot/, which then moves up to the sysroot; the aux tree is
-/// bound in again and `/tmp/in_target.d` points at the hooks.
+/// bound in again and `paths::IN_TARGET_D` points at the hooks.
 pub fn root_d(guest: &mut GuestOps, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
     guest.sh(r#"mkdir "$MICRODIB_SYSROOT/subroot""#, &[])?;
     let scripts = phase_scripts(&hooks_dir.join("root.d"));
     runner.run(guest, "root.d", &outside(&format!("{SYSROOT}/subroot")), &scripts, None, false)?;
     guest.script(&scripts::ROOT_D_FINISH, &[])?;
     mount_aux(guest)?;
+    // Relative, so it holds inside the chroot and out.
     let hooks = format!("{}/hooks", IN_TARGET_AUX.rsplit('/').next().unwrap_or_default());
-    guest.sh(r#"ln -sfn "$1" "$MICRODIB_SYSROOT/tmp/in_target.d""#, &[&hooks])?;
+    guest.sh(r#"ln -sfn "$1" "$MICRODIB_SYSROOT$2""#, &[&hooks, paths::IN_TARGET_D])?;
     Ok(())
 }
 
@@ -180,7 +181,7 @@ pub fn install_packages(guest: &mut GuestOps, runner: &PhaseRunner<'_>, pkgs: &[
             }
         })
         .map_err(|e| e.during("installing packages"))?;
-    if status != microdib_proto::client::ExitStatus::Code(0) {
+    if status != crate::guest::ExitStatus::Code(0) {
         return Err(EngineError::Invalid(format!("installing the extra packages failed: {}", status_text(&status))));
     }
     if runner.vars.debug >= 1 {

@@ -7,6 +7,9 @@
 //! - in it, through `crate::guest`: `image` (the root, the remounts, the clean-up), `phases`
 //!   (element scripts), `block_layer` (diskimage-builder's block-device layer).
 
+// Guest data flows through here: no unwrap/expect (tests excepted, clippy.toml).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod appliance;
 pub mod block_layer;
 pub mod build_vm;

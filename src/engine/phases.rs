@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use microdib_proto::client::ExitStatus;
+use crate::guest::ExitStatus;
 
 use super::env::{BuildVars, Context};
 use super::EngineError;
@@ -203,7 +203,7 @@ pub fn profiling_table(t: &PhaseTimes) -> String {
 
 /// block-device.d's contract: no output keeps `current`; otherwise exactly one
 /// `IMAGE_BLOCK_DEVICE=` line names the new device.
-pub fn block_device_from_output(output: &str, current: &str) -> Result<String, String> {
+pub fn block_device_from_output(output: &str, current: &str) -> Result<String, EngineError> {
     let lines: Vec<&str> = output.lines().filter(|l| !l.is_empty()).collect();
     if lines.is_empty() {
         return Ok(current.to_owned());
@@ -211,8 +211,8 @@ pub fn block_device_from_output(output: &str, current: &str) -> Result<String, S
     let found: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("IMAGE_BLOCK_DEVICE=")).collect();
     match found.as_slice() {
         [one] => Ok((*one).to_owned()),
-        [] => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\n{}", lines.join("\n"))),
-        _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n"))),
+        [] => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\n{}", lines.join("\n")).into()),
+        _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n")).into()),
     }
 }
 
@@ -228,11 +228,12 @@ mod tests {
             "/dev/loop0p1"
         );
         assert_eq!(
-            block_device_from_output("a\nb\n", "/dev/loop0").unwrap_err(),
+            block_device_from_output("a\nb\n", "/dev/loop0").unwrap_err().to_string(),
             "variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\na\nb"
         );
         assert!(block_device_from_output("IMAGE_BLOCK_DEVICE=a\nIMAGE_BLOCK_DEVICE=b", "x")
             .unwrap_err()
+            .to_string()
             .contains("more than one occurrency"));
     }
 

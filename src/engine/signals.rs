@@ -13,34 +13,21 @@ static VM: Mutex<Option<Arc<dyn StopSwitch>>> = Mutex::new(None);
 /// Blocks the stop signals in this thread (and so in every thread started later) and starts
 /// the thread that takes them. Call before any other thread exists.
 pub fn install() {
-    // SAFETY: sigset_t is plain data set up by sigemptyset/sigaddset; pthread_sigmask changes only
-    // this thread's mask; signal() restores a default disposition; sigwait is given a valid set
-    // and output pointer.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-            libc::sigaddset(&mut set, s);
+    // Children are waited for (qemu's reaper): an inherited SIG_IGN would let the kernel reap
+    // them behind our back.
+    // SAFETY: signal() only restores a default disposition.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    vmm::child::block_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]).take(|sig| {
+        CAUGHT.store(sig, Ordering::SeqCst);
+        if let Some(vm) = VM.lock().ok().and_then(|g| g.clone()) {
+            vm.stop(sig);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        // Children are waited for (qemu's reaper): an inherited SIG_IGN would let the kernel
-        // reap them behind our back.
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-        std::thread::spawn(move || loop {
-            let mut sig = 0;
-            if libc::sigwait(&set, &mut sig) != 0 {
-                return;
-            }
-            CAUGHT.store(sig, Ordering::SeqCst);
-            if let Some(vm) = VM.lock().ok().and_then(|g| g.clone()) {
-                vm.stop(sig);
-            }
-            let child = CHILD.load(Ordering::SeqCst);
-            if child > 0 {
-                stop_child(child);
-            }
-        });
-    }
+        let child = CHILD.load(Ordering::SeqCst);
+        if child > 0 {
+            stop_child(child);
+        }
+        true
+    });
 }
 
 /// The VM a signal should stop (None when it is gone); stopped at once if one already came.

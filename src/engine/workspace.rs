@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use super::EngineError;
 use crate::guest::wrappers::{DIB_RUN_PARTS_MISSING, FAKE_SUDO, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA};
 
 /// A temporary directory removed on drop.
@@ -12,7 +13,7 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn create() -> Result<Workspace, String> {
+    pub fn create() -> Result<Workspace, EngineError> {
         let base = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
         let template = base.join("microdib.XXXXXX");
         let mut bytes = template.as_os_str().as_encoded_bytes().to_vec();
@@ -20,11 +21,8 @@ impl Workspace {
         // SAFETY: mkdtemp rewrites the XXXXXX of a NUL-terminated buffer we own.
         let p = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
         if p.is_null() {
-            return Err(format!(
-                "cannot create a temporary directory in {}: {}",
-                base.display(),
-                std::io::Error::last_os_error()
-            ));
+            let what = format!("cannot create a temporary directory in {}", base.display());
+            return Err(EngineError::host(what)(std::io::Error::last_os_error()));
         }
         bytes.pop();
         // SAFETY: the bytes came from an OsStr and mkdtemp only replaced ASCII characters.
@@ -39,12 +37,12 @@ impl Workspace {
 
     /// Writes the wrappers, fake sudo, dib-run-parts, the output and mount-point directories,
     /// and install-packages.sh when packages are asked for.
-    pub fn write_aux(&self, image_name: &str, extra_packages: &[String]) -> Result<(), String> {
+    pub fn write_aux(&self, image_name: &str, extra_packages: &[String]) -> Result<(), EngineError> {
         let aux = self.aux();
         let w = |rel: &str, text: &str| write_executable(&aux.join(rel), text);
         for d in ["hooks/environment.d", "fake-bin", "perm", &format!("out/{image_name}.d")] {
             std::fs::create_dir_all(aux.join(d))
-                .map_err(|e| format!("cannot create {}: {e}", aux.join(d).display()))?;
+                .map_err(EngineError::host(format!("cannot create {}", aux.join(d).display())))?;
         }
         w("run-part.sh", RUN_PART)?;
         w("run-part-extra.sh", RUN_PART_EXTRA)?;
@@ -53,7 +51,8 @@ impl Workspace {
         // The host's dib-run-parts if it has one, as virt-dib did.
         match crate::host::which("dib-run-parts") {
             Some(p) => {
-                crate::elements::hooks::copy_tree(&p, &aux.join("fake-bin/dib-run-parts")).map_err(|e| e.to_string())?
+                crate::elements::hooks::copy_tree(&p, &aux.join("fake-bin/dib-run-parts"))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?
             }
             None => w("fake-bin/dib-run-parts", DIB_RUN_PARTS_MISSING)?,
         }
@@ -72,8 +71,8 @@ impl Drop for Workspace {
     }
 }
 
-pub fn write_executable(path: &Path, text: &str) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+pub fn write_executable(path: &Path, text: &str) -> Result<(), EngineError> {
+    let err = |e| EngineError::host(format!("cannot write {}", path.display()))(e);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }

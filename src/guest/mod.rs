@@ -3,10 +3,13 @@
 //! guest shell script is a file in `scripts/` (and the element wrappers in `wrappers/`), and
 //! every buffer of guest bytes is bounded by `capture`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod capture;
 mod ops;
 pub mod paths;
 pub mod scripts;
 pub mod wrappers;
 
+pub use microdib_proto::client::ExitStatus;
 pub use ops::{status_text, GuestError, GuestOps, Streamed, TreeTar};

@@ -56,6 +56,14 @@ fn lost(source: ProtoError) -> GuestError {
     GuestError::Lost { during: String::new(), source }
 }
 
+/// Success, or the failure of `cmd` with the end of what it said.
+fn checked(status: ExitStatus, cmd: impl FnOnce() -> String, said: &Tail) -> Result<(), GuestError> {
+    match status {
+        ExitStatus::Code(0) => Ok(()),
+        status => Err(GuestError::Failed { cmd: cmd(), status, stderr_tail: said.text() }),
+    }
+}
+
 /// A command run with its output streamed (element scripts, package installs).
 pub struct Streamed<'a> {
     pub argv: &'a [&'a str],
@@ -106,13 +114,8 @@ impl GuestOps {
                 }
             })
             .map_err(lost)?;
-        if status != ExitStatus::Code(0) {
-            let mut stderr_tail = err.text();
-            if stderr_tail.is_empty() {
-                stderr_tail = out_tail.text();
-            }
-            return Err(GuestError::Failed { cmd: argv.join(" "), status, stderr_tail });
-        }
+        // What it printed on stderr, or without any, the end of its stdout.
+        checked(status, || argv.join(" "), if err.text().is_empty() { &out_tail } else { &err })?;
         out.text().ok_or(GuestError::TooMuchOutput(ANSWER_MAX))
     }
 
@@ -151,10 +154,7 @@ impl GuestOps {
         let argv = ["/bin/sh", "-c", r#"cat >> "$1""#, "sh", path];
         let mut err = Tail::new(MESSAGE_MAX);
         let status = self.agent()?.run_with_input(&argv, &[], None, text, |_, d| err.feed(d)).map_err(lost)?;
-        match status {
-            ExitStatus::Code(0) => Ok(()),
-            status => Err(GuestError::Failed { cmd: format!("append to {path}"), status, stderr_tail: err.text() }),
-        }
+        checked(status, || format!("append to {path}"), &err)
     }
 
     /// Sends the host directory `src` into the guest directory `dest` (made if missing), every
@@ -188,10 +188,7 @@ impl GuestOps {
     pub fn receive_tar(&mut self, dest: &str, input: impl Read + Send) -> Result<(), GuestError> {
         let mut err = Tail::new(MESSAGE_MAX);
         let status = self.agent()?.tar_in(dest, input, |_, d| err.feed(d)).map_err(lost)?;
-        match status {
-            ExitStatus::Code(0) => Ok(()),
-            status => Err(GuestError::Failed { cmd: format!("tar -x -C {dest}"), status, stderr_tail: err.text() }),
-        }
+        checked(status, || format!("tar -x -C {dest}"), &err)
     }
 
     /// Packs the guest tree `tree` into a tar stream handed to `sink` as it comes (GNU tar,
@@ -226,10 +223,7 @@ impl GuestOps {
         if let Some(source) = sink_err {
             return Err(GuestError::Host { what: format!("cannot take the tar stream of {}", tree.root), source });
         }
-        match status {
-            ExitStatus::Code(0) => Ok(()),
-            status => Err(GuestError::Failed { cmd: argv.join(" "), status, stderr_tail: err.text() }),
-        }
+        checked(status, || argv.join(" "), &err)
     }
 
     /// Removes `paths` (guest paths) recursively.

@@ -11,6 +11,8 @@ pub const AUX: &str = "/run/microdib/aux";
 pub const SYSROOT: &str = "/sysroot";
 /// The aux tree as the target's scripts see it (relative to the target's root).
 pub const IN_TARGET_AUX: &str = "/tmp/in_target.aux";
+/// diskimage-builder's link to the hooks in the target (`in_target.aux/hooks`).
+pub const IN_TARGET_D: &str = "/tmp/in_target.d";
 /// `/run/microdib/disk/<serial>` links to each disk (`scripts/name-disks.sh`).
 pub const DISKS: &str = "/run/microdib/disk";
 /// diskimage-builder's block-device layer: its working directory (state from init to cleanup)

@@ -63,6 +63,40 @@ pub fn unblock_signals() {
     }
 }
 
+/// Signals blocked in every thread, waiting to be taken by one (`take`).
+pub struct BlockedSignals(libc::sigset_t);
+
+/// Blocks `signals` in this thread (and so in every thread it starts later). Call before other
+/// threads exist; children must `unblock_signals` before exec.
+pub fn block_signals(signals: &[libc::c_int]) -> BlockedSignals {
+    // SAFETY: sigset_t is plain data set up by sigemptyset/sigaddset before use; pthread_sigmask
+    // changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        BlockedSignals(set)
+    }
+}
+
+impl BlockedSignals {
+    /// Hands each signal that arrives to `on_signal` on a thread of its own, until it returns
+    /// false.
+    pub fn take(self, mut on_signal: impl FnMut(libc::c_int) -> bool + Send + 'static) {
+        let set = self.0;
+        std::thread::spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: sigwait gets a valid set and output pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 || !on_signal(sig) {
+                return;
+            }
+        });
+    }
+}
+
 /// Asks for SIGKILL when the thread that started us dies (so even a SIGKILLed microdib takes its
 /// children along), and fails if `parent` is already gone.
 pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {

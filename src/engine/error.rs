@@ -19,8 +19,8 @@ pub enum EngineError {
     #[error("{step}: {source}")]
     Step { step: String, source: GuestError },
     /// An element script failed.
-    #[error("{phase}/{script} (element {element}) failed: {status}\nlast lines of its output:\n{tail}\n{log_hint}")]
-    Script { phase: String, script: String, element: String, status: String, tail: String, log_hint: String },
+    #[error(transparent)]
+    Script(Box<ScriptFailed>),
     /// A script whose standard output is its answer said too much.
     #[error("{phase}/{script} printed more than {mib} MiB on its standard output, which is read as its answer")]
     AnswerTooLong { phase: String, script: String, mib: usize },
@@ -40,6 +40,18 @@ pub enum EngineError {
     /// A stop signal arrived.
     #[error("stopped by {0}")]
     Signal(&'static str),
+}
+
+/// An element script that failed, and what it said last.
+#[derive(Debug, thiserror::Error)]
+#[error("{phase}/{script} (element {element}) failed: {status}\nlast lines of its output:\n{tail}\n{log_hint}")]
+pub struct ScriptFailed {
+    pub phase: String,
+    pub script: String,
+    pub element: String,
+    pub status: String,
+    pub tail: String,
+    pub log_hint: String,
 }
 
 impl From<String> for EngineError {

@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::guest::ExitStatus;
 
 use super::env::{BuildVars, Context};
+use super::error::ScriptFailed;
 use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
@@ -166,14 +167,14 @@ impl<'a> PhaseRunner<'a> {
                 self.reporter.debug(&format!("{script} completed after {secs:.3} s"));
             }
             if !matches!(status, ExitStatus::Code(0)) {
-                return Err(EngineError::Script {
+                return Err(EngineError::Script(Box::new(ScriptFailed {
                     phase: phase.to_owned(),
                     script: script.clone(),
                     element: self.owner(phase, script),
                     status: status_text(&status),
                     tail: tail.into_lines().join("\n"),
                     log_hint: self.log_hint.clone(),
-                });
+                })));
             }
         }
         times.end(self.reporter);

@@ -202,8 +202,9 @@ pub fn json_escape(s: &str) -> String {
 pub fn timestamp() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs() as libc::time_t;
-    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    // SAFETY: libc::tm is plain data, for which all zeroes is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
     if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
         return String::new();
     }

@@ -39,6 +39,38 @@ fn machine_readable_lists_the_formats_before_checking_b() {
     );
 }
 
+/// virt-dib's info lines come before an element error (with `base` first), and the carried
+/// variables are listed as virt-dib lists them: reverse order, unset ones dropped, a repeated
+/// name kept (issue 16, gaps 1 and 2). No VM: the builds stop before one starts.
+#[test]
+fn info_lines_come_before_errors_as_in_virt_dib() {
+    let lib = fixtures().join("lib");
+    let els = fixtures().join("elements");
+    let (lib, els) = (lib.to_str().unwrap(), els.to_str().unwrap());
+    let out = microdib(&["-B", lib, "-p", els, "--no-network", "nosuch"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.lines().any(|l| l == "microdib: Elements: base nosuch"), "{stdout}");
+    assert!(text(&out.stderr).starts_with("microdib: error: element nosuch not found"));
+    let empty = std::env::temp_dir().join(format!("microdib-no-elements-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = microdib(&["-B", lib, "-p", empty.to_str().unwrap(), "--no-network", "fixture-os"]);
+    assert!(text(&out.stdout).lines().any(|l| l == "microdib: Elements: base fixture-os"));
+    assert!(text(&out.stderr).starts_with("microdib: error: element base not found"));
+    std::fs::remove_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_microdib"))
+        .args(["-B", lib, "-p", els, "--no-network", "--name", "/nonexistent-dir/img"])
+        .args(["--envvar", "A", "--envvar", "B=x", "--envvar", "C", "--envvar", "D=1", "--envvar", "D=2"])
+        .arg("fixture-os")
+        .env("A", "from-host")
+        .env_remove("C")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(stdout.lines().any(|l| l == "microdib: Carried environment variables: D D B A"), "{stdout}");
+    assert!(text(&out.stderr).starts_with("microdib: error: the output directory /nonexistent-dir does not exist"));
+}
+
 /// Runs microdib with `args` and returns (status, stderr's first line).
 fn fails(args: &[&str]) -> (Option<i32>, String) {
     let out = microdib(args);
@@ -173,6 +205,7 @@ fn builds_the_fixture_os_with_every_phase_on_our_kvm() {
 fn every_phase_build(vm: BuildVm) {
     let (lib, els) = fixture_dirs();
     let root = env!("CARGO_MANIFEST_DIR");
+    let schema = format!("{root}/docs/machine-readable.schema.json");
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -213,6 +246,26 @@ echo "helper: log=$log"
 debugfs -R "cat /$log" "$d/helper.img" 2>/dev/null | grep -E '^(Running install.d/10-a\.\.\.|Target: install.d|Installing .*|fixture install-packages: .*)$' | sed 's/^/helper: /'
 debugfs -R 'ls -p /home/.cache' "$d/helper.img" 2>/dev/null | grep -q '/image-create/' && echo "helper: image-cache=yes"
 grep -o '"type": "[a-z-]*"' "$d/events" | sort | uniq -c | awk '{{print "event:", $3}}' | tr -d '"'
+# Every record against docs/machine-readable.schema.json (its required keys, types and kinds).
+python3 - "$d/events" {schema} <<'PY' | sed 's/^/records: /'
+import json, sys
+schema = json.load(open(sys.argv[2]))
+types = {{"string": str, "number": (int, float), "integer": int}}
+bad = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    need = set(schema["required"])
+    for rule in schema["allOf"]:
+        if r.get("type") == rule["if"]["properties"]["type"]["const"]:
+            need |= set(rule["then"]["required"])
+    props = schema["properties"]
+    ok = need <= r.keys() and r["type"] in props["type"]["enum"] and all(
+        k in props and ("type" not in props[k] or isinstance(v, types[props[k]["type"]])) for k, v in r.items())
+    if not ok:
+        bad += 1
+        print("bad", line.strip())
+print("checked, bad", bad)
+PY
 
 echo "phases: $(cat img.d/phases)"
 echo "dib-env: $(cat img.d/install.d.dibenv)"
@@ -374,9 +427,11 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     has("helper: fixture install-packages: vim less tree");
     has("stdout: fixture install-packages: vim less tree");
     assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with("] Installing: vim less tree")));
-    for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output"] {
+    for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output", "written"] {
         has(&format!("event: {e}"));
     }
+    // Every record has virt-dib's keys and microdib's numbers are numbers (issue 16, gap 4).
+    has("records: checked, bad 0");
     // extra-data.d on the host (notes §5.2, §5.6 column H, §6.3): the host environment and the
     // image's root in TMP_MOUNT_PATH, whose changes reach the image (new files owned by root).
     assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with("] Running: extra-data.d/90-dump")));
@@ -722,8 +777,9 @@ echo "ramdisk: named=$(ls -A "$d/out/rd.d" | tr '\n' ' ')"
     assert!(s.lines().any(|l| l.starts_with("disk: + ")), "no set -x trace at --debug 1:\n{s}");
     assert!(s.lines().any(|l| l.starts_with("disk: 10-one-partition completed after ")), "{s}");
     has("ramdisk: status=0");
-    // virt-dib: the ramdisk element first, no disk formats and no checksums, tar still made.
-    has("ramdisk: files=rd.d rd.tar ");
+    // The ramdisk element first; no image of any format and no checksums ("no image is
+    // produced", the manual says; virt-dib 1.48.2 still wrote the tar).
+    has("ramdisk: files=rd.d ");
     has("ramdisk: named=rd.initramfs rd.kernel ");
 }
 
@@ -1061,4 +1117,40 @@ echo "phases: $(cat "$d/out/bd.d/phases")"
     assert!(at("Running: post-install.d") < at("Partitioning the disk"), "{s}");
     assert!(at("Partitioning the disk") < at("Copying the tree into the image"), "{s}");
     assert!(at("Copying the tree into the image") < at("Running: finalise.d"), "{s}");
+}
+
+/// A tree without /var/log or /tmp (diskimage-builder's fake-os shape, with --skip-base)
+/// builds, and block-device.d output without an IMAGE_BLOCK_DEVICE= line is only talk (issue
+/// 16, gaps 6 and 7). A failing script's work is on a disk kept with --no-delete-on-failure
+/// (gap 5).
+#[test]
+fn small_trees_chatty_block_device_d_and_kept_disks() {
+    let (lib, els) = fixture_dirs();
+    let script = format!(
+        r#"d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+mkdir -p "$d/out" "$d/els/half-done/install.d"
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/fake" --size 256M --formats raw --skip-base \
+   --image-cache "$d/cache" fake-os chatty-block-device > "$d/log" 2>&1
+echo "fake: status=$?"
+sed 's/^/fake: /' "$d/log"
+echo "fake: file=$(debugfs -R 'stat /fake-os' "$d/out/fake.raw" 2>/dev/null | grep -o 'Size: [0-9]*')"
+echo "fake: var=$(debugfs -R 'ls /' "$d/out/fake.raw" 2>/dev/null | grep -c ' var ')"
+printf '#!/bin/bash\necho half > /half-done\necho wrote half\nexit 3\n' > "$d/els/half-done/install.d/20-half"
+chmod +x "$d/els/half-done/install.d/20-half"
+"$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 256M --formats raw --no-delete-on-failure \
+   --image-cache "$d/cache" fixture-os half-done > "$d/log2" 2>&1
+echo "kept: status=$?"
+echo "kept: marker=$(debugfs -R 'cat /half-done' "$d/out/kept.raw" 2>/dev/null)"
+"#,
+    );
+    let s = build_output(&script);
+    let has = |l: &str| assert!(s.lines().any(|x| x == l), "missing line {l:?}:\n{s}");
+    has("fake: status=0");
+    has("fake: checking /dev/loop0: nothing to partition");
+    has("fake: fake-os: made the tree");
+    has(&format!("fake: file=Size: {}", 42 << 20));
+    has("fake: var=0");
+    has("kept: status=1");
+    has("kept: marker=half");
 }

@@ -53,8 +53,9 @@ pub fn without_partition(dev: &str) -> String {
     dev.to_owned()
 }
 
-/// `--envvar` values: `VAR` takes the host's value (dropped when unset), `VAR=VALUE` sets it;
-/// when a name repeats, the first occurrence wins (virt-dib's order).
+/// `--envvar` values in command-line order: `VAR` takes the host's value (dropped when unset),
+/// `VAR=VALUE` sets it. A repeated name stays in the list (virt-dib shows every one); when the
+/// variables are set, the first occurrence wins (`BuildVars::user_env`).
 pub fn resolve_envvars(specs: &[String], host: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for spec in specs {
@@ -65,9 +66,7 @@ pub fn resolve_envvars(specs: &[String], host: impl Fn(&str) -> Option<String>) 
                 None => continue,
             },
         };
-        if !out.iter().any(|(n, _)| *n == name) {
-            out.push((name, value));
-        }
+        out.push((name, value));
     }
     out
 }
@@ -88,6 +87,11 @@ pub fn dib_env(host: impl Iterator<Item = (String, String)>) -> String {
 }
 
 impl BuildVars {
+    /// The `--envvar` variables as set: the first occurrence of a name wins.
+    pub fn user_env(&self) -> BTreeMap<String, String> {
+        self.user_vars.iter().rev().cloned().collect()
+    }
+
     /// The whole environment of a script in `ctx` (nothing else is inherited).
     pub fn script_env(&self, ctx: &Context) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
@@ -96,9 +100,7 @@ impl BuildVars {
             env.insert(k.to_owned(), v.to_owned());
         }
         // User variables next: the system ones below win over them, as in virt-dib.
-        for (k, v) in &self.user_vars {
-            env.insert(k.clone(), v.clone());
-        }
+        env.extend(self.user_env());
         let base_path = env.get("PATH").cloned().unwrap_or_default();
         let (ms, sysroot) = match ctx {
             Context::Outside { sysroot } => (SYSROOT, sysroot.as_str()),
@@ -168,7 +170,7 @@ impl BuildVars {
     /// What extra-data.d gets on top of the host environment (notes §5.2, §5.6 column H):
     /// `--envvar` values first, then PATH with the fake sudo, then diskimage-builder's variables.
     pub fn host_env(&self, h: &HostPaths, host_path: &str) -> BTreeMap<String, String> {
-        let mut env: BTreeMap<String, String> = self.user_vars.iter().cloned().collect();
+        let mut env = self.user_env();
         let base_path = env.get("PATH").cloned().unwrap_or_else(|| host_path.to_owned());
         let mut set = |k: &str, v: String| {
             env.insert(k.to_owned(), v);
@@ -270,10 +272,20 @@ mod tests {
     fn envvar_resolution() {
         let host = |k: &str| (k == "SET").then(|| "from-host".to_owned());
         let specs: Vec<String> = ["A=1", "SET", "UNSET", "A=2", "B=x=y"].iter().map(|s| s.to_string()).collect();
+        let user_vars = resolve_envvars(&specs, host);
         assert_eq!(
-            resolve_envvars(&specs, host),
-            vec![("A".into(), "1".into()), ("SET".into(), "from-host".into()), ("B".into(), "x=y".into())]
+            user_vars,
+            vec![
+                ("A".into(), "1".into()),
+                ("SET".into(), "from-host".into()),
+                ("A".into(), "2".into()),
+                ("B".into(), "x=y".into())
+            ]
         );
+        // Set, the first occurrence wins (virt-dib: `--envvar FOO=1 --envvar FOO=2` gives 1).
+        let v = BuildVars { user_vars, ..Default::default() };
+        assert_eq!(v.user_env()["A"], "1");
+        assert_eq!(v.script_env(&Context::Chroot)["A"], "1");
     }
 
     #[test]

@@ -203,6 +203,12 @@ pub fn clean_image(guest: &mut GuestOps, root: &RootMount) -> Result<(), EngineE
     Ok(())
 }
 
+/// After a failed step, with the VM still up: what the image holds so far reaches the disk, so
+/// a disk kept with --no-delete-on-failure shows it. Best effort: the build fails anyway.
+pub fn abandon(guest: &mut GuestOps) {
+    let _ = guest.script(&scripts::ABANDON, &[]);
+}
+
 /// After the outputs: freed blocks handed back (virtio-blk discard punches holes, so the raw
 /// disk stays sparse and the disk-based writers skip them), the root unmounted, the helper
 /// drive and loop devices let go.

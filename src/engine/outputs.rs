@@ -9,7 +9,7 @@ use std::process::Command;
 
 use super::{signals, EngineError};
 use crate::plan::OutputsPlan;
-use crate::report::Reporter;
+use crate::report::{Json, Reporter};
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::formats::gzip::ParallelGzEncoder;
 use crate::report::progress::WriterProgress;
@@ -62,7 +62,8 @@ impl OutputPlan {
     pub fn new(name: &str, c: &OutputsPlan, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, EngineError> {
         let mut plan = OutputPlan {
             name: name.to_owned(),
-            formats: c.formats.clone(),
+            // A ramdisk build makes no image at all, as the manual says: NAME.d is its output.
+            formats: if ramdisk { BTreeSet::new() } else { c.formats.clone() },
             ramdisk,
             target_disk: workspace.join("image.raw"),
             pending: Default::default(),
@@ -262,7 +263,8 @@ impl OutputPlan {
         for (tmp, fin) in &pending {
             std::fs::rename(tmp, fin)
                 .map_err(EngineError::host(format!("cannot rename {} to {}", tmp.display(), fin.display())))?;
-            r.json(&[("type", "output"), ("file", &fin.display().to_string())]);
+            let file = fin.display().to_string();
+            r.record("output", &format!("Wrote {file}"), &[("file", Json::Str(&file))]);
         }
         self.done.set(true);
         Ok(())

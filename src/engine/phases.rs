@@ -13,7 +13,7 @@ use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{capture, paths, scripts, status_text, GuestOps, Streamed};
-use crate::report::Reporter;
+use crate::report::{Json, Reporter};
 
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
@@ -38,32 +38,35 @@ pub struct PhaseTimes {
 impl PhaseTimes {
     /// Starts timing `phase` (the phase-start event).
     pub fn start(r: &Reporter, phase: &str) -> PhaseTimes {
-        r.json(&[("type", "phase-start"), ("phase", phase)]);
+        r.record("phase-start", &format!("Phase {phase}"), &[("phase", Json::Str(phase))]);
         PhaseTimes { phase: phase.to_owned(), scripts: Vec::new(), started: Instant::now() }
     }
 
     /// `Running: phase/script` and the script-start event.
     pub fn script_start(&self, r: &Reporter, script: &str) {
         r.message(&format!("Running: {}/{script}", self.phase));
-        r.json(&[("type", "script-start"), ("phase", &self.phase), ("script", script)]);
+        let fields = [("phase", Json::Str(&self.phase)), ("script", Json::Str(script))];
+        r.record("script-start", &format!("Running: {}/{script}", self.phase), &fields);
     }
 
     /// Records how long `script` took and ended (the script-end event).
     pub fn script_end(&mut self, r: &Reporter, script: &str, secs: f64, status: &ExitStatus) {
-        r.json(&[
-            ("type", "script-end"),
-            ("phase", &self.phase),
-            ("script", script),
-            ("seconds", &format!("{secs:.3}")),
-            ("status", &status_text(status)),
-        ]);
+        let status = status_text(status);
+        let fields = [
+            ("phase", Json::Str(&self.phase)),
+            ("script", Json::Str(script)),
+            ("seconds", Json::Secs(secs)),
+            ("status", Json::Str(&status)),
+        ];
+        r.record("script-end", &format!("{}/{script}: {status} after {secs:.3} s", self.phase), &fields);
         self.scripts.push((script.to_owned(), secs));
     }
 
     /// The phase-end event.
     pub fn end(&self, r: &Reporter) {
-        let secs = format!("{:.3}", self.started.elapsed().as_secs_f64());
-        r.json(&[("type", "phase-end"), ("phase", &self.phase), ("seconds", &secs)]);
+        let secs = self.started.elapsed().as_secs_f64();
+        let fields = [("phase", Json::Str(&self.phase)), ("seconds", Json::Secs(secs))];
+        r.record("phase-end", &format!("Phase {} done in {secs:.3} s", self.phase), &fields);
     }
 }
 
@@ -202,8 +205,9 @@ pub fn profiling_table(t: &PhaseTimes) -> String {
     s
 }
 
-/// block-device.d's contract: no output keeps `current`; otherwise exactly one
-/// `IMAGE_BLOCK_DEVICE=` line names the new device.
+/// block-device.d's contract: one `IMAGE_BLOCK_DEVICE=` line names the new device; other
+/// output is informational, and without such a line the device stays `current`. Two such
+/// lines are ambiguous and refused.
 pub fn block_device_from_output(output: &str, current: &str) -> Result<String, EngineError> {
     let lines: Vec<&str> = output.lines().filter(|l| !l.is_empty()).collect();
     if lines.is_empty() {
@@ -212,7 +216,7 @@ pub fn block_device_from_output(output: &str, current: &str) -> Result<String, E
     let found: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("IMAGE_BLOCK_DEVICE=")).collect();
     match found.as_slice() {
         [one] => Ok((*one).to_owned()),
-        [] => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\n{}", lines.join("\n")).into()),
+        [] => Ok(current.to_owned()),
         _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n")).into()),
     }
 }
@@ -228,10 +232,8 @@ mod tests {
             block_device_from_output("hello\nIMAGE_BLOCK_DEVICE=/dev/loop0p1\n", "/dev/loop0").unwrap(),
             "/dev/loop0p1"
         );
-        assert_eq!(
-            block_device_from_output("a\nb\n", "/dev/loop0").unwrap_err().to_string(),
-            "variable ‘IMAGE_BLOCK_DEVICE’ not found in lines:\na\nb"
-        );
+        // Output without the variable is informational (issue 16: virt-dib failed here).
+        assert_eq!(block_device_from_output("a\nb\n", "/dev/loop0").unwrap(), "/dev/loop0");
         assert!(block_device_from_output("IMAGE_BLOCK_DEVICE=a\nIMAGE_BLOCK_DEVICE=b", "x")
             .unwrap_err()
             .to_string()

@@ -49,6 +49,9 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
         if let (Some(end), None) = (guest.vm().ended(), signals::caught()) {
             return Err(EngineError::VmStopped { end: end.to_string(), console: guest.vm().console_tail() });
         }
+        if signals::caught().is_none() {
+            image::abandon(&mut guest);
+        }
         return Err(e);
     }
     r.message("Umounting the disks");

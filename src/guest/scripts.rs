@@ -17,6 +17,7 @@ macro_rules! scripts {
 }
 
 scripts! {
+    ABANDON = "abandon.sh";
     AUX_TMPFS = "aux-tmpfs.sh";
     BLOCK_LAYER_CONFIG = "block-layer-config.sh";
     BLOCK_LAYER_ENTER = "block-layer-enter.sh";

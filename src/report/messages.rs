@@ -76,14 +76,17 @@ impl Reporter {
     }
 
     fn event(&self, kind: Kind, text: &str) {
-        self.json(&[("message", text), ("timestamp", &timestamp()), ("type", kind.name())]);
+        self.record(kind.name(), text, &[]);
     }
 
-    /// Writes one JSON object to the machine-readable channel (fields in the given order).
-    pub fn json(&self, fields: &[(&str, &str)]) {
+    /// Writes one machine-readable record (docs/machine-readable.md): what virt-dib's records
+    /// have (`message`, `timestamp`, `type`, in its order), then `fields`.
+    pub fn record(&self, kind: &str, message: &str, fields: &[(&str, Json<'_>)]) {
         let Some(m) = &self.machine else { return };
+        let stamp = timestamp();
+        let head = [("message", Json::Str(message)), ("timestamp", Json::Str(&stamp)), ("type", Json::Str(kind))];
         let body: Vec<String> =
-            fields.iter().map(|(k, v)| format!("\"{}\": \"{}\"", json_escape(k), json_escape(v))).collect();
+            head.iter().chain(fields).map(|(k, v)| format!("\"{}\": {}", json_escape(k), v.encode())).collect();
         if let Ok(mut w) = m.lock() {
             let _ = writeln!(w, "{{ {} }}", body.join(", "));
             let _ = w.flush();
@@ -158,6 +161,26 @@ impl Reporter {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{colored}");
             let _ = out.flush();
+        }
+    }
+}
+
+/// A value in a machine-readable record.
+#[derive(Debug, Clone, Copy)]
+pub enum Json<'a> {
+    Str(&'a str),
+    /// Seconds and other measures, written with three decimals.
+    Secs(f64),
+    Count(u64),
+}
+
+impl Json<'_> {
+    fn encode(&self) -> String {
+        match self {
+            Json::Str(s) => format!("\"{}\"", json_escape(s)),
+            Json::Secs(x) if x.is_finite() => format!("{x:.3}"),
+            Json::Secs(_) => "null".to_owned(),
+            Json::Count(n) => n.to_string(),
         }
     }
 }
@@ -265,5 +288,11 @@ mod tests {
         let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert!(out.starts_with("{ \"message\": \"Opening the disks\", \"timestamp\": \""), "{out}");
         assert!(out.ends_with("\", \"type\": \"message\" }\n"), "{out}");
+        // microdib's own records: virt-dib's three keys first, then numbers as JSON numbers.
+        buf.lock().unwrap().clear();
+        r.record("written", "qcow2: 1.0 KiB written", &[("seconds", Json::Secs(2.5)), ("bytes", Json::Count(1024))]);
+        let out = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        assert!(out.starts_with("{ \"message\": \"qcow2: 1.0 KiB written\", \"timestamp\": \""), "{out}");
+        assert!(out.ends_with("\", \"type\": \"written\", \"seconds\": 2.500, \"bytes\": 1024 }\n"), "{out}");
     }
 }

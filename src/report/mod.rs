@@ -7,4 +7,4 @@ pub mod messages;
 pub mod progress;
 
 pub use machine::MachineReadable;
-pub use messages::{Reporter, ReporterOptions};
+pub use messages::{Json, Reporter, ReporterOptions};

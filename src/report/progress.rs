@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use super::messages::Reporter;
+use super::messages::{Json, Reporter};
 
 /// How often JSON progress events are sent at most.
 const EVENT_PERIOD: Duration = Duration::from_millis(500);
@@ -41,8 +41,9 @@ impl<'r> WriterProgress<'r> {
         }
         if self.last_event.elapsed() >= EVENT_PERIOD {
             self.last_event = Instant::now();
-            let (done, total) = (done.to_string(), self.total.to_string());
-            self.reporter.json(&[("type", "progress"), ("format", &self.format), ("done", &done), ("total", &total)]);
+            let message = format!("{}: {} of {}", self.format, human(done as f64), human(self.total as f64));
+            let fields = [("format", Json::Str(&self.format)), ("done", Json::Count(done)), ("total", Json::Count(self.total))];
+            self.reporter.record("progress", &message, &fields);
         }
     }
 
@@ -64,8 +65,9 @@ impl<'r> WriterProgress<'r> {
                     human(*out as f64)
                 );
             }
-            let (secs, out) = (format!("{secs:.3}"), out.to_string());
-            self.reporter.json(&[("type", "written"), ("format", format), ("seconds", &secs), ("bytes", &out)]);
+            let message = format!("{format}: {} written in {secs:.1} s", human(*out as f64));
+            let fields = [("format", Json::Str(format)), ("seconds", Json::Secs(secs)), ("bytes", Json::Count(*out))];
+            self.reporter.record("written", &message, &fields);
         }
     }
 }

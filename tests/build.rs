@@ -1142,6 +1142,10 @@ chmod +x "$d/els/half-done/install.d/20-half"
    --image-cache "$d/cache" fixture-os half-done > "$d/log2" 2>&1
 echo "kept: status=$?"
 echo "kept: marker=$(debugfs -R 'cat /half-done' "$d/out/kept.raw" 2>/dev/null)"
+"$MICRODIB" -B {lib} -p {els} --name "$d/out/nofinal" --size 256M --formats raw,tar,qcow2 \
+   --image-cache "$d/cache" fixture-os no-final-image > "$d/log3" 2>&1
+echo "nofinal: status=$?"
+echo "nofinal: files=$(cd "$d/out" && ls -A | grep '^nofinal' | tr '\n' ' ')"
 "#,
     );
     let s = build_output(&script);
@@ -1153,4 +1157,7 @@ echo "kept: marker=$(debugfs -R 'cat /half-done' "$d/out/kept.raw" 2>/dev/null)"
     has("fake: var=0");
     has("kept: status=1");
     has("kept: marker=half");
+    // diskimage-builder's no-final-image: the build runs, no image is written.
+    has("nofinal: status=0");
+    has("nofinal: files=");
 }

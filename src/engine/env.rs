@@ -119,6 +119,11 @@ impl BuildVars {
         set("TMP_HOOKS_PATH", format!("{aux}/hooks"));
         set("_LIB", format!("{aux}/lib"));
         set("_PREFIX", format!("{aux}/elements"));
+        // diskimage-builder's lib/common-defaults and ramdisk builds (the ramdisk element's
+        // post-install.d, under `set -u`) expand these; disk-image-create leaves the first
+        // unexported and the second unset. The ramdisk is written to TMP_IMAGE_PATH first.
+        set("_BASE_ELEMENT_DIR", format!("{aux}/elements"));
+        set("TMP_IMAGE_PATH", format!("{aux}/image.raw"));
         set("ARCH", self.arch.clone());
         set("IMAGE_NAME", self.image_name.clone());
         set("IMAGE_ELEMENT", self.elements.join(" "));
@@ -240,6 +245,8 @@ mod tests {
         assert_eq!(a["HOME"], "/sysroot/tmp/in_target.aux/perm/home");
         assert_eq!(a["TMPDIR"], "/sysroot/tmp");
         assert_eq!(a["DIB_MANIFEST_SAVE_DIR"], "/sysroot/tmp/in_target.aux/out/img.d");
+        assert_eq!(a["_BASE_ELEMENT_DIR"], "/sysroot/tmp/in_target.aux/elements");
+        assert_eq!(a["TMP_IMAGE_PATH"], "/sysroot/tmp/in_target.aux/image.raw");
         assert_eq!(a["DIB_IMAGE_CACHE"], "/sysroot/tmp/in_target.aux/perm/home/.cache/image-create");
         assert_eq!(
             a["PATH"],

@@ -14,11 +14,14 @@ use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
 use crate::plan::BuildPlan;
 use crate::report::Reporter;
 
+/// Elements whose builds write no image.
+const NO_IMAGE_ELEMENTS: &[&str] = &["ironic-agent", "no-final-image"];
+
 /// What the host prepared for one build.
 pub struct Prepared {
     /// `--name`'s file name: NAME.d, the image name the elements see.
     pub image_name: String,
-    /// No disk image is made (`--ramdisk`, or the ironic-agent element).
+    /// No disk image is made (`--ramdisk`, or an element that says so).
     pub ramdisk: bool,
     /// diskimage-builder's block-device layer, when an element provides it.
     pub block_layer: Option<BlockLayer>,
@@ -61,7 +64,9 @@ pub fn prepare(c: &BuildPlan, r: &Reporter, ws: &Workspace) -> Result<Prepared, 
         }
         r.debug("");
     }
-    let ramdisk = c.elements.ramdisk || expanded.contains("ironic-agent");
+    // virt-dib's ironic-agent (gone from diskimage-builder) and diskimage-builder's
+    // no-final-image mean the same: the build's results are in NAME.d, no image is written.
+    let ramdisk = c.elements.ramdisk || NO_IMAGE_ELEMENTS.iter().any(|e| expanded.contains(*e));
     let arch = c.elements.arch.clone();
     let block_config = user_vars.iter().find(|(k, _)| k == "DIB_BLOCK_DEVICE_CONFIG").map(|(_, v)| v.as_str());
     let block_layer = match ramdisk {

@@ -72,8 +72,8 @@ fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scrat
     }
     let kernel = appliance::find_kernel()?;
     let agent = appliance::find_agent()?;
-    let files = initramfs::appliance::build_or_cached(&agent, &crate::host::cache_root().join("appliance"), |m| r.info(m))
-        .map_err(|e| EngineError::Invalid(format!("cannot build the appliance: {}", vmbackend::error_chain(&e))))?;
+    let cache = crate::host::cache_root().join("appliance");
+    let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;
     Ok(VmSpec {
         kernel,
         initrd: files.initrd,

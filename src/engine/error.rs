@@ -27,6 +27,9 @@ pub enum EngineError {
     /// Nothing to boot: no kernel, no agent.
     #[error(transparent)]
     Appliance(#[from] super::appliance::ApplianceError),
+    /// The appliance (the build VM's root, made from host packages) could not be built.
+    #[error("cannot build the appliance: {}", crate::vmbackend::error_chain(.0))]
+    ApplianceBuild(#[from] initramfs::appliance::ApplianceError),
     /// A host file or process operation.
     #[error("{what}: {source}")]
     Host { what: String, source: std::io::Error },

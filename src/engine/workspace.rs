@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::EngineError;
-use crate::guest::wrappers::{DIB_RUN_PARTS_MISSING, FAKE_SUDO, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA};
+use crate::guest::wrappers::{DIB_RUN_PARTS_MISSING, FAKE_SUDO, INSTALL_PACKAGES, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA};
 
 /// A temporary directory removed on drop.
 pub struct Workspace {
@@ -57,7 +57,10 @@ impl Workspace {
             None => w("fake-bin/dib-run-parts", DIB_RUN_PARTS_MISSING)?,
         }
         if !extra_packages.is_empty() {
-            w("install-packages.sh", &format!("#!/bin/bash\nset -e\ninstall-packages {}\n", extra_packages.join(" ")))?;
+            w("install-packages.sh", INSTALL_PACKAGES)?;
+            let list = aux.join("extra-packages");
+            std::fs::write(&list, extra_packages.join(" "))
+                .map_err(EngineError::host(format!("cannot write {}", list.display())))?;
         }
         Ok(())
     }

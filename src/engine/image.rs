@@ -114,9 +114,9 @@ pub fn mount_aux(guest: &mut GuestOps) -> Result<(), EngineError> {
 /// root.d builds the tree in subroot/, which then moves up to the sysroot; the aux tree is
 /// bound in again and `paths::IN_TARGET_D` points at the hooks.
 pub fn root_d(guest: &mut GuestOps, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
-    guest.sh(r#"mkdir "$MICRODIB_SYSROOT/subroot""#, &[])?;
+    guest.sh(r#"mkdir "$MICRODIB_SUBROOT""#, &[])?;
     let scripts = phase_scripts(&hooks_dir.join("root.d"));
-    runner.run(guest, "root.d", &outside(&format!("{SYSROOT}/subroot")), &scripts, None, false)?;
+    runner.run(guest, "root.d", &outside(paths::SUBROOT), &scripts, None, false)?;
     guest.script(&scripts::ROOT_D_FINISH, &[])?;
     mount_aux(guest)?;
     // Relative, so it holds inside the chroot and out.

@@ -7,8 +7,16 @@ pub use microdib_proto::GUEST_PATH;
 /// The aux tree in the appliance (a tmpfs): hooks, wrappers, the library, `perm/` (the helper
 /// drive) and `out/` (NAME.d). Bound into the target at `IN_TARGET_AUX`.
 pub const AUX: &str = "/run/microdib/aux";
+// The sysroot's literal, so that the paths under it can be built from it at compile time.
+macro_rules! sysroot {
+    () => {
+        "/sysroot"
+    };
+}
 /// Where the target's root is mounted in the appliance.
-pub const SYSROOT: &str = "/sysroot";
+pub const SYSROOT: &str = sysroot!();
+/// Where root.d builds the tree (its TARGET_ROOT), before it moves up to `SYSROOT`.
+pub const SUBROOT: &str = concat!(sysroot!(), "/subroot");
 /// The aux tree as the target's scripts see it (relative to the target's root).
 pub const IN_TARGET_AUX: &str = "/tmp/in_target.aux";
 /// diskimage-builder's link to the hooks in the target (`in_target.aux/hooks`).
@@ -39,12 +47,13 @@ pub fn aux(rel: &str) -> String {
 }
 
 /// The variables every guest script gets: the paths above, the PATH, the C locale.
-pub fn script_env() -> [(&'static str, &'static str); 8] {
+pub fn script_env() -> [(&'static str, &'static str); 9] {
     [
         ("PATH", GUEST_PATH),
         ("LC_ALL", "C"),
         ("MICRODIB_AUX", AUX),
         ("MICRODIB_SYSROOT", SYSROOT),
+        ("MICRODIB_SUBROOT", SUBROOT),
         ("MICRODIB_IN_TARGET_AUX", IN_TARGET_AUX),
         ("MICRODIB_DISKS", DISKS),
         ("MICRODIB_BLOCK_WORK", BLOCK_WORK),

@@ -97,8 +97,8 @@ impl GuestOps {
     }
 
     /// Runs `argv` (outside the target) with the guest scripts' environment; its standard
-    /// output, or an error with the end of what it said.
-    fn capture(&mut self, argv: &[&str]) -> Result<String, GuestError> {
+    /// output, or an error with the end of what it said. `name` names it in errors.
+    fn capture(&mut self, argv: &[&str], name: &str) -> Result<String, GuestError> {
         self.vm.trace_command(argv);
         let mut out = Answer::new(ANSWER_MAX);
         let mut out_tail = Tail::new(MESSAGE_MAX);
@@ -115,7 +115,7 @@ impl GuestOps {
             })
             .map_err(lost)?;
         // What it printed on stderr, or without any, the end of its stdout.
-        checked(status, || argv.join(" "), if err.text().is_empty() { &out_tail } else { &err })?;
+        checked(status, || name.to_owned(), if err.text().is_empty() { &out_tail } else { &err })?;
         out.text().ok_or(GuestError::TooMuchOutput(ANSWER_MAX))
     }
 
@@ -123,7 +123,7 @@ impl GuestOps {
     pub fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError> {
         let mut argv = vec!["/bin/sh", "-c", script.text, script.name];
         argv.extend_from_slice(args);
-        self.capture(&argv)
+        self.capture(&argv, script.name)
     }
 
     /// Runs a one-line shell command (no guest path in it: the `MICRODIB_*` variables are set).
@@ -131,7 +131,7 @@ impl GuestOps {
         debug_assert!(!line.contains('\n'), "guest shell longer than a line belongs in scripts/");
         let mut argv = vec!["/bin/sh", "-c", line, "sh"];
         argv.extend_from_slice(args);
-        self.capture(&argv)
+        self.capture(&argv, line)
     }
 
     /// Runs a command, handing its output to `on_output(is_stderr, bytes)` as it arrives.
@@ -231,7 +231,7 @@ impl GuestOps {
         for chunk in paths.chunks(256) {
             let mut argv = vec!["rm", "-rf", "--"];
             argv.extend(chunk.iter().map(String::as_str));
-            self.capture(&argv)?;
+            self.capture(&argv, "rm -rf")?;
         }
         Ok(())
     }

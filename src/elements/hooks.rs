@@ -12,8 +12,9 @@ use crate::shell::quote;
 
 /// Scripts never copied, besides `--exclude-script` (virt-dib's built-in list).
 const BUILTIN_EXCLUDED: &[&str] = &["01-sahara-version"];
-/// Element entries that are not part of the image build.
-const SKIPPED_ENTRIES: &[&str] = &["tests", "test-elements"];
+/// Element entries that are not part of the image build. diskimage-builder's elements are a
+/// Python package: pip byte-compiles them into `__pycache__`, which every element has.
+const SKIPPED_ENTRIES: &[&str] = &["tests", "test-elements", "__pycache__"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
@@ -44,10 +45,11 @@ pub fn build(
     for name in elements {
         let Some(el) = idx.get(name) else { continue };
         for entry in sorted_entries(&el.dir)? {
-            if SKIPPED_ENTRIES.contains(&entry.as_str()) {
+            let src = el.dir.join(&entry);
+            // Top-level byte code is skipped too, as disk-image-create does.
+            if SKIPPED_ENTRIES.contains(&entry.as_str()) || (entry.ends_with(".pyc") && !src.is_dir()) {
                 continue;
             }
-            let src = el.dir.join(&entry);
             if !src.is_dir() {
                 copy_tree(&src, &dest.join(&entry))?;
                 continue;
@@ -176,5 +178,25 @@ mod tests {
         let set: BTreeSet<String> = ["aaa", "bbb", "ccc"].iter().map(|s| s.to_string()).collect();
         let e = build(&t.0.join("hooks2"), &set, &idx, &[], "source").unwrap_err();
         assert_eq!(e.to_string(), "There is a duplicated script in your elements:\ninstall.d/10-a in: aaa ccc");
+    }
+
+    /// Elements installed by pip (diskimage-builder, ironic-python-agent-builder) each carry
+    /// `__pycache__/__init__.cpython-3XX.pyc`: not a duplicate, not copied (the Ironic ramdisk
+    /// build stopped here).
+    #[test]
+    fn byte_code_of_pip_installed_elements_is_left_out() {
+        let t = Tree::new("pycache");
+        let set: BTreeSet<String> = ["aaa", "bbb"].iter().map(|s| s.to_string()).collect();
+        for name in &set {
+            let el = t.element("p", name, &[], &[]);
+            script(&el, "__init__.py", "");
+            script(&el, "__pycache__/__init__.cpython-311.pyc", "byte code");
+            script(&el, "stray.pyc", "byte code");
+        }
+        let idx = ElementIndex::load(&[t.path("p")]);
+        let dest = t.0.join("hooks");
+        build(&dest, &set, &idx, &[], "source").unwrap();
+        assert!(!dest.join("__pycache__").exists() && !dest.join("stray.pyc").exists());
+        assert!(dest.join("__init__.py").exists());
     }
 }

@@ -153,7 +153,10 @@ mod tests {
     pub(crate) struct Tree(pub PathBuf);
     impl Tree {
         pub fn new(tag: &str) -> Tree {
-            let d = std::env::temp_dir().join(format!("microdib-el-{tag}-{}", std::process::id()));
+            // Unique per call: tests running in parallel may share a tag.
+            static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let d = std::env::temp_dir().join(format!("microdib-el-{tag}-{}-{n}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d).unwrap();
             Tree(d)

@@ -27,6 +27,12 @@ fn main() -> ExitCode {
         }
         Ok(Action::Version) => {
             println!("{prog} {}", env!("CARGO_PKG_VERSION"));
+            // virt-dib printed one line; as microdib, also what the build VM would boot.
+            if prog != "virt-dib" {
+                for line in microdib::engine::appliance::describe() {
+                    println!("{line}");
+                }
+            }
             return ExitCode::SUCCESS;
         }
         Ok(Action::ShortOptions) => {

@@ -18,7 +18,16 @@ fn help_version_and_option_listings() {
         assert!(help.contains(opt), "{opt}");
     }
     let out = microdib(&["-V"]);
-    assert_eq!(text(&out.stdout), format!("microdib {}\n", env!("CARGO_PKG_VERSION")));
+    let version = text(&out.stdout);
+    let lines: Vec<&str> = version.lines().collect();
+    // virt-dib's line, then what the build VM would boot and where it was found.
+    assert_eq!(lines.first().copied(), Some(format!("microdib {}", env!("CARGO_PKG_VERSION")).as_str()));
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("guest kernel: ")), "{version}");
+    assert!(lines.get(2).is_some_and(|l| l.starts_with("guest agent: ")), "{version}");
+    let tagged = |l: &&str| ["(installed)", "(source tree)", "(from the environment)"].iter().any(|t| l.ends_with(t));
+    assert!(lines[1..].iter().all(tagged), "{version}");
+    let out = Command::new(env!("CARGO_BIN_EXE_microdib")).arg("-V").env("MICRODIB_KERNEL", "/k").output().unwrap();
+    assert!(text(&out.stdout).lines().any(|l| l == "guest kernel: /k (from the environment)"));
     assert_eq!(text(&microdib(&["--short-options"]).stdout), "-B\n-V\n-m\n-p\n-q\n-u\n-v\n-x\n");
     let long = text(&microdib(&["--long-options"]).stdout);
     assert!(long.lines().any(|l| l == "--debug-gc") && long.lines().any(|l| l == "--no-delete-on-failure"));
@@ -185,7 +194,8 @@ fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
     let out = Command::new(&link).arg("fixture-os").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("virt-dib: error: -B must be specified\n"));
-    assert!(text(&Command::new(&link).arg("-V").output().unwrap().stdout).starts_with("virt-dib "));
+    let v = text(&Command::new(&link).arg("-V").output().unwrap().stdout);
+    assert!(v.starts_with("virt-dib ") && v.lines().count() == 1, "{v}");
 }
 
 /// A whole build of the fixture elements: every phase runs in its context with the right

@@ -86,6 +86,8 @@ pub struct ApplianceFiles {
     pub initrd: PathBuf,
     /// Whether this call built it (false: it came from the cache).
     pub built: bool,
+    /// Listed packages not installed on this host, so left out of the appliance.
+    pub missing: Vec<String>,
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, ApplianceError> {
@@ -468,11 +470,13 @@ pub fn build_or_cached(
 ) -> Result<ApplianceFiles, ApplianceError> {
     let agent_bytes = std::fs::read(agent).map_err(|source| ApplianceError::Read { path: agent.to_owned(), source })?;
     let resolved = resolve(&package_list())?;
-    if !resolved.missing.is_empty() {
-        say(&format!("appliance: not installed on this host, left out: {}", resolved.missing.join(" ")));
-    }
     let dir = cache.join(input_hash(&resolved, &agent_bytes));
-    let files = ApplianceFiles { root: dir.join("root.sqfs"), initrd: dir.join("initrd.cpio"), built: false };
+    let files = ApplianceFiles {
+        root: dir.join("root.sqfs"),
+        initrd: dir.join("initrd.cpio"),
+        built: false,
+        missing: resolved.missing.clone(),
+    };
     if files.root.exists() && files.initrd.exists() {
         return Ok(files);
     }

@@ -70,10 +70,21 @@ fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scrat
         // The tree is built here until the block-device layer has made the image's file systems.
         disks.push(throwaway_disk(ws.dir.join("build.raw"), c.image.size, BUILD_SERIAL)?);
     }
-    let kernel = appliance::find_kernel()?;
-    let agent = appliance::find_agent()?;
+    let (kernel, kernel_origin) = appliance::find_kernel()?;
+    let (agent, agent_origin) = appliance::find_agent()?;
+    if c.debug >= 1 {
+        r.debug(&format!("guest kernel: {} ({})", kernel.display(), kernel_origin.describe()));
+        r.debug(&format!("guest agent: {} ({})", agent.display(), agent_origin.describe()));
+    }
     let cache = crate::host::cache_root().join("appliance");
     let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;
+    if !files.missing.is_empty() {
+        // Elements that call these in the build VM will fail: say how to add them.
+        let names = files.missing.join(" ");
+        r.warning(&format!(
+            "the build VM lacks {names} (not installed on this host); add them with: apt install {names}"
+        ));
+    }
     Ok(VmSpec {
         kernel,
         initrd: files.initrd,

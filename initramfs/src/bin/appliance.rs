@@ -28,6 +28,9 @@ fn main() -> ExitCode {
     };
     match initramfs::appliance::build_or_cached(&agent, &cache, |m| eprintln!("microdib-appliance: {m}")) {
         Ok(f) => {
+            if !f.missing.is_empty() {
+                eprintln!("microdib-appliance: warning: not installed on this host, left out: {}", f.missing.join(" "));
+            }
             println!("root {}", f.root.display());
             println!("initrd {}", f.initrd.display());
             ExitCode::SUCCESS

@@ -123,7 +123,7 @@ impl ExtraData {
                 }
             }
         }
-        times.end(r);
+        times.end(r, &runner.summary);
         // virt-dib prints this table on stdout, not in the log, for extra-data.d.
         if runner.vars.debug >= 1 && !quiet {
             print!("{}", profiling_table(&times));

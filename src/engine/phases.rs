@@ -2,6 +2,7 @@
 //! streamed to the console (unless -q) and appended to the build log, timed, and stopped at the
 //! first failure with the element, phase, script, status and the tail of the output.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::time::Instant;
 
@@ -13,7 +14,7 @@ use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{capture, paths, scripts, status_text, GuestOps, Streamed};
-use crate::report::{Json, Reporter};
+use crate::report::{Json, Reporter, TimeSummary};
 
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
@@ -26,6 +27,8 @@ pub struct PhaseRunner<'a> {
     pub owners: Vec<(String, String, String)>,
     /// Where the log should be looked at, for failure messages.
     pub log_hint: String,
+    /// Every phase's time, for the summary at the end of the build.
+    pub summary: RefCell<TimeSummary>,
 }
 
 /// A phase's scripts and how long each took, and the progress events that go with them.
@@ -62,11 +65,12 @@ impl PhaseTimes {
         self.scripts.push((script.to_owned(), secs));
     }
 
-    /// The phase-end event.
-    pub fn end(&self, r: &Reporter) {
+    /// The phase-end event; the phase's row in `summary`.
+    pub fn end(&self, r: &Reporter, summary: &RefCell<TimeSummary>) {
         let secs = self.started.elapsed().as_secs_f64();
         let fields = [("phase", Json::Str(&self.phase)), ("seconds", Json::Secs(secs))];
         r.record("phase-end", &format!("Phase {} done in {secs:.3} s", self.phase), &fields);
+        summary.borrow_mut().phase(&self.phase, secs, &self.scripts);
     }
 }
 
@@ -180,7 +184,7 @@ impl<'a> PhaseRunner<'a> {
                 })));
             }
         }
-        times.end(self.reporter);
+        times.end(self.reporter, &self.summary);
         self.append_log(guest, &profiling_table(&times))?;
         Ok(captured)
     }

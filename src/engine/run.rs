@@ -13,6 +13,9 @@ use crate::plan::BuildPlan;
 use crate::report::Reporter;
 use crate::vmbackend::Backend;
 use super::env::Context;
+use crate::report::TimeSummary;
+use std::cell::RefCell;
+use std::time::Instant;
 
 /// Runs a whole build; a stop signal ends it through the same failure path.
 pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
@@ -37,15 +40,19 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     r.message("Opening the disks");
     let outputs = OutputPlan::new(&c.image.name, &c.outputs, host.ramdisk, &ws.dir)?;
     outputs.create_target_disk(c.image.size)?;
+    let vm_start = Instant::now();
     let mut guest = build_vm::start(c, r, &backend, &ws, &outputs, host.block_layer.is_some())?;
+    let vm_start = vm_start.elapsed().as_secs_f64();
     let log_hint = match &c.vm.drive {
         Some(d) => format!("The build log is {log_name} at the root of the helper drive {}.", d.path.display()),
         None => "The full output is in the build log, on the throwaway helper drive (use --drive to keep it).".into(),
     };
     let owners = std::mem::take(&mut host.owners);
     let vars = host.vars.clone();
-    let runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint };
-    if let Err(e) = in_the_vm(c, &mut guest, runner, &ws, &mut host, &outputs) {
+    let summary = RefCell::new(TimeSummary::default());
+    summary.borrow_mut().step("build VM start", vm_start);
+    let mut runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint, summary };
+    if let Err(e) = in_the_vm(c, &mut guest, &mut runner, &ws, &mut host, &outputs) {
         if let (Some(end), None) = (guest.vm().ended(), signals::caught()) {
             return Err(EngineError::VmStopped { end: end.to_string(), console: guest.vm().console_tail() });
         }
@@ -59,7 +66,11 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     signals::watch_vm(None);
     signals::check()?;
     // After the VM: qcow2 and vhd from the disk, checksums, every output under its final name.
+    let finishing = Instant::now();
     outputs.finish(r)?;
+    let mut summary = runner.summary.into_inner();
+    summary.step("outputs after the VM", finishing.elapsed().as_secs_f64());
+    summary.report(r, r.elapsed());
     r.message("Done");
     Ok(())
 }
@@ -68,7 +79,7 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
 fn in_the_vm(
     c: &BuildPlan,
     guest: &mut GuestOps,
-    mut runner: PhaseRunner<'_>,
+    runner: &mut PhaseRunner<'_>,
     ws: &Workspace,
     host: &mut Prepared,
     outputs: &OutputPlan,
@@ -80,9 +91,9 @@ fn in_the_vm(
     // block-device.d's, root.d's and cleanup.d's scripts are the ones copied at the start (as
     // in virt-dib); the other phases are read again from the image just before they run,
     // since earlier scripts may add some.
-    let root = image::make_root(guest, &c.image, &mut runner, hooks, host.block_layer.as_ref())?;
-    image::root_d(guest, &runner, hooks)?;
-    host.extra_data.run(guest, &runner)?;
+    let root = image::make_root(guest, &c.image, runner, hooks, host.block_layer.as_ref())?;
+    image::root_d(guest, runner, hooks)?;
+    host.extra_data.run(guest, runner)?;
     for phase in ["pre-install.d", "install.d", "post-install.d"] {
         let scripts = runner.guest_scripts(guest, phase)?;
         runner.run(guest, phase, &Context::Chroot, &scripts, None, false)?;
@@ -93,7 +104,7 @@ fn in_the_vm(
     let scripts = runner.guest_scripts(guest, "post-root.d")?;
     runner.run(guest, "post-root.d", &outside(SYSROOT), &scripts, None, false)?;
     // disk-image-create's block-device layer makes the image now, or virt-dib remounts.
-    image::enter_image(guest, &c.image, &mut runner, host.block_layer.as_mut(), &root)?;
+    image::enter_image(guest, &c.image, runner, host.block_layer.as_mut(), &root)?;
     let scripts = runner.guest_scripts(guest, "pre-finalise.d")?;
     runner.run(guest, "pre-finalise.d", &outside(SYSROOT), &scripts, None, false)?;
     let scripts = runner.guest_scripts(guest, "finalise.d")?;
@@ -108,6 +119,8 @@ fn in_the_vm(
     }
     image::clean_image(guest, &root)?;
     // docker, squashfs, tar, tgz: from one tar stream of the image's root.
+    let streamed = Instant::now();
     outputs.filesystem_outputs(guest, r, &ws.dir)?;
+    runner.summary.borrow_mut().step("outputs from the VM", streamed.elapsed().as_secs_f64());
     image::finish(guest, host.block_layer.as_ref())
 }

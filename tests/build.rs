@@ -349,7 +349,7 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     }
     // The time summary at the end (issue 17): a row a phase, its slowest script, the total.
     has("stdout: Phase or step              Seconds  Scripts  Slowest script");
-    for row in ["build VM start ", "root.d ", "extra-data.d ", "install.d ", "cleanup.d ", "outputs after the VM ", "total "] {
+    for row in ["build VM start ", "root.d ", "extra-data.d ", "install.d ", "cleanup.d ", "outputs after the VM ", "other ", "total "] {
         assert!(s.lines().any(|l| l.starts_with(&format!("stdout: {row}"))), "no summary row {row:?}:\n{s}");
     }
     assert!(s.lines().any(|l| l.starts_with("stdout: install.d ") && l.ends_with(" s)")), "{s}");

@@ -14,6 +14,7 @@ use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{capture, paths, scripts, status_text, GuestOps, Streamed};
+use crate::report::progress::ScriptSpinner;
 use crate::report::{Json, Reporter, TimeSummary};
 
 /// Runs phases of one build.
@@ -139,8 +140,11 @@ impl<'a> PhaseRunner<'a> {
             let mut tail = capture::LineTail::default();
             let mut answer = capture::Answer::new(answer_max);
             let quiet = self.reporter.quiet();
+            let mut spinner = ScriptSpinner::start(self.reporter, &format!("{phase}/{script}"));
             let on_output = |is_err: bool, data: &[u8]| {
-                if !quiet {
+                if spinner.active() {
+                    spinner.output(data);
+                } else if !quiet {
                     let mut o = std::io::stdout().lock();
                     let _ = o.write_all(data);
                     let _ = o.flush();
@@ -154,7 +158,9 @@ impl<'a> PhaseRunner<'a> {
             let status = guest.stream(&Streamed { argv: &argv, env: &env, chroot }, on_output);
             let secs = started.elapsed().as_secs_f64();
             // Output without a final newline: the next progress line starts on its own line.
-            if tail.in_a_line() && !quiet {
+            let spun = spinner.active();
+            spinner.finish();
+            if tail.in_a_line() && !quiet && !spun {
                 println!();
             }
             if capture {

@@ -98,7 +98,7 @@ fn in_the_vm(
         let scripts = runner.guest_scripts(guest, phase)?;
         runner.run(guest, phase, &Context::Chroot, &scripts, None, false)?;
         if phase == "pre-install.d" && !c.extra_packages.is_empty() {
-            image::install_packages(guest, &runner, &c.extra_packages)?;
+            image::install_packages(guest, runner, &c.extra_packages)?;
         }
     }
     let scripts = runner.guest_scripts(guest, "post-root.d")?;

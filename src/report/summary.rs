@@ -33,7 +33,12 @@ impl TimeSummary {
         self.rows.push(Row { step: step.to_owned(), seconds, scripts: 0, slowest: None });
     }
 
-    /// The table, ending with the build's `total` seconds.
+    /// Time not in any row: preparing, disks and mounts, the image's clean-up.
+    fn other(&self, total: f64) -> f64 {
+        (total - self.rows.iter().map(|r| r.seconds).sum::<f64>()).max(0.0)
+    }
+
+    /// The table, ending with the rest of the time and the build's `total` seconds.
     pub fn table(&self, total: f64) -> String {
         let mut s = format!("{:<24} {:>9}  {:>7}  {}\n", "Phase or step", "Seconds", "Scripts", "Slowest script");
         s.push_str(&format!("{} {}  {}  {}\n", "-".repeat(24), "-".repeat(9), "-".repeat(7), "-".repeat(30)));
@@ -44,6 +49,7 @@ impl TimeSummary {
             s.push_str(line.trim_end());
             s.push('\n');
         }
+        s.push_str(&format!("{:<24} {:>9.1}  {:>7}  (preparing, disks, mounts, clean-up)\n", "other", self.other(total), ""));
         s.push_str(&format!("{:<24} {total:>9.1}\n", "total"));
         s
     }
@@ -63,6 +69,8 @@ impl TimeSummary {
             }
             r.record("time-summary", &message, &fields);
         }
+        let other = self.other(total);
+        r.record("time-summary", &format!("other: {other:.1} s"), &[("step", Json::Str("other")), ("seconds", Json::Secs(other))]);
         r.record("time-summary", &format!("total: {total:.1} s"), &[("step", Json::Str("total")), ("seconds", Json::Secs(total))]);
     }
 }
@@ -83,6 +91,7 @@ mod tests {
         assert_eq!(lines[2], "build VM start                 1.3");
         assert_eq!(lines[3], "install.d                     12.0        2  20-b (9.5 s)");
         assert_eq!(lines[4], "finalise.d                     0.0");
-        assert_eq!(lines[5], "total                         30.0");
+        assert_eq!(lines[5], "other                         16.7           (preparing, disks, mounts, clean-up)");
+        assert_eq!(lines[6], "total                         30.0");
     }
 }

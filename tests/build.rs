@@ -572,6 +572,8 @@ echo "host: status=$?"
 sed 's/^/stderr: /' "$d/stderr"
 echo "files: $(ls -A "$d/out" | tr '\n' ' ')"
 # An extra-data.d script's status is microdib's, with no message (as virt-dib).
+# (And a listed appliance package this host lacks: a warning with the apt command.)
+MICRODIB_APPLIANCE_PACKAGES=surely-not-a-package-xyz \
 "$MICRODIB" -B {lib} -p {els} -p "$d/els" --name "$d/out/kept" --size 256M --formats raw \
    --image-cache "$d/cache" --no-delete-on-failure fixture-os host-failer > "$d/stdout2" 2> "$d/stderr2"
 echo "kept: status=$?"
@@ -617,6 +619,10 @@ echo "tmp: $(( $(ls -d ${{TMPDIR:-/tmp}}/microdib.* 2>/dev/null | wc -l) - tmp_b
     assert!(s.lines().any(|l| l == "kept: kept.raw "), "{s}");
     assert!(s.lines().any(|l| l == "kept: status=9"), "{s}");
     assert!(s.lines().any(|l| l == "kept: host script fails"), "{s}");
+    // Issue 17: a listed appliance package missing on the host is named, with the apt command.
+    let lacks = "kept: microdib: warning: the build VM lacks surely-not-a-package-xyz (not installed on this host); \
+                 add them with: apt install surely-not-a-package-xyz";
+    assert!(s.lines().any(|l| l == lacks), "{s}");
     assert!(!s.lines().any(|l| l.starts_with("kept: ") && l.contains("error")), "{s}");
     assert!(s.lines().any(|l| l == "sig: status=1"), "{s}");
     assert!(s.lines().any(|l| l == "sig: microdib: Exiting on signal SIGTERM"), "{s}");

@@ -139,7 +139,7 @@ ex=$PREFIX/usr/share/microdib/examples
 microdib -B "$ex/lib" -p "$ex/elements" --skip-base --size 256M --formats qcow2 --debug 1 \
   --name "$d/hello" --image-cache "$d/cache" hello-boot > "$d/log" 2>&1
 echo "status=$?"
-grep -e '^guest ' -e 'hello-boot: kernel' -e 'error' "$d/log" | sed 's/^/log: /'
+grep -e '^guest ' -e '^appliance: ' -e 'hello-boot: kernel' -e 'error' "$d/log" | sed 's/^/log: /'
 qemu-img check -q "$d/hello.qcow2" && echo "qcow2: ok"
 "#;
     let out = run_emulated_here(script, &[("PREFIX", prefix.to_str().unwrap())]);
@@ -150,6 +150,8 @@ qemu-img check -q "$d/hello.qcow2" && echo "qcow2: ok"
     has(format!("version: guest agent: {}/microdib-agent (installed)", lib.display()));
     has("status=0".into());
     has(format!("log: guest kernel: {}/vmlinuz (installed)", lib.display()));
+    // --debug 1 names the appliance too (the one the test harness cached for this agent).
+    assert!(s.lines().any(|l| l.starts_with("log: appliance: ") && l.ends_with(" (cached)")), "{s}");
     // The example's own kernel defaults to the installed one, found through PATH.
     assert!(s.lines().any(|l| l.starts_with("log: hello-boot: kernel ")), "{s}");
     has("qcow2: ok".into());

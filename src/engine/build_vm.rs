@@ -78,6 +78,10 @@ fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scrat
     }
     let cache = crate::host::cache_root().join("appliance");
     let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;
+    if c.debug >= 1 {
+        let how = if files.built { "built now" } else { "cached" };
+        r.debug(&format!("appliance: {} ({how})", files.root.parent().unwrap_or(&cache).display()));
+    }
     if !files.missing.is_empty() {
         // Elements that call these in the build VM will fail: say how to add them.
         let names = files.missing.join(" ");

@@ -450,7 +450,7 @@ fn tar_test_mib() -> u64 {
 
 // The trees and the target disk live in /tmp: inside hack/nested-run that is the emulated
 // machine's RAM (given 4 GiB here). Through the 9p share instead, the transfer was ten times
-// slower and the emulated machine sometimes died under the load (see README, "Known problem").
+// slower and the emulated machine sometimes died under the load (see docs/history.md, "Known problem").
 #[test]
 fn tar_streams_round_trip_a_tree() {
     let kernel = kernel();

@@ -92,7 +92,7 @@ pub fn run_script_nested_sized(
         };
         let out = run_bash(cmd, script, env);
         // Under nested emulation the emulated SVM sometimes resets a guest under sustained I/O, or
-        // dies itself (hack/nested-run's 125), whichever VMM drives the guest (README, "Known
+        // dies itself (hack/nested-run's 125), whichever VMM drives the guest (docs/history.md, "Known
         // problem"; qemu's guests fared worse). Such a run is repeated once, saying so. Nothing else
         // is retried, and a wrong result always fails.
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

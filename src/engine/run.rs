@@ -1,6 +1,10 @@
 //! A build, step by step in virt-dib's order (notes §4, §6-§8). Each step lives in the module
 //! it names; this file is only their order.
 
+use std::cell::RefCell;
+use std::time::Instant;
+
+use super::env::Context;
 use super::image::{self, outside};
 use super::outputs::OutputPlan;
 use super::phases::PhaseRunner;
@@ -10,12 +14,8 @@ use super::{build_vm, signals, EngineError};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::GuestOps;
 use crate::plan::BuildPlan;
-use crate::report::Reporter;
+use crate::report::{Reporter, TimeSummary};
 use crate::vmbackend::Backend;
-use super::env::Context;
-use crate::report::TimeSummary;
-use std::cell::RefCell;
-use std::time::Instant;
 
 /// Runs a whole build; a stop signal ends it through the same failure path.
 pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {

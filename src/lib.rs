@@ -2,14 +2,14 @@
 //! KVM microVM. The binary is `src/main.rs`; this library holds the command line, the element
 //! engine, messages and outputs so tests can reach them.
 
-pub mod engine;
 pub mod cli;
 pub mod elements;
-pub mod guest;
-pub mod report;
+pub mod engine;
 pub mod formats;
+pub mod guest;
 pub mod host;
 pub mod plan;
+pub mod report;
 pub mod shell;
 pub mod stamp;
 #[cfg(test)]

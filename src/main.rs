@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use microdib::engine::{self, EngineError};
 use microdib::cli::{self, Action, CliError};
-use microdib::report::{Reporter, ReporterOptions};
+use microdib::engine::{self, EngineError};
 use microdib::formats::Format;
+use microdib::report::{Reporter, ReporterOptions};
 
 fn main() -> ExitCode {
     let start = Instant::now();

@@ -349,7 +349,16 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     }
     // The time summary at the end (issue 17): a row a phase, its slowest script, the total.
     has("stdout: Phase or step              Seconds  Scripts  Slowest script");
-    for row in ["build VM start ", "root.d ", "extra-data.d ", "install.d ", "cleanup.d ", "outputs after the VM ", "other ", "total "] {
+    for row in [
+        "build VM start ",
+        "root.d ",
+        "extra-data.d ",
+        "install.d ",
+        "cleanup.d ",
+        "outputs after the VM ",
+        "other ",
+        "total ",
+    ] {
         assert!(s.lines().any(|l| l.starts_with(&format!("stdout: {row}"))), "no summary row {row:?}:\n{s}");
     }
     assert!(s.lines().any(|l| l.starts_with("stdout: install.d ") && l.ends_with(" s)")), "{s}");
@@ -443,7 +452,17 @@ echo "checksums: modes $(stat -c %a img.raw.md5 img.qcow2.sha256 | tr '\n' ' ')"
     has("helper: fixture install-packages: vim less tree");
     has("stdout: fixture install-packages: vim less tree");
     assert!(s.lines().any(|l| l.starts_with("stdout: [") && l.ends_with("] Installing: vim less tree")));
-    for e in ["message", "info", "phase-start", "phase-end", "script-start", "script-end", "output", "written", "time-summary"] {
+    for e in [
+        "message",
+        "info",
+        "phase-start",
+        "phase-end",
+        "script-start",
+        "script-end",
+        "output",
+        "written",
+        "time-summary",
+    ] {
         has(&format!("event: {e}"));
     }
     // Every record has virt-dib's keys and microdib's numbers are numbers (issue 16, gap 4).

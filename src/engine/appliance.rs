@@ -8,11 +8,15 @@ use crate::host::cache_root;
 /// Why the build VM has nothing to boot.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplianceError {
-    #[error("no guest kernel: not in {installed} (the package's) nor in {cache} (hack/build-kernel's); set MICRODIB_KERNEL")]
+    #[error(
+        "no guest kernel: not in {installed} (the package's) nor in {cache} (hack/build-kernel's); set MICRODIB_KERNEL"
+    )]
     NoKernel { installed: PathBuf, cache: PathBuf },
     #[error("cannot find my own executable: {0}")]
     NoExe(std::io::Error),
-    #[error("no guest agent: not in {installed} (the package's) nor in {built} (hack/setup builds it); set MICRODIB_AGENT")]
+    #[error(
+        "no guest agent: not in {installed} (the package's) nor in {built} (hack/setup builds it); set MICRODIB_AGENT"
+    )]
     NoAgent { installed: PathBuf, built: PathBuf },
 }
 

@@ -46,7 +46,13 @@ pub fn start(
 }
 
 /// The VM's disks, kernel, appliance and resources.
-fn spec(c: &BuildPlan, r: &Reporter, ws: &Workspace, outputs: &OutputPlan, scratch: bool) -> Result<VmSpec, EngineError> {
+fn spec(
+    c: &BuildPlan,
+    r: &Reporter,
+    ws: &Workspace,
+    outputs: &OutputPlan,
+    scratch: bool,
+) -> Result<VmSpec, EngineError> {
     let helper = match &c.vm.drive {
         Some(d) => VmDisk {
             path: d.path.clone(),

@@ -54,7 +54,8 @@ impl ExtraData {
     }
 
     fn unpack(&self, guest: &mut GuestOps) -> Result<HostView, EngineError> {
-        std::fs::create_dir_all(&self.mount).map_err(EngineError::host(format!("cannot create {}", self.mount.display())))?;
+        std::fs::create_dir_all(&self.mount)
+            .map_err(EngineError::host(format!("cannot create {}", self.mount.display())))?;
         let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
         let mount = self.mount.clone();
         let budget = self.max_bytes;
@@ -66,7 +67,8 @@ impl ExtraData {
         let tree = TreeTar { root: SYSROOT, excludes: &excludes, metadata: false };
         let sent = guest.send_tree(&tree, |d| std::io::Write::write_all(&mut writer, d));
         drop(writer);
-        let mut view = unpacker.join().map_err(|_| EngineError::Invalid("the extra-data.d unpacker panicked".into()))?;
+        let mut view =
+            unpacker.join().map_err(|_| EngineError::Invalid("the extra-data.d unpacker panicked".into()))?;
         match sent {
             // The view stops reading at the archive's end (tar pads its last record after it),
             // or when it refuses the stream: then its own result says what happened.
@@ -84,7 +86,8 @@ impl ExtraData {
     fn run_scripts(&self, runner: &PhaseRunner<'_>, mount: &Path) -> Result<(), EngineError> {
         let r = runner.reporter;
         let info = mount.with_file_name("element-info");
-        std::fs::write(&info, &self.element_info).map_err(EngineError::host(format!("cannot write {}", info.display())))?;
+        std::fs::write(&info, &self.element_info)
+            .map_err(EngineError::host(format!("cannot write {}", info.display())))?;
         let target_dir = mount.join(format!("{}/hooks/{PHASE}", IN_TARGET_AUX.trim_start_matches('/')));
         let quiet = r.quiet();
         let mut times = PhaseTimes::start(r, PHASE);

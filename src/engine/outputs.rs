@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{signals, EngineError};
-use crate::plan::OutputsPlan;
-use crate::report::{Json, Reporter};
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::formats::gzip::ParallelGzEncoder;
-use crate::report::progress::WriterProgress;
 use crate::formats::qcow2::{write_qcow2, Qcow2Options};
 use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
 use crate::formats::vhd::write_vhd;
 use crate::formats::Format;
 use crate::guest::paths::{self, SYSROOT};
 use crate::guest::{GuestError, GuestOps, TreeTar};
+use crate::plan::OutputsPlan;
+use crate::report::progress::WriterProgress;
+use crate::report::{Json, Reporter};
 
 /// The files of one build.
 pub struct OutputPlan {
@@ -116,9 +116,7 @@ impl OutputPlan {
         let dest = named.clone();
         let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
         let out_dir = paths::aux("out");
-        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, |d| {
-            writer.write_all(d)
-        });
+        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, |d| writer.write_all(d));
         drop(writer);
         let copied = unpacker.join().map_err(|_| EngineError::Invalid("the NAME.d unpacker panicked".into()))?;
         let failed = format!("copying {} out of the image failed", named.display());
@@ -261,8 +259,11 @@ impl OutputPlan {
         }
         let pending = self.pending.borrow().clone();
         for (tmp, fin) in &pending {
-            std::fs::rename(tmp, fin)
-                .map_err(EngineError::host(format!("cannot rename {} to {}", tmp.display(), fin.display())))?;
+            std::fs::rename(tmp, fin).map_err(EngineError::host(format!(
+                "cannot rename {} to {}",
+                tmp.display(),
+                fin.display()
+            )))?;
             let file = fin.display().to_string();
             r.record("output", &format!("Wrote {file}"), &[("file", Json::Str(&file))]);
         }

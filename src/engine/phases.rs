@@ -198,7 +198,9 @@ impl<'a> PhaseRunner<'a> {
     /// Appends `text` to the build log (through the aux mount in the appliance).
     pub fn append_log(&self, guest: &mut GuestOps, text: &str) -> Result<(), EngineError> {
         let log = paths::aux(&format!("perm/{}", self.log_name));
-        guest.append(&log, text.as_bytes()).map_err(|source| EngineError::Step { step: "cannot write the build log".into(), source })
+        guest
+            .append(&log, text.as_bytes())
+            .map_err(|source| EngineError::Step { step: "cannot write the build log".into(), source })
     }
 }
 
@@ -227,7 +229,8 @@ pub fn block_device_from_output(output: &str, current: &str) -> Result<String, E
     match found.as_slice() {
         [one] => Ok((*one).to_owned()),
         [] => Ok(current.to_owned()),
-        _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n")).into()),
+        _ => Err(format!("variable ‘IMAGE_BLOCK_DEVICE’ has more than one occurrency in lines:\n{}", lines.join("\n"))
+            .into()),
     }
 }
 

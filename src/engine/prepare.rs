@@ -87,7 +87,8 @@ pub fn prepare(c: &BuildPlan, r: &Reporter, ws: &Workspace) -> Result<Prepared, 
     std::fs::create_dir_all(&c.image_cache)
         .map_err(EngineError::host(format!("cannot create {}", c.image_cache.display())))?;
     let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    let host_env = std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
+    let host_env =
+        std::env::vars_os().map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
     let vars = BuildVars {
         user_vars,
         arch,

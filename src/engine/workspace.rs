@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::EngineError;
-use crate::guest::wrappers::{DIB_RUN_PARTS_MISSING, FAKE_SUDO, INSTALL_PACKAGES, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA};
+use crate::guest::wrappers::{
+    DIB_RUN_PARTS_MISSING, FAKE_SUDO, INSTALL_PACKAGES, RUN_AND_LOG, RUN_PART, RUN_PART_EXTRA,
+};
 
 /// A temporary directory removed on drop.
 pub struct Workspace {
@@ -50,10 +52,8 @@ impl Workspace {
         w("fake-bin/sudo", FAKE_SUDO)?;
         // The host's dib-run-parts if it has one, as virt-dib did.
         match crate::host::which("dib-run-parts") {
-            Some(p) => {
-                crate::elements::hooks::copy_tree(&p, &aux.join("fake-bin/dib-run-parts"))
-                .map_err(|e| EngineError::Invalid(e.to_string()))?
-            }
+            Some(p) => crate::elements::hooks::copy_tree(&p, &aux.join("fake-bin/dib-run-parts"))
+                .map_err(|e| EngineError::Invalid(e.to_string()))?,
             None => w("fake-bin/dib-run-parts", DIB_RUN_PARTS_MISSING)?,
         }
         if !extra_packages.is_empty() {

@@ -447,7 +447,13 @@ mod tests {
             return;
         }
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", &format!("{}::every_guest_tar_parser_refuses_bombs_under_a_memory_limit", module_path!().trim_start_matches("microdib::"))])
+            .args([
+                "--exact",
+                &format!(
+                    "{}::every_guest_tar_parser_refuses_bombs_under_a_memory_limit",
+                    module_path!().trim_start_matches("microdib::")
+                ),
+            ])
             .args(["--nocapture", "--test-threads=1"])
             .env(CHILD, "1")
             .stdout(std::process::Stdio::piped())

@@ -135,11 +135,7 @@ impl GuestOps {
     }
 
     /// Runs a command, handing its output to `on_output(is_stderr, bytes)` as it arrives.
-    pub fn stream(
-        &mut self,
-        cmd: &Streamed<'_>,
-        on_output: impl FnMut(bool, &[u8]),
-    ) -> Result<ExitStatus, GuestError> {
+    pub fn stream(&mut self, cmd: &Streamed<'_>, on_output: impl FnMut(bool, &[u8])) -> Result<ExitStatus, GuestError> {
         self.vm.trace_command(cmd.argv);
         let agent = self.agent()?;
         match cmd.chroot {
@@ -244,4 +240,3 @@ pub struct TreeTar<'a> {
     pub excludes: &'a [String],
     pub metadata: bool,
 }
-

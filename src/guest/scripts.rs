@@ -48,7 +48,11 @@ mod tests {
         for s in ALL {
             let out = std::process::Command::new("sh").args(["-n", "-c", s.text]).output().unwrap();
             assert!(out.status.success(), "{}: {}", s.name, String::from_utf8_lossy(&out.stderr));
-            assert!(!s.text.contains("/run/microdib") && !s.text.contains("/sysroot"), "{} spells a guest path", s.name);
+            assert!(
+                !s.text.contains("/run/microdib") && !s.text.contains("/sysroot"),
+                "{} spells a guest path",
+                s.name
+            );
         }
     }
 }

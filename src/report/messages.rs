@@ -6,7 +6,6 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Instant;
 
-
 /// Wrap width for info/warning/error text on a terminal or with --wrap.
 const WRAP_COLUMNS: usize = 76;
 

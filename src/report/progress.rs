@@ -43,7 +43,8 @@ impl<'r> WriterProgress<'r> {
         if self.last_event.elapsed() >= EVENT_PERIOD {
             self.last_event = Instant::now();
             let message = format!("{}: {} of {}", self.format, human(done as f64), human(self.total as f64));
-            let fields = [("format", Json::Str(&self.format)), ("done", Json::Count(done)), ("total", Json::Count(self.total))];
+            let fields =
+                [("format", Json::Str(&self.format)), ("done", Json::Count(done)), ("total", Json::Count(self.total))];
             self.reporter.record("progress", &message, &fields);
         }
     }

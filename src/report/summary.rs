@@ -49,7 +49,12 @@ impl TimeSummary {
             s.push_str(line.trim_end());
             s.push('\n');
         }
-        s.push_str(&format!("{:<24} {:>9.1}  {:>7}  (preparing, disks, mounts, clean-up)\n", "other", self.other(total), ""));
+        s.push_str(&format!(
+            "{:<24} {:>9.1}  {:>7}  (preparing, disks, mounts, clean-up)\n",
+            "other",
+            self.other(total),
+            ""
+        ));
         s.push_str(&format!("{:<24} {total:>9.1}\n", "total"));
         s
     }
@@ -70,8 +75,16 @@ impl TimeSummary {
             r.record("time-summary", &message, &fields);
         }
         let other = self.other(total);
-        r.record("time-summary", &format!("other: {other:.1} s"), &[("step", Json::Str("other")), ("seconds", Json::Secs(other))]);
-        r.record("time-summary", &format!("total: {total:.1} s"), &[("step", Json::Str("total")), ("seconds", Json::Secs(total))]);
+        r.record(
+            "time-summary",
+            &format!("other: {other:.1} s"),
+            &[("step", Json::Str("other")), ("seconds", Json::Secs(other))],
+        );
+        r.record(
+            "time-summary",
+            &format!("total: {total:.1} s"),
+            &[("step", Json::Str("total")), ("seconds", Json::Secs(total))],
+        );
     }
 }
 

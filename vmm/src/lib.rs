@@ -16,6 +16,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use error::{Error, Result};
-pub use host::{KvmBackend, KvmHost};
 pub use exit::{ExitLatch, GuestExit};
+pub use host::{KvmBackend, KvmHost};
 pub use vm::{ConsoleOutput, Vm, VmConfig, DEFAULT_CMDLINE};

@@ -23,9 +23,9 @@ use crate::devices::virtio::mmio::{MmioTransport, MMIO_WINDOW, QUEUE_NOTIFY};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{EventFdTrigger, MmioBus, PioBus};
 use crate::error::{Error, Result};
+use crate::exit::{ExitLatch, GuestExit};
 use crate::host::KvmHost;
 use crate::memory::GuestRam;
-use crate::exit::{ExitLatch, GuestExit};
 use crate::vcpu::{BootEntry, Vcpu};
 
 /// Where the guest console goes.

@@ -94,10 +94,15 @@ pub fn find_agent() -> Result<(PathBuf, Origin), ApplianceError> {
     }
 }
 
-/// One line each for the kernel and the agent this microdib would boot (`--version`, `--debug`).
+/// `guest kernel: PATH (installed)`: what `--version` and `--debug 1` say of a file found.
+pub fn found_line(what: &str, path: &Path, origin: Origin) -> String {
+    format!("{what}: {} ({})", path.display(), origin.describe())
+}
+
+/// One line each for the kernel and the agent this microdib would boot (`--version`).
 pub fn describe() -> Vec<String> {
     let line = |what: &str, found: Result<(PathBuf, Origin), ApplianceError>| match found {
-        Ok((p, o)) => format!("{what}: {} ({})", p.display(), o.describe()),
+        Ok((p, o)) => found_line(what, &p, o),
         Err(e) => format!("{what}: none ({e})"),
     };
     vec![line("guest kernel", find_kernel()), line("guest agent", find_agent())]

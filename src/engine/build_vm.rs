@@ -79,8 +79,8 @@ fn spec(
     let (kernel, kernel_origin) = appliance::find_kernel()?;
     let (agent, agent_origin) = appliance::find_agent()?;
     if c.debug >= 1 {
-        r.debug(&format!("guest kernel: {} ({})", kernel.display(), kernel_origin.describe()));
-        r.debug(&format!("guest agent: {} ({})", agent.display(), agent_origin.describe()));
+        r.debug(&appliance::found_line("guest kernel", &kernel, kernel_origin));
+        r.debug(&appliance::found_line("guest agent", &agent, agent_origin));
     }
     let cache = crate::host::cache_root().join("appliance");
     let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;

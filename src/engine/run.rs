@@ -49,9 +49,9 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     };
     let owners = std::mem::take(&mut host.owners);
     let vars = host.vars.clone();
-    let summary = RefCell::new(TimeSummary::default());
-    summary.borrow_mut().step("build VM start", vm_start);
-    let mut runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint, summary };
+    let mut summary = TimeSummary::default();
+    summary.step("build VM start", vm_start);
+    let mut runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint, summary: RefCell::new(summary) };
     if let Err(e) = in_the_vm(c, &mut guest, &mut runner, &ws, &mut host, &outputs) {
         if let (Some(end), None) = (guest.vm().ended(), signals::caught()) {
             return Err(EngineError::VmStopped { end: end.to_string(), console: guest.vm().console_tail() });

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::EngineError;
 use crate::elements::ElementIndex;
 use crate::guest::paths::{self, BLOCK_PYTHON, BLOCK_WORK};
-use crate::guest::{scripts, GuestOps};
+use crate::guest::{scripts, Guest};
 use crate::report::Reporter;
 
 /// The virtual element the layer's elements provide.
@@ -97,7 +97,7 @@ impl BlockLayer {
 
     /// Copies the layer's code into the appliance and formats and mounts the scratch disk at
     /// the sysroot for root.d to post-install.d.
-    pub fn prepare(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
+    pub fn prepare(&self, guest: &mut dyn Guest) -> Result<(), EngineError> {
         for (src, name) in self.python_tree()? {
             guest.send_dir(&src, &format!("{BLOCK_PYTHON}/{name}"))?;
         }
@@ -109,7 +109,7 @@ impl BlockLayer {
     /// After post-install.d: partition and format the target disk through the layer, mount it,
     /// copy the tree built at the sysroot into it and bind it there instead. `params` is the
     /// rest of params.yaml (root-fs-type, root-label, image-size, root-fs-opts).
-    pub fn enter_image(&mut self, guest: &mut GuestOps, params: &Params, r: &Reporter) -> Result<(), EngineError> {
+    pub fn enter_image(&mut self, guest: &mut dyn Guest, params: &Params, r: &Reporter) -> Result<(), EngineError> {
         let yaml = format!(
             "config: {BLOCK_WORK}/config.yaml\nimage-dir: {BLOCK_WORK}/image\nroot-fs-type: {}\nroot-label: {}\nmount-base: {BLOCK_WORK}/mnt\nbuild-dir: {BLOCK_WORK}\nimage-size: {}KiB\nroot-fs-opts: {}\n",
             yaml_string(&params.fs_type),
@@ -145,7 +145,7 @@ impl BlockLayer {
     }
 
     /// After the outputs: unmount (the layer trims each file system), detach, forget.
-    pub fn finish(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
+    pub fn finish(&self, guest: &mut dyn Guest) -> Result<(), EngineError> {
         guest.sh(r#"set -e; sync; umount -R "$MICRODIB_SYSROOT""#, &[])?;
         self.layer(guest, &["umount"])?;
         self.layer(guest, &["cleanup"])?;
@@ -153,7 +153,7 @@ impl BlockLayer {
     }
 
     /// Runs `python3 -m diskimage_builder.block_device.cmd ARGS` in the appliance; its stdout.
-    fn layer(&self, guest: &mut GuestOps, args: &[&str]) -> Result<String, EngineError> {
+    fn layer(&self, guest: &mut dyn Guest, args: &[&str]) -> Result<String, EngineError> {
         guest
             .script(&scripts::BLOCK_LAYER, args)
             .map_err(EngineError::step(format!("block-device layer `{}` failed", args.join(" "))))

@@ -13,7 +13,7 @@ use super::host_view::{self, make_removable, HostView};
 use super::phases::{profiling_table, PhaseRunner, PhaseTimes};
 use super::EngineError;
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
-use crate::guest::{GuestError, GuestOps, TreeTar};
+use crate::guest::{GuestError, Guest, TreeTar};
 
 const PHASE: &str = "extra-data.d";
 
@@ -39,7 +39,7 @@ pub struct ExtraData {
 
 impl ExtraData {
     /// Unpacks the image, runs the scripts, writes their changes back.
-    pub fn run(&self, guest: &mut GuestOps, runner: &PhaseRunner<'_>) -> Result<(), EngineError> {
+    pub fn run(&self, guest: &mut dyn Guest, runner: &PhaseRunner<'_>) -> Result<(), EngineError> {
         if self.scripts.is_empty() {
             return Ok(());
         }
@@ -53,7 +53,7 @@ impl ExtraData {
         written
     }
 
-    fn unpack(&self, guest: &mut GuestOps) -> Result<HostView, EngineError> {
+    fn unpack(&self, guest: &mut dyn Guest) -> Result<HostView, EngineError> {
         std::fs::create_dir_all(&self.mount)
             .map_err(EngineError::host(format!("cannot create {}", self.mount.display())))?;
         let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
@@ -65,7 +65,7 @@ impl ExtraData {
         // 200 GiB sparse file in the image stays a few blocks on the host.
         let excludes = [format!(".{IN_TARGET_AUX}/perm"), format!("./{}", host_view::host_only().display())];
         let tree = TreeTar { root: SYSROOT, excludes: &excludes, metadata: false };
-        let sent = guest.send_tree(&tree, |d| std::io::Write::write_all(&mut writer, d));
+        let sent = guest.send_tree(&tree, &mut |d| std::io::Write::write_all(&mut writer, d));
         drop(writer);
         let mut view =
             unpacker.join().map_err(|_| EngineError::Invalid("the extra-data.d unpacker panicked".into()))?;
@@ -136,7 +136,7 @@ impl ExtraData {
 }
 
 /// Removes what the scripts deleted from the image, then unpacks what they wrote.
-fn write_back(guest: &mut GuestOps, view: &HostView) -> Result<(), EngineError> {
+fn write_back(guest: &mut dyn Guest, view: &HostView) -> Result<(), EngineError> {
     let changes = view.changes().map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
     if changes.is_empty() {
         return Ok(());
@@ -149,7 +149,8 @@ fn write_back(guest: &mut GuestOps, view: &HostView) -> Result<(), EngineError> 
     let (reader, writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
     std::thread::scope(|s| {
         let packer = s.spawn(|| view.write_changes(&changes, writer));
-        let status = guest.receive_tar(SYSROOT, reader);
+        let mut reader = reader;
+        let status = guest.receive_tar(SYSROOT, &mut reader);
         let packed = packer.join().map_err(|_| EngineError::Invalid("the extra-data.d packer panicked".into()))?;
         packed.map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
         status.map_err(EngineError::step("cannot write the image after extra-data.d"))

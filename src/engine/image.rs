@@ -11,7 +11,7 @@ use super::phases::{block_device_from_output, PhaseRunner};
 use super::EngineError;
 use crate::elements::scripts::phase_scripts;
 use crate::guest::paths::{self, IN_TARGET_AUX, SYSROOT};
-use crate::guest::{scripts, status_text, GuestOps, Streamed};
+use crate::guest::{scripts, status_text, Guest, Streamed};
 use crate::plan::{BuildPlan, ImagePlan};
 
 /// How the image's root is mounted at the sysroot.
@@ -39,7 +39,7 @@ pub fn outside(sysroot: &str) -> Context {
 
 /// Names the disks, fills the appliance's aux tree (the host's aux tree and the library) and
 /// mounts the helper drive in it.
-pub fn prepare_appliance(guest: &mut GuestOps, c: &BuildPlan, aux: &Path, scratch: bool) -> Result<(), EngineError> {
+pub fn prepare_appliance(guest: &mut dyn Guest, c: &BuildPlan, aux: &Path, scratch: bool) -> Result<(), EngineError> {
     let mut serials = vec![paths::TARGET_SERIAL, paths::HELPER_SERIAL];
     if scratch {
         serials.push(paths::BUILD_SERIAL);
@@ -53,14 +53,14 @@ pub fn prepare_appliance(guest: &mut GuestOps, c: &BuildPlan, aux: &Path, scratc
     Ok(())
 }
 
-fn send_dir(guest: &mut GuestOps, src: &Path, dest: &str) -> Result<(), EngineError> {
+fn send_dir(guest: &mut dyn Guest, src: &Path, dest: &str) -> Result<(), EngineError> {
     guest.send_dir(src, dest).map_err(EngineError::step(format!("copying {} into the build VM failed", src.display())))
 }
 
 /// The image's root at the sysroot, with the aux tree bound in: on the layer's scratch disk, or
 /// after block-device.d, virt-dib's file system on the target disk (or the device it named).
 pub fn make_root(
-    guest: &mut GuestOps,
+    guest: &mut dyn Guest,
     image: &ImagePlan,
     runner: &mut PhaseRunner<'_>,
     hooks_dir: &Path,
@@ -97,7 +97,7 @@ pub fn make_root(
 }
 
 /// mkfs with virt-dib's options, then the label and (for ext*) the UUID.
-fn make_filesystem(guest: &mut GuestOps, image: &ImagePlan, uuid: &str, dev: &str) -> Result<(), EngineError> {
+fn make_filesystem(guest: &mut dyn Guest, image: &ImagePlan, uuid: &str, dev: &str) -> Result<(), EngineError> {
     let opts = image.mkfs_options.as_deref().unwrap_or("");
     guest
         .script(&scripts::MKFS, &[&image.fs_type, dev, &image.root_label, uuid, opts])
@@ -106,14 +106,14 @@ fn make_filesystem(guest: &mut GuestOps, image: &ImagePlan, uuid: &str, dev: &st
 }
 
 /// Binds the aux tree into the target at /tmp/in_target.aux.
-pub fn mount_aux(guest: &mut GuestOps) -> Result<(), EngineError> {
+pub fn mount_aux(guest: &mut dyn Guest) -> Result<(), EngineError> {
     guest.script(&scripts::MOUNT_AUX, &[])?;
     Ok(())
 }
 
 /// root.d builds the tree in subroot/, which then moves up to the sysroot; the aux tree is
 /// bound in again and `paths::IN_TARGET_D` points at the hooks.
-pub fn root_d(guest: &mut GuestOps, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
+pub fn root_d(guest: &mut dyn Guest, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
     guest.sh(r#"mkdir "$MICRODIB_SUBROOT""#, &[])?;
     let scripts = phase_scripts(&hooks_dir.join("root.d"));
     runner.run(guest, "root.d", &outside(paths::SUBROOT), &scripts, None, false)?;
@@ -128,7 +128,7 @@ pub fn root_d(guest: &mut GuestOps, runner: &PhaseRunner<'_>, hooks_dir: &Path) 
 /// After post-root.d, the image itself at the sysroot: the layer makes it and the tree moves
 /// in, or virt-dib's remount.
 pub fn enter_image(
-    guest: &mut GuestOps,
+    guest: &mut dyn Guest,
     image: &ImagePlan,
     runner: &mut PhaseRunner<'_>,
     layer: Option<&mut BlockLayer>,
@@ -163,7 +163,7 @@ pub fn enter_image(
 
 /// `--extra-packages`: install-packages in the chroot right after pre-install.d, through the
 /// logging wrapper (TARGET_DIR is the aux root, so no environment.d is sourced, as in virt-dib).
-pub fn install_packages(guest: &mut GuestOps, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), EngineError> {
+pub fn install_packages(guest: &mut dyn Guest, runner: &PhaseRunner<'_>, pkgs: &[String]) -> Result<(), EngineError> {
     let list = pkgs.join(" ");
     runner.reporter.message(&format!("Installing: {list}"));
     runner.append_log(guest, &format!("Installing {list}...\n"))?;
@@ -174,7 +174,7 @@ pub fn install_packages(guest: &mut GuestOps, runner: &PhaseRunner<'_>, pkgs: &[
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let quiet = runner.reporter.quiet();
     let status = guest
-        .stream(&Streamed { argv: &argv, env: &env, chroot: Some(SYSROOT) }, |_, d| {
+        .stream(&Streamed { argv: &argv, env: &env, chroot: Some(SYSROOT) }, &mut |_, d| {
             if !quiet {
                 use std::io::Write;
                 let _ = std::io::stdout().write_all(d);
@@ -191,13 +191,13 @@ pub fn install_packages(guest: &mut GuestOps, runner: &PhaseRunner<'_>, pkgs: &[
 }
 
 /// Whether cleanup.d left anything in NAME.d.
-pub fn named_dir_has_files(guest: &mut GuestOps, image_name: &str) -> Result<bool, EngineError> {
+pub fn named_dir_has_files(guest: &mut dyn Guest, image_name: &str) -> Result<bool, EngineError> {
     let listing = guest.sh(r#"sync; ls -A "$1""#, &[&paths::aux(&format!("out/{image_name}.d"))])?;
     Ok(!listing.trim().is_empty())
 }
 
 /// virt-dib's clean-up of the image, remounted: /tmp emptied, logs truncated.
-pub fn clean_image(guest: &mut GuestOps, root: &RootMount) -> Result<(), EngineError> {
+pub fn clean_image(guest: &mut dyn Guest, root: &RootMount) -> Result<(), EngineError> {
     guest.script(&scripts::REMOUNT_ROOT, &root.args())?;
     guest.script(&scripts::CLEAN_IMAGE, &[])?;
     Ok(())
@@ -205,14 +205,14 @@ pub fn clean_image(guest: &mut GuestOps, root: &RootMount) -> Result<(), EngineE
 
 /// After a failed step, with the VM still up: what the image holds so far reaches the disk, so
 /// a disk kept with --no-delete-on-failure shows it. Best effort: the build fails anyway.
-pub fn abandon(guest: &mut GuestOps) {
+pub fn abandon(guest: &mut dyn Guest) {
     let _ = guest.script(&scripts::ABANDON, &[]);
 }
 
 /// After the outputs: freed blocks handed back (virtio-blk discard punches holes, so the raw
 /// disk stays sparse and the disk-based writers skip them), the root unmounted, the helper
 /// drive and loop devices let go.
-pub fn finish(guest: &mut GuestOps, layer: Option<&BlockLayer>) -> Result<(), EngineError> {
+pub fn finish(guest: &mut dyn Guest, layer: Option<&BlockLayer>) -> Result<(), EngineError> {
     guest.sh(r#"fstrim "$MICRODIB_SYSROOT" 2>/dev/null || true; sync"#, &[])?;
     match layer {
         Some(layer) => layer.finish(guest)?,

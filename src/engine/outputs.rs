@@ -15,7 +15,7 @@ use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
 use crate::formats::vhd::write_vhd;
 use crate::formats::Format;
 use crate::guest::paths::{self, SYSROOT};
-use crate::guest::{GuestError, GuestOps, TreeTar};
+use crate::guest::{GuestError, Guest, TreeTar};
 use crate::plan::OutputsPlan;
 use crate::report::progress::WriterProgress;
 use crate::report::{Json, Reporter};
@@ -110,13 +110,13 @@ impl OutputPlan {
     }
 
     /// Copies the appliance's out/NAME.d into NAME.d on the host (merging; `named_dir`).
-    pub fn extract_named_dir(&self, guest: &mut GuestOps) -> Result<(), EngineError> {
+    pub fn extract_named_dir(&self, guest: &mut dyn Guest) -> Result<(), EngineError> {
         let named = PathBuf::from(format!("{}.d", self.name));
         let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
         let dest = named.clone();
         let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
         let out_dir = paths::aux("out");
-        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, |d| writer.write_all(d));
+        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, &mut |d| writer.write_all(d));
         drop(writer);
         let copied = unpacker.join().map_err(|_| EngineError::Invalid("the NAME.d unpacker panicked".into()))?;
         let failed = format!("copying {} out of the image failed", named.display());
@@ -126,7 +126,7 @@ impl OutputPlan {
 
     /// The file-system formats (docker, squashfs, tar, tgz) from one tar stream of the image's
     /// root (mounted at /sysroot), sent by the appliance and fanned out to every writer.
-    pub fn filesystem_outputs(&self, guest: &mut GuestOps, r: &Reporter, workspace: &Path) -> Result<(), EngineError> {
+    pub fn filesystem_outputs(&self, guest: &mut dyn Guest, r: &Reporter, workspace: &Path) -> Result<(), EngineError> {
         let formats: Vec<Format> = self.formats.iter().copied().filter(|f| f.from_filesystem()).collect();
         if formats.is_empty() {
             return Ok(());
@@ -163,7 +163,7 @@ impl OutputPlan {
         let excludes = ["./sys/*".to_owned(), "./proc/*".to_owned()];
         let mut werr = None;
         let mut seen = 0u64;
-        let status = guest.send_tree(&TreeTar { root: SYSROOT, excludes: &excludes, metadata: true }, |d| {
+        let status = guest.send_tree(&TreeTar { root: SYSROOT, excludes: &excludes, metadata: true }, &mut |d| {
             if werr.is_some() {
                 return Ok(());
             }

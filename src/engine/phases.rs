@@ -13,7 +13,7 @@ use super::error::ScriptFailed;
 use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
-use crate::guest::{capture, paths, scripts, status_text, GuestOps, Streamed};
+use crate::guest::{capture, paths, scripts, status_text, Guest, Streamed};
 use crate::report::progress::ScriptSpinner;
 use crate::report::{Json, Reporter, TimeSummary};
 
@@ -85,7 +85,7 @@ impl<'a> PhaseRunner<'a> {
     }
 
     /// The scripts of `phase` as the guest has them now, in run order.
-    pub fn guest_scripts(&self, guest: &mut GuestOps, phase: &str) -> Result<Vec<String>, EngineError> {
+    pub fn guest_scripts(&self, guest: &mut dyn Guest, phase: &str) -> Result<Vec<String>, EngineError> {
         let out = guest.script(&scripts::LIST_SCRIPTS, &[phase])?;
         let mut v: Vec<String> = out.lines().filter(|l| is_script_name(l)).map(String::from).collect();
         v.sort_by(|a, b| digit_prefix_compare(a, b));
@@ -96,7 +96,7 @@ impl<'a> PhaseRunner<'a> {
     /// is set (block-device.d reads IMAGE_BLOCK_DEVICE from it).
     pub fn run(
         &self,
-        guest: &mut GuestOps,
+        guest: &mut dyn Guest,
         phase: &str,
         ctx: &Context,
         scripts: &[String],
@@ -141,7 +141,7 @@ impl<'a> PhaseRunner<'a> {
             let mut answer = capture::Answer::new(answer_max);
             let quiet = self.reporter.quiet();
             let mut spinner = ScriptSpinner::start(self.reporter, &format!("{phase}/{script}"));
-            let on_output = |is_err: bool, data: &[u8]| {
+            let mut on_output = |is_err: bool, data: &[u8]| {
                 if spinner.active() {
                     spinner.output(data);
                 } else if !quiet {
@@ -155,7 +155,7 @@ impl<'a> PhaseRunner<'a> {
                 }
                 tail.feed(data);
             };
-            let status = guest.stream(&Streamed { argv: &argv, env: &env, chroot }, on_output);
+            let status = guest.stream(&Streamed { argv: &argv, env: &env, chroot }, &mut on_output);
             let secs = started.elapsed().as_secs_f64();
             // Output without a final newline: the next progress line starts on its own line.
             let spun = spinner.active();
@@ -196,7 +196,7 @@ impl<'a> PhaseRunner<'a> {
     }
 
     /// Appends `text` to the build log (through the aux mount in the appliance).
-    pub fn append_log(&self, guest: &mut GuestOps, text: &str) -> Result<(), EngineError> {
+    pub fn append_log(&self, guest: &mut dyn Guest, text: &str) -> Result<(), EngineError> {
         let log = paths::aux(&format!("perm/{}", self.log_name));
         guest
             .append(&log, text.as_bytes())

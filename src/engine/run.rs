@@ -12,7 +12,7 @@ use super::prepare::{self, Prepared};
 use super::workspace::Workspace;
 use super::{build_vm, signals, EngineError};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
-use crate::guest::GuestOps;
+use crate::guest::Guest;
 use crate::plan::BuildPlan;
 use crate::report::{Reporter, TimeSummary};
 use crate::vmbackend::Backend;
@@ -78,7 +78,7 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
 /// The phases and everything else done in the build VM.
 fn in_the_vm(
     c: &BuildPlan,
-    guest: &mut GuestOps,
+    guest: &mut dyn Guest,
     runner: &mut PhaseRunner<'_>,
     ws: &Workspace,
     host: &mut Prepared,

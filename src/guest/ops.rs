@@ -72,6 +72,59 @@ pub struct Streamed<'a> {
     pub chroot: Option<&'a str>,
 }
 
+/// What the build asks of the build VM. `GuestOps` does it through the agent; the engine's
+/// tests script it (`guest::fake`), so engine behaviour is testable without a VM.
+pub trait Guest {
+    /// Runs one of the guest's scripts with `args`; its standard output.
+    fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError>;
+    /// Runs a one-line shell command (no guest path in it: the `MICRODIB_*` variables are set).
+    fn sh(&mut self, line: &str, args: &[&str]) -> Result<String, GuestError>;
+    /// Runs a command, handing its output to `on_output(is_stderr, bytes)` as it arrives.
+    fn stream(&mut self, cmd: &Streamed<'_>, on_output: &mut dyn FnMut(bool, &[u8])) -> Result<ExitStatus, GuestError>;
+    /// Appends `text` to the guest file `path`.
+    fn append(&mut self, path: &str, text: &[u8]) -> Result<(), GuestError>;
+    /// Unpacks the tar stream `input` into the guest directory `dest`.
+    fn receive_tar(&mut self, dest: &str, input: &mut (dyn Read + Send)) -> Result<(), GuestError>;
+    /// Packs the guest tree `tree` into a tar stream handed to `sink` as it comes (GNU tar,
+    /// numeric owners, sparse files kept sparse, `excludes` left out). `metadata` adds what
+    /// the image outputs keep and reproduce: xattrs, ACLs, name order.
+    fn send_tree(
+        &mut self,
+        tree: &TreeTar<'_>,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), GuestError>;
+    /// Removes `paths` (guest paths) recursively.
+    fn remove(&mut self, paths: &[String]) -> Result<(), GuestError>;
+
+    /// Sends the host directory `src` into the guest directory `dest` (made if missing), every
+    /// file owned by root.
+    fn send_dir(&mut self, src: &Path, dest: &str) -> Result<(), GuestError> {
+        self.sh(r#"mkdir -p "$1""#, &[dest])?;
+        let host = |what: &str| {
+            let what = format!("{what} {}", src.display());
+            move |source| GuestError::Host { what, source }
+        };
+        let mut tar = crate::host::command("tar")
+            .args(["--owner=root", "--group=root", "-C"])
+            .arg(src)
+            .args(["-cf", "-", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(host("cannot run tar for"))?;
+        let Some(mut out) = tar.stdout.take() else {
+            return Err(host("no output from tar for")(std::io::Error::other("no pipe")));
+        };
+        let sent = self.receive_tar(dest, &mut out);
+        drop(out);
+        let packed = tar.wait().map_err(host("tar failed for"))?;
+        sent?;
+        match packed.success() {
+            true => Ok(()),
+            false => Err(host("tar failed for")(std::io::Error::other(packed.to_string()))),
+        }
+    }
+}
+
 /// The build VM, seen as the operations the build needs.
 pub struct GuestOps {
     vm: BuildVm,
@@ -118,24 +171,23 @@ impl GuestOps {
         checked(status, || name.to_owned(), if err.text().is_empty() { &out_tail } else { &err })?;
         out.text().ok_or(GuestError::TooMuchOutput(ANSWER_MAX))
     }
+}
 
-    /// Runs one of the guest's scripts with `args`; its standard output.
-    pub fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError> {
+impl Guest for GuestOps {
+    fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError> {
         let mut argv = vec!["/bin/sh", "-c", script.text, script.name];
         argv.extend_from_slice(args);
         self.capture(&argv, script.name)
     }
 
-    /// Runs a one-line shell command (no guest path in it: the `MICRODIB_*` variables are set).
-    pub fn sh(&mut self, line: &str, args: &[&str]) -> Result<String, GuestError> {
+    fn sh(&mut self, line: &str, args: &[&str]) -> Result<String, GuestError> {
         debug_assert!(!line.contains('\n'), "guest shell longer than a line belongs in scripts/");
         let mut argv = vec!["/bin/sh", "-c", line, "sh"];
         argv.extend_from_slice(args);
         self.capture(&argv, line)
     }
 
-    /// Runs a command, handing its output to `on_output(is_stderr, bytes)` as it arrives.
-    pub fn stream(&mut self, cmd: &Streamed<'_>, on_output: impl FnMut(bool, &[u8])) -> Result<ExitStatus, GuestError> {
+    fn stream(&mut self, cmd: &Streamed<'_>, on_output: &mut dyn FnMut(bool, &[u8])) -> Result<ExitStatus, GuestError> {
         self.vm.trace_command(cmd.argv);
         let agent = self.agent()?;
         match cmd.chroot {
@@ -145,55 +197,23 @@ impl GuestOps {
         .map_err(lost)
     }
 
-    /// Appends `text` to the guest file `path`.
-    pub fn append(&mut self, path: &str, text: &[u8]) -> Result<(), GuestError> {
+    fn append(&mut self, path: &str, text: &[u8]) -> Result<(), GuestError> {
         let argv = ["/bin/sh", "-c", r#"cat >> "$1""#, "sh", path];
         let mut err = Tail::new(MESSAGE_MAX);
         let status = self.agent()?.run_with_input(&argv, &[], None, text, |_, d| err.feed(d)).map_err(lost)?;
         checked(status, || format!("append to {path}"), &err)
     }
 
-    /// Sends the host directory `src` into the guest directory `dest` (made if missing), every
-    /// file owned by root.
-    pub fn send_dir(&mut self, src: &Path, dest: &str) -> Result<(), GuestError> {
-        self.sh(r#"mkdir -p "$1""#, &[dest])?;
-        let host = |what: &str| {
-            let what = format!("{what} {}", src.display());
-            move |source| GuestError::Host { what, source }
-        };
-        let mut tar = crate::host::command("tar")
-            .args(["--owner=root", "--group=root", "-C"])
-            .arg(src)
-            .args(["-cf", "-", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(host("cannot run tar for"))?;
-        let Some(out) = tar.stdout.take() else {
-            return Err(host("no output from tar for")(std::io::Error::other("no pipe")));
-        };
-        let sent = self.receive_tar(dest, out);
-        let packed = tar.wait().map_err(host("tar failed for"))?;
-        sent?;
-        match packed.success() {
-            true => Ok(()),
-            false => Err(host("tar failed for")(std::io::Error::other(packed.to_string()))),
-        }
-    }
-
-    /// Unpacks the tar stream `input` into the guest directory `dest`.
-    pub fn receive_tar(&mut self, dest: &str, input: impl Read + Send) -> Result<(), GuestError> {
+    fn receive_tar(&mut self, dest: &str, input: &mut (dyn Read + Send)) -> Result<(), GuestError> {
         let mut err = Tail::new(MESSAGE_MAX);
         let status = self.agent()?.tar_in(dest, input, |_, d| err.feed(d)).map_err(lost)?;
         checked(status, || format!("tar -x -C {dest}"), &err)
     }
 
-    /// Packs the guest tree `tree` into a tar stream handed to `sink` as it comes (GNU tar,
-    /// numeric owners, sparse files kept sparse, `excludes` left out). `metadata` adds what
-    /// the image outputs keep and reproduce: xattrs, ACLs, name order.
-    pub fn send_tree(
+    fn send_tree(
         &mut self,
         tree: &TreeTar<'_>,
-        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<(), GuestError> {
         let mut argv = vec!["tar", "-C", tree.root, "-c", "-f", "-", "--numeric-owner", "--sparse"];
         if tree.metadata {
@@ -222,8 +242,7 @@ impl GuestOps {
         checked(status, || argv.join(" "), &err)
     }
 
-    /// Removes `paths` (guest paths) recursively.
-    pub fn remove(&mut self, paths: &[String]) -> Result<(), GuestError> {
+    fn remove(&mut self, paths: &[String]) -> Result<(), GuestError> {
         for chunk in paths.chunks(256) {
             let mut argv = vec!["rm", "-rf", "--"];
             argv.extend(chunk.iter().map(String::as_str));
@@ -233,7 +252,7 @@ impl GuestOps {
     }
 }
 
-/// A guest tree to send as tar (`GuestOps::send_tree`).
+/// A guest tree to send as tar (`Guest::send_tree`).
 pub struct TreeTar<'a> {
     pub root: &'a str,
     /// tar `--exclude` patterns, relative to the root (`./proc/*`).

@@ -172,13 +172,9 @@ pub fn install_packages(guest: &mut dyn Guest, runner: &PhaseRunner<'_>, pkgs: &
     let argv = [wrapper.as_str(), log.as_str(), "-", IN_TARGET_AUX, "install-packages.sh", "", "0"];
     let env = runner.vars.script_env(&Context::Chroot);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let quiet = runner.reporter.quiet();
     let status = guest
         .stream(&Streamed { argv: &argv, env: &env, chroot: Some(SYSROOT) }, &mut |_, d| {
-            if !quiet {
-                use std::io::Write;
-                let _ = std::io::stdout().write_all(d);
-            }
+            runner.reporter.script_output(d)
         })
         .map_err(|e| e.during("installing packages"))?;
     if status != crate::guest::ExitStatus::Code(0) {

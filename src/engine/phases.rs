@@ -3,7 +3,6 @@
 //! first failure with the element, phase, script, status and the tail of the output.
 
 use std::cell::RefCell;
-use std::io::Write;
 use std::time::Instant;
 
 use crate::guest::ExitStatus;
@@ -139,15 +138,12 @@ impl<'a> PhaseRunner<'a> {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let mut tail = capture::LineTail::default();
             let mut answer = capture::Answer::new(answer_max);
-            let quiet = self.reporter.quiet();
             let mut spinner = ScriptSpinner::start(self.reporter, &format!("{phase}/{script}"));
             let mut on_output = |is_err: bool, data: &[u8]| {
                 if spinner.active() {
                     spinner.output(data);
-                } else if !quiet {
-                    let mut o = std::io::stdout().lock();
-                    let _ = o.write_all(data);
-                    let _ = o.flush();
+                } else {
+                    self.reporter.script_output(data);
                 }
                 // Standard output only: a `set -x` trace (stderr) must not count as an answer.
                 if capture && !is_err {
@@ -160,8 +156,8 @@ impl<'a> PhaseRunner<'a> {
             // Output without a final newline: the next progress line starts on its own line.
             let spun = spinner.active();
             spinner.finish();
-            if tail.in_a_line() && !quiet && !spun {
-                println!();
+            if tail.in_a_line() && !spun {
+                self.reporter.script_output(b"\n");
             }
             if capture {
                 let text = answer.text().ok_or_else(|| EngineError::AnswerTooLong {

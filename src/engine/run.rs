@@ -12,15 +12,27 @@ use super::prepare::{self, Prepared};
 use super::workspace::Workspace;
 use super::{build_vm, signals, EngineError};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
-use crate::guest::Guest;
+use crate::guest::{BuildGuest, Guest};
 use crate::plan::BuildPlan;
 use crate::report::{Reporter, TimeSummary};
-use crate::vmbackend::Backend;
+
+/// What starting a build VM needs to know: the build and its disks.
+pub struct VmRequest<'a> {
+    pub plan: &'a BuildPlan,
+    pub reporter: &'a Reporter,
+    pub workspace: &'a Workspace,
+    pub outputs: &'a OutputPlan,
+    /// The block-device layer's scratch disk is wanted.
+    pub scratch: bool,
+}
+
+/// Starts the build VM of a build: `build_vm::start`, or in the engine's tests a fake guest.
+pub type StartVm<'a> = dyn FnMut(&VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError> + 'a;
 
 /// Runs a whole build; a stop signal ends it through the same failure path.
 pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     signals::install();
-    let result = build(c, r);
+    let result = build(c, r, &mut |vm| Ok(Box::new(build_vm::start(vm)?)));
     signals::watch_vm(None);
     match (result, signals::caught()) {
         (_, Some(sig)) => Err(EngineError::Signal(sig)),
@@ -28,10 +40,9 @@ pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     }
 }
 
-fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
+/// A build with its VM started by `start_vm`.
+pub(crate) fn build(c: &BuildPlan, r: &Reporter, start_vm: &mut StartVm<'_>) -> Result<(), EngineError> {
     signals::check()?;
-    // Where the build VM runs: this host's KVM, or qemu's software emulation.
-    let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
     let ws = Workspace::create()?;
     // On the host: elements, environment, the aux tree with the hooks, extra-data.d's plan.
     let mut host = prepare::prepare(c, r, &ws)?;
@@ -41,7 +52,8 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     let outputs = OutputPlan::new(&c.image.name, &c.outputs, host.ramdisk, &ws.dir)?;
     outputs.create_target_disk(c.image.size)?;
     let vm_start = Instant::now();
-    let mut guest = build_vm::start(c, r, &backend, &ws, &outputs, host.block_layer.is_some())?;
+    let scratch = host.block_layer.is_some();
+    let mut guest = start_vm(&VmRequest { plan: c, reporter: r, workspace: &ws, outputs: &outputs, scratch })?;
     let vm_start = vm_start.elapsed().as_secs_f64();
     let log_hint = match &c.vm.drive {
         Some(d) => format!("The build log is {log_name} at the root of the helper drive {}.", d.path.display()),
@@ -52,17 +64,17 @@ fn build(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
     let mut summary = TimeSummary::default();
     summary.step("build VM start", vm_start);
     let mut runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint, summary: RefCell::new(summary) };
-    if let Err(e) = in_the_vm(c, &mut guest, &mut runner, &ws, &mut host, &outputs) {
-        if let (Some(end), None) = (guest.vm().ended(), signals::caught()) {
-            return Err(EngineError::VmStopped { end: end.to_string(), console: guest.vm().console_tail() });
+    if let Err(e) = in_the_vm(c, &mut *guest, &mut runner, &ws, &mut host, &outputs) {
+        if let (Some(end), None) = (guest.ended(), signals::caught()) {
+            return Err(EngineError::VmStopped { end: end.how, console: end.console });
         }
         if signals::caught().is_none() {
-            image::abandon(&mut guest);
+            image::abandon(&mut *guest);
         }
         return Err(e);
     }
     r.message("Umounting the disks");
-    guest.into_vm().shutdown()?;
+    guest.shut_down()?;
     signals::watch_vm(None);
     signals::check()?;
     // After the VM: qcow2 and vhd from the disk, checksums, every output under its final name.

@@ -12,4 +12,4 @@ pub mod scripts;
 pub mod wrappers;
 
 pub use microdib_proto::client::ExitStatus;
-pub use ops::{status_text, Guest, GuestError, GuestOps, Streamed, TreeTar};
+pub use ops::{status_text, BuildGuest, Guest, GuestError, GuestOps, Streamed, TreeTar, VmEnded};

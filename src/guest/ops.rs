@@ -12,7 +12,7 @@ use microdib_proto::ProtoError;
 use super::capture::{Answer, Tail, ANSWER_MAX, MESSAGE_MAX};
 use super::paths::script_env;
 use super::scripts::Script;
-use crate::vmbackend::BuildVm;
+use crate::vmbackend::{BuildVm, VmError};
 
 /// A guest operation that did not work.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,31 @@ pub trait Guest {
     }
 }
 
+/// How a build VM ended on its own (not shut down by the build).
+pub struct VmEnded {
+    pub how: String,
+    /// The end of its console and of what its VMM said, for the message.
+    pub console: String,
+}
+
+/// The build VM as a whole build drives it: its operations, how it ended, its shutdown.
+pub trait BuildGuest: Guest {
+    /// How the VM ended by itself, if it did.
+    fn ended(&self) -> Option<VmEnded>;
+    /// Syncs, powers the VM off and waits for it to end.
+    fn shut_down(self: Box<Self>) -> Result<(), VmError>;
+}
+
+impl BuildGuest for GuestOps {
+    fn ended(&self) -> Option<VmEnded> {
+        self.vm.ended().map(|end| VmEnded { how: end.to_string(), console: self.vm.console_tail() })
+    }
+
+    fn shut_down(self: Box<Self>) -> Result<(), VmError> {
+        self.vm.shutdown()
+    }
+}
+
 /// The build VM, seen as the operations the build needs.
 pub struct GuestOps {
     vm: BuildVm,
@@ -133,16 +158,6 @@ pub struct GuestOps {
 impl GuestOps {
     pub fn new(vm: BuildVm) -> GuestOps {
         GuestOps { vm }
-    }
-
-    /// The VM itself (how it ended, its console, its processes).
-    pub fn vm(&self) -> &BuildVm {
-        &self.vm
-    }
-
-    /// Back to the VM, to shut it down.
-    pub fn into_vm(self) -> BuildVm {
-        self.vm
     }
 
     fn agent(&mut self) -> Result<&mut AgentClient, GuestError> {

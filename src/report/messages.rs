@@ -3,7 +3,7 @@
 //! name, `error`s with the bug-report hint, and with --machine-readable a JSON line per event.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Wrap width for info/warning/error text on a terminal or with --wrap.
@@ -20,6 +20,31 @@ pub struct Reporter {
     verbose: bool,
     trace: bool,
     machine: Option<Mutex<Box<dyn Write + Send>>>,
+    console: Console,
+}
+
+/// Where the user-facing text goes: the process's stdout and stderr, or (for tests) one
+/// transcript with both.
+enum Console {
+    Stdio,
+    Transcript(Arc<Mutex<Vec<u8>>>),
+}
+
+/// What a capturing `Reporter` printed, stdout and stderr interleaved as written.
+#[derive(Clone, Default)]
+pub struct Transcript(Arc<Mutex<Vec<u8>>>);
+
+impl Transcript {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().map(|b| b.clone()).unwrap_or_default()).into_owned()
+    }
+}
+
+/// One of the two user-facing streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
 }
 
 /// Kinds of event, as written in the JSON `type` field.
@@ -63,6 +88,57 @@ impl Reporter {
             verbose: o.verbose,
             trace: o.trace,
             machine: machine.map(Mutex::new),
+            console: Console::Stdio,
+        }
+    }
+
+    /// A reporter whose user-facing text goes to the returned transcript (and machine-readable
+    /// records to `machine`), never to a terminal.
+    pub fn capturing(prog: &str, o: &ReporterOptions, machine: Option<Box<dyn Write + Send>>) -> (Self, Transcript) {
+        let transcript = Transcript::default();
+        let mut r = Reporter::new(prog, Instant::now(), o, machine);
+        r.console = Console::Transcript(transcript.0.clone());
+        (r, transcript)
+    }
+
+    /// Whether `stream` is a terminal (progress bars, spinners, colour and wrapping).
+    pub fn is_terminal(&self, stream: Stream) -> bool {
+        match (&self.console, stream) {
+            (Console::Transcript(_), _) => false,
+            (Console::Stdio, Stream::Out) => std::io::stdout().is_terminal(),
+            (Console::Stdio, Stream::Err) => std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Writes `data` to `stream` as is (script output, tables), flushed.
+    pub fn write(&self, stream: Stream, data: &[u8]) {
+        match (&self.console, stream) {
+            (Console::Transcript(t), _) => {
+                if let Ok(mut t) = t.lock() {
+                    t.extend_from_slice(data);
+                }
+            }
+            (Console::Stdio, Stream::Out) => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(data);
+                let _ = o.flush();
+            }
+            (Console::Stdio, Stream::Err) => {
+                let mut o = std::io::stderr().lock();
+                let _ = o.write_all(data);
+                let _ = o.flush();
+            }
+        }
+    }
+
+    fn line(&self, stream: Stream, text: &str) {
+        self.write(stream, format!("{text}\n").as_bytes());
+    }
+
+    /// Output of a script running in the build VM, unless -q.
+    pub fn script_output(&self, data: &[u8]) {
+        if !self.quiet {
+            self.write(Stream::Out, data);
         }
     }
 
@@ -112,13 +188,11 @@ impl Reporter {
             return;
         }
         let line = format!("[{:6.1}] {text}", self.elapsed());
-        let mut out = std::io::stdout().lock();
-        let _ = if self.force_color || out.is_terminal() {
-            writeln!(out, "\x1b[0;32m{line}\x1b[0m")
+        if self.force_color || self.is_terminal(Stream::Out) {
+            self.line(Stream::Out, &format!("\x1b[0;32m{line}\x1b[0m"));
         } else {
-            writeln!(out, "{line}")
-        };
-        let _ = out.flush();
+            self.line(Stream::Out, &line);
+        }
     }
 
     /// `prog: text`, not silenced by -q.
@@ -138,29 +212,27 @@ impl Reporter {
         let s = format!("{}: error: {text}", self.prog);
         self.print_prefixed(&s, "\x1b[1;31m", true);
         if !(self.verbose && self.trace) {
-            eprintln!(
-                "\nIf reporting bugs, run {p} with debugging enabled and include the complete output:\n\n  {p} -v -x [...]",
-                p = self.prog
+            self.line(
+                Stream::Err,
+                &format!(
+                    "\nIf reporting bugs, run {p} with debugging enabled and include the complete output:\n\n  {p} -v -x [...]",
+                    p = self.prog
+                ),
             );
         }
     }
 
     /// Debug output (--debug N): plain lines on stderr.
     pub fn debug(&self, text: &str) {
-        eprintln!("{text}");
+        self.line(Stream::Err, text);
     }
 
     fn print_prefixed(&self, text: &str, color: &str, to_stderr: bool) {
-        let tty = if to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+        let stream = if to_stderr { Stream::Err } else { Stream::Out };
+        let tty = self.is_terminal(stream);
         let text = if self.wrap || tty { wrap(text, WRAP_COLUMNS) } else { text.to_owned() };
         let colored = if self.force_color || tty { format!("{color}{text}\x1b[0m") } else { text };
-        if to_stderr {
-            eprintln!("{colored}");
-        } else {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{colored}");
-            let _ = out.flush();
-        }
+        self.line(stream, &colored);
     }
 }
 

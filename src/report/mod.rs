@@ -9,5 +9,5 @@ pub mod progress;
 pub mod summary;
 
 pub use machine::MachineReadable;
-pub use messages::{Json, Reporter, ReporterOptions};
+pub use messages::{Json, Reporter, ReporterOptions, Stream, Transcript};
 pub use summary::TimeSummary;

@@ -2,10 +2,10 @@
 //! nothing with --quiet, and JSON events with --machine-readable. And while a script runs, on a
 //! terminal: a spinner line under its output with the script, its time and its last line.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::messages::{Json, Reporter};
+use super::messages::{Json, Reporter, Stream};
 
 /// How often JSON progress events are sent at most.
 const EVENT_PERIOD: Duration = Duration::from_millis(500);
@@ -23,7 +23,7 @@ pub struct WriterProgress<'r> {
 impl<'r> WriterProgress<'r> {
     /// `total` is how many input bytes the writer will go through.
     pub fn start(reporter: &'r Reporter, format: &str, total: u64) -> Self {
-        let bar = (!reporter.quiet() && std::io::stdout().is_terminal()).then(|| {
+        let bar = (!reporter.quiet() && reporter.is_terminal(Stream::Out)).then(|| {
             let style = indicatif::ProgressStyle::with_template(
                 "         {prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
             )
@@ -58,14 +58,13 @@ impl<'r> WriterProgress<'r> {
         let rate = self.total as f64 / secs.max(1e-6);
         for (format, out) in outputs {
             if !self.reporter.quiet() {
-                let mut o = std::io::stdout().lock();
-                let _ = writeln!(
-                    o,
-                    "         {format}: {} in {secs:.1} s ({}/s), {} written",
+                let line = format!(
+                    "         {format}: {} in {secs:.1} s ({}/s), {} written\n",
                     human(self.total as f64),
                     human(rate),
                     human(*out as f64)
                 );
+                self.reporter.write(Stream::Out, line.as_bytes());
             }
             let message = format!("{format}: {} written in {secs:.1} s", human(*out as f64));
             let fields = [("format", Json::Str(format)), ("seconds", Json::Secs(secs)), ("bytes", Json::Count(*out))];
@@ -89,7 +88,7 @@ const SPINNER_LINE_MAX: usize = 60;
 
 impl ScriptSpinner {
     pub fn start(reporter: &Reporter, label: &str) -> Self {
-        let bar = (!reporter.quiet() && std::io::stdout().is_terminal()).then(|| {
+        let bar = (!reporter.quiet() && reporter.is_terminal(Stream::Out)).then(|| {
             let style = indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
             let bar = indicatif::ProgressBar::new_spinner().with_style(style).with_message(label.to_owned());
@@ -188,7 +187,7 @@ mod tests {
     fn without_a_terminal_no_spinner_takes_the_output() {
         let r = Reporter::new("t", Instant::now(), &Default::default(), None);
         let mut s = ScriptSpinner::start(&r, "install.d/10-a");
-        assert!(!s.active() || std::io::stdout().is_terminal());
+        assert!(!s.active() || std::io::IsTerminal::is_terminal(&std::io::stdout()));
         s.output(b"partial");
         s.finish();
     }

@@ -2,7 +2,6 @@
 //! (disk-image-create ends with a `Script  Seconds` table per phase; this is one table for the
 //! whole build), printed unless -q and sent as `time-summary` records.
 
-use std::io::Write;
 
 use super::messages::{Json, Reporter};
 
@@ -62,9 +61,7 @@ impl TimeSummary {
     /// Prints the table (unless -q) and sends one record per row and one for the total.
     pub fn report(&self, r: &Reporter, total: f64) {
         if !r.quiet() {
-            let mut o = std::io::stdout().lock();
-            let _ = o.write_all(self.table(total).as_bytes());
-            let _ = o.flush();
+            r.write(super::Stream::Out, self.table(total).as_bytes());
         }
         for row in &self.rows {
             let message = format!("{}: {:.1} s", row.step, row.seconds);

@@ -5,6 +5,8 @@
 pub mod cli;
 pub mod elements;
 pub mod engine;
+#[cfg(test)]
+mod fake_builds;
 pub mod formats;
 pub mod guest;
 pub mod host;

@@ -13,7 +13,8 @@ use super::host_view::{self, make_removable, HostView};
 use super::phases::{profiling_table, PhaseRunner, PhaseTimes};
 use super::EngineError;
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
-use crate::guest::{GuestError, Guest, TreeTar};
+use crate::guest::{Guest, GuestError, TreeTar};
+use crate::report::Stream;
 
 const PHASE: &str = "extra-data.d";
 
@@ -99,12 +100,28 @@ impl ExtraData {
             cmd.arg(&self.wrapper).arg(&info).arg(&target_dir).arg(script).envs(&self.env).stdin(Stdio::null());
             // Its own process group: a signal to microdib stops what the script started too.
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            if quiet {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd.spawn().map_err(EngineError::host(format!("cannot run bash for {PHASE}/{script}")))?;
             super::signals::watch_child(child.id());
-            let status = child.wait();
+            let (out, err) = (child.stdout.take(), child.stderr.take());
+            // What it prints goes through the reporter as it comes (silenced by -q).
+            let status = std::thread::scope(|s| {
+                s.spawn(|| out.map(|o| pass_on(o, |d| r.script_output(d))));
+                s.spawn(|| {
+                    err.map(|e| {
+                        pass_on(e, |d| {
+                            if !quiet {
+                                r.write(Stream::Err, d)
+                            }
+                        })
+                    })
+                });
+                let status = child.wait();
+                // Whatever it left running in its group would hold the pipes open: stopped.
+                // SAFETY: kill(2) on the process group the script led.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+                status
+            });
             super::signals::watch_child(0);
             let status = status.map_err(EngineError::host(format!("cannot wait for {PHASE}/{script}")))?;
             let secs = started.elapsed().as_secs_f64();
@@ -128,8 +145,8 @@ impl ExtraData {
         }
         times.end(r, &runner.summary);
         // virt-dib prints this table on stdout, not in the log, for extra-data.d.
-        if runner.vars.debug >= 1 && !quiet {
-            print!("{}", profiling_table(&times));
+        if runner.vars.debug >= 1 {
+            r.script_output(profiling_table(&times).as_bytes());
         }
         Ok(())
     }
@@ -155,4 +172,18 @@ fn write_back(guest: &mut dyn Guest, view: &HostView) -> Result<(), EngineError>
         packed.map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
         status.map_err(EngineError::step("cannot write the image after extra-data.d"))
     })
+}
+
+/// Hands what `from` gives to `to` in chunks until it ends (nothing kept: a script may print
+/// without end).
+fn pass_on(mut from: impl std::io::Read, mut to: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => to(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::formats::squashfs::{write_from_tar, SquashfsOptions};
 use crate::formats::vhd::write_vhd;
 use crate::formats::Format;
 use crate::guest::paths::{self, SYSROOT};
-use crate::guest::{GuestError, Guest, TreeTar};
+use crate::guest::{Guest, GuestError, TreeTar};
 use crate::plan::OutputsPlan;
 use crate::report::progress::WriterProgress;
 use crate::report::{Json, Reporter};
@@ -116,7 +116,8 @@ impl OutputPlan {
         let dest = named.clone();
         let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
         let out_dir = paths::aux("out");
-        let sent = guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, &mut |d| writer.write_all(d));
+        let sent =
+            guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, &mut |d| writer.write_all(d));
         drop(writer);
         let copied = unpacker.join().map_err(|_| EngineError::Invalid("the NAME.d unpacker panicked".into()))?;
         let failed = format!("copying {} out of the image failed", named.display());

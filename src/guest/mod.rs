@@ -6,6 +6,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod capture;
+#[cfg(test)]
+pub mod fake;
 mod ops;
 pub mod paths;
 pub mod scripts;

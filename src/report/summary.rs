@@ -2,7 +2,6 @@
 //! (disk-image-create ends with a `Script  Seconds` table per phase; this is one table for the
 //! whole build), printed unless -q and sent as `time-summary` records.
 
-
 use super::messages::{Json, Reporter};
 
 /// One phase (`install.d`) or step (`outputs`) of a build and how long it took.

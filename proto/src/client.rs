@@ -79,6 +79,17 @@ impl AgentClient {
         if !line.starts_with(b"OK ") {
             return Err(ProtoError::Closed);
         }
+        Self::hello(stream)
+    }
+
+    /// Talks to an agent already at the other end of `stream` (no VMM in between, so no
+    /// `CONNECT` line): the agent's own tests serve one end of a socketpair.
+    pub fn over_stream(stream: UnixStream) -> Result<Self, ProtoError> {
+        Self::hello(stream)
+    }
+
+    /// Says hello and checks the agent speaks our protocol version.
+    fn hello(mut stream: UnixStream) -> Result<Self, ProtoError> {
         write_frame(&mut stream, &Request::Hello { version: PROTOCOL_VERSION })?;
         match read_frame(&mut stream)? {
             Response::Hello { version, agent } if version == PROTOCOL_VERSION => {

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 
-use microdib_proto::{ProtoError, Request, Response, PROTOCOL_VERSION};
+use microdib_proto::{Input, ProtoError, Request, Response, PROTOCOL_VERSION};
 
 use crate::conn::{self, Replies, Requests};
 use crate::exec::{self, Job};
@@ -24,6 +24,10 @@ pub enum Outcome {
 /// Serves requests on `stream` until the host goes away or asks to power off.
 pub fn serve(stream: UnixStream) -> Outcome {
     let Ok((mut requests, replies)) = conn::split(stream) else { return Outcome::Disconnected };
+    // Set once a streamed request is answered with `Error` (its command could not start, say):
+    // the input the host still sends for it is dropped unanswered, up to its `StdinEnd`. Answers
+    // would go unread, put the conversation out of step and, filling the connection, stop both.
+    let mut dropping_input = false;
     loop {
         let request = match requests.next() {
             Ok(r) => r,
@@ -33,14 +37,27 @@ pub fn serve(stream: UnixStream) -> Outcome {
                 return Outcome::Disconnected;
             }
         };
+        if dropping_input {
+            dropping_input = matches!(request, Request::Stdin(_));
+            if matches!(request, Request::Stdin(_) | Request::StdinEnd) {
+                continue;
+            }
+        }
+        let streams_input = streams_input(&request);
         let Some(answer) = answer(request, &replies, &mut requests) else {
             replies.send(&Response::Bye);
             return Outcome::PowerOffRequested;
         };
+        dropping_input = streams_input && matches!(answer, Response::Error(_));
         if !replies.send(&answer) {
             return Outcome::Disconnected;
         }
     }
+}
+
+/// Whether the host follows `request` with `Stdin` frames and a `StdinEnd`.
+fn streams_input(request: &Request) -> bool {
+    matches!(request, Request::Run { stdin: Input::Stream, .. } | Request::TarIn { .. })
 }
 
 /// Carries out one request (a command's output goes out on `replies` as it comes) and gives

@@ -121,3 +121,32 @@ fn a_command_whose_input_is_broken_off_is_killed_with_its_background_child() {
     assert!(ends_within(child, Duration::from_secs(5)), "the background child {child} still runs");
     assert_eq!(host.outcome(), Outcome::Disconnected);
 }
+
+#[test]
+fn a_missing_program_given_streamed_input_is_an_error_and_the_connection_goes_on() {
+    within(Duration::from_secs(30), || {
+        let mut agent = Agent::start();
+        let input = varied_bytes(4 * MIB);
+        let err = agent.run_with_input(&Cmd::new(&["/nonexistent/microdib-test-program"]), &input[..]).unwrap_err();
+        assert!(err.to_string().contains("cannot run /nonexistent/microdib-test-program"), "{err}");
+        agent.client.ping().unwrap();
+    });
+}
+
+#[test]
+fn the_input_of_a_command_that_could_not_start_is_dropped_unanswered() {
+    within(Duration::from_secs(30), || {
+        let mut host = RawHost::start();
+        host.send(&Cmd::new(&["/nonexistent/microdib-test-program"]).request(Input::Stream));
+        // Many frames, nothing read back until all are sent: were each answered, the answers
+        // would fill the connection, the agent would stop reading, and the host stop sending.
+        for _ in 0..100_000 {
+            host.send(&Request::Stdin(b"x".to_vec()));
+        }
+        host.send(&Request::StdinEnd);
+        host.send(&Request::Ping);
+        let Response::Error(e) = host.recv().unwrap() else { panic!("no error") };
+        assert!(e.contains("cannot run /nonexistent/microdib-test-program"), "{e}");
+        assert_eq!(host.recv().unwrap(), Response::Pong);
+    });
+}

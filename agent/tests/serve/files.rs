@@ -69,3 +69,18 @@ fn a_tree_packed_with_tar_out_unpacks_the_same_with_tar_in() {
     assert_eq!(mode_of(&to.join("sub/file")), 0o751);
     assert_eq!(std::fs::read_link(to.join("link")).unwrap(), Path::new("sub/file"));
 }
+
+#[test]
+fn a_tar_stream_for_a_directory_that_cannot_be_made_is_an_error_and_the_connection_goes_on() {
+    let dir = TempDir::new("tar-nowhere");
+    std::fs::write(dir.path().join("file"), b"").unwrap();
+    let nowhere = dir.path().join("file/sub");
+    let err = within(Duration::from_secs(30), move || {
+        let mut agent = Agent::start();
+        let archive = vec![0u8; 1 << 20];
+        let err = agent.client.tar_in(nowhere.to_str().unwrap(), &archive[..], |_, _| {}).unwrap_err();
+        agent.client.ping().unwrap();
+        err.to_string()
+    });
+    assert!(err.contains("cannot create"), "{err}");
+}

@@ -10,13 +10,13 @@ use std::time::Instant;
 use crate::guest::ExitStatus;
 
 use super::host_view::{self, make_removable, HostView};
-use super::phases::{profiling_table, PhaseRunner, PhaseTimes};
+use super::phases::{profiling_table, Phase, PhaseRunner, PhaseTimes};
 use super::EngineError;
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{Guest, GuestError, TreeTar};
 use crate::report::Stream;
 
-const PHASE: &str = "extra-data.d";
+const PHASE: &str = Phase::ExtraData.dir();
 
 /// The host side of extra-data.d for one build.
 pub struct ExtraData {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::block_layer::{self, BlockLayer};
 use super::env::Context;
-use super::phases::{block_device_from_output, PhaseRunner};
+use super::phases::{block_device_from_output, Phase, PhaseRun, PhaseRunner};
 use super::EngineError;
 use crate::elements::scripts::phase_scripts;
 use crate::guest::paths::{self, IN_TARGET_AUX, SYSROOT};
@@ -30,11 +30,6 @@ impl RootMount {
             RootMount::Layer => vec!["layer"],
         }
     }
-}
-
-/// Script context outside the chroot with TARGET_ROOT `sysroot`.
-pub fn outside(sysroot: &str) -> Context {
-    Context::Outside { sysroot: sysroot.to_owned() }
 }
 
 /// Names the disks, fills the appliance's aux tree (the host's aux tree and the library) and
@@ -81,8 +76,9 @@ pub fn make_root(
     let loop_dev = guest.sh(r#"losetup --show -f "$1""#, &[&target])?;
     let mut device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
     runner.vars.block_device = device.clone();
-    let scripts = phase_scripts(&hooks_dir.join("block-device.d"));
-    let out = runner.run(guest, "block-device.d", &outside(SYSROOT), &scripts, None, true)?;
+    let scripts = phase_scripts(&hooks_dir.join(Phase::BlockDevice.dir()));
+    let run = PhaseRun { capture_answer: true, ..PhaseRun::new(Phase::BlockDevice, &scripts) };
+    let out = runner.run(guest, &run)?;
     if !scripts.is_empty() {
         device = block_device_from_output(&out, &device)?;
         runner.vars.block_device = device.clone();
@@ -115,8 +111,8 @@ pub fn mount_aux(guest: &mut dyn Guest) -> Result<(), EngineError> {
 /// bound in again and `paths::IN_TARGET_D` points at the hooks.
 pub fn root_d(guest: &mut dyn Guest, runner: &PhaseRunner<'_>, hooks_dir: &Path) -> Result<(), EngineError> {
     guest.sh(r#"mkdir "$MICRODIB_SUBROOT""#, &[])?;
-    let scripts = phase_scripts(&hooks_dir.join("root.d"));
-    runner.run(guest, "root.d", &outside(paths::SUBROOT), &scripts, None, false)?;
+    let scripts = phase_scripts(&hooks_dir.join(Phase::Root.dir()));
+    runner.run(guest, &PhaseRun::new(Phase::Root, &scripts))?;
     guest.script(&scripts::ROOT_D_FINISH, &[])?;
     mount_aux(guest)?;
     // Relative, so it holds inside the chroot and out.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::block_layer::BlockLayer;
 use super::env::{self, BuildVars, HostPaths};
 use super::extra_data::ExtraData;
+use super::phases::ScriptOwners;
 use super::workspace::Workspace;
 use super::{block_layer, EngineError};
 use crate::elements::{self, hooks, scripts::phase_scripts, ElementIndex};
@@ -28,7 +29,7 @@ pub struct Prepared {
     /// The merged hooks tree in the aux tree.
     pub hooks_dir: PathBuf,
     /// (phase, script, element) of every copied script.
-    pub owners: Vec<(String, String, String)>,
+    pub owners: ScriptOwners,
     pub vars: BuildVars,
     pub extra_data: ExtraData,
 }
@@ -140,8 +141,8 @@ fn requested_elements(c: &BuildPlan) -> Vec<String> {
 }
 
 /// Which element each copied script came from.
-fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String, String, String)> {
-    let mut v = Vec::new();
+fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> ScriptOwners {
+    let mut v = ScriptOwners::default();
     for name in expanded {
         let Some(el) = idx.get(name) else { continue };
         let Ok(entries) = std::fs::read_dir(&el.dir) else { continue };
@@ -149,7 +150,7 @@ fn script_owners(idx: &ElementIndex, expanded: &BTreeSet<String>) -> Vec<(String
             let phase = e.file_name().to_string_lossy().into_owned();
             if phase.ends_with(".d") && e.path().is_dir() {
                 for s in phase_scripts(&e.path()) {
-                    v.push((phase.clone(), s, name.clone()));
+                    v.add(&phase, &s, name);
                 }
             }
         }

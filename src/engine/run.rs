@@ -4,10 +4,9 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use super::env::Context;
-use super::image::{self, outside};
+use super::image;
 use super::outputs::OutputPlan;
-use super::phases::PhaseRunner;
+use super::phases::{Phase, PhaseRun, PhaseRunner};
 use super::prepare::{self, Prepared};
 use super::workspace::Workspace;
 use super::{build_vm, signals, EngineError};
@@ -106,24 +105,22 @@ fn in_the_vm(
     let root = image::make_root(guest, &c.image, runner, hooks, host.block_layer.as_ref())?;
     image::root_d(guest, runner, hooks)?;
     host.extra_data.run(guest, runner)?;
-    for phase in ["pre-install.d", "install.d", "post-install.d"] {
+    for phase in [Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot] {
         let scripts = runner.guest_scripts(guest, phase)?;
-        runner.run(guest, phase, &Context::Chroot, &scripts, None, false)?;
-        if phase == "pre-install.d" && !c.extra_packages.is_empty() {
+        runner.run(guest, &PhaseRun::new(phase, &scripts))?;
+        if phase == Phase::PreInstall && !c.extra_packages.is_empty() {
             image::install_packages(guest, runner, &c.extra_packages)?;
         }
     }
-    let scripts = runner.guest_scripts(guest, "post-root.d")?;
-    runner.run(guest, "post-root.d", &outside(SYSROOT), &scripts, None, false)?;
     // disk-image-create's block-device layer makes the image now, or virt-dib remounts.
     image::enter_image(guest, &c.image, runner, host.block_layer.as_mut(), &root)?;
-    let scripts = runner.guest_scripts(guest, "pre-finalise.d")?;
-    runner.run(guest, "pre-finalise.d", &outside(SYSROOT), &scripts, None, false)?;
-    let scripts = runner.guest_scripts(guest, "finalise.d")?;
-    runner.run(guest, "finalise.d", &Context::Chroot, &scripts, None, false)?;
-    let scripts = crate::elements::scripts::phase_scripts(&hooks.join("cleanup.d"));
+    for phase in [Phase::PreFinalise, Phase::Finalise] {
+        let scripts = runner.guest_scripts(guest, phase)?;
+        runner.run(guest, &PhaseRun::new(phase, &scripts))?;
+    }
+    let scripts = crate::elements::scripts::phase_scripts(&hooks.join(Phase::Cleanup.dir()));
     let out_dir = format!("{SYSROOT}{IN_TARGET_AUX}/out/{}.d", host.image_name);
-    runner.run(guest, "cleanup.d", &outside(SYSROOT), &scripts, Some(&out_dir), false)?;
+    runner.run(guest, &PhaseRun { workdir: Some(&out_dir), ..PhaseRun::new(Phase::Cleanup, &scripts) })?;
 
     if image::named_dir_has_files(guest, &host.image_name)? {
         r.message("Extracting data out of the image");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::outputs::OutputPlan;
 use super::run::VmRequest;
 use super::workspace::Workspace;
-use super::{appliance, helper_drive, signals, EngineError};
+use super::{appliance, helper_drive, EngineError};
 use crate::guest::paths::{BUILD_SERIAL, HELPER_SERIAL, TARGET_SERIAL};
 use crate::guest::GuestOps;
 use crate::plan::BuildPlan;
@@ -18,14 +18,14 @@ const HELPER_SIZE: u64 = 5 << 30;
 
 /// Starts the build VM and waits for its agent; a stop signal stops it from then on.
 pub fn start(req: &VmRequest<'_>) -> Result<GuestOps, EngineError> {
-    let VmRequest { plan: c, reporter: r, workspace: ws, outputs, scratch } = *req;
+    let VmRequest { plan: c, stop, reporter: r, workspace: ws, outputs, scratch } = *req;
     // Where the build VM runs: this host's KVM, or qemu's software emulation.
     let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
     let spec = spec(c, r, ws, outputs, scratch)?;
-    signals::check()?;
+    stop.check()?;
     let mut vm = BuildVm::start(&backend, spec)?;
     // A signal while it boots stops it too.
-    signals::watch_vm(Some(vm.stop_switch()));
+    stop.watch_vm(Some(vm.stop_switch()));
     vm.wait_for_agent()?;
     let ready = r.elapsed();
     vm.trace = c.trace;

@@ -93,7 +93,7 @@ impl ExtraData {
         let quiet = r.quiet();
         let mut times = PhaseTimes::start(r, PHASE);
         for script in &self.scripts {
-            super::signals::check()?;
+            runner.stop.check()?;
             times.script_start(r, script);
             let started = Instant::now();
             let mut cmd = crate::host::command("bash");
@@ -102,7 +102,7 @@ impl ExtraData {
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             let mut child = cmd.spawn().map_err(EngineError::host(format!("cannot run bash for {PHASE}/{script}")))?;
-            super::signals::watch_child(child.id());
+            runner.stop.watch_child(child.id());
             let (out, err) = (child.stdout.take(), child.stderr.take());
             // What it prints goes through the reporter as it comes (silenced by -q).
             let status = std::thread::scope(|s| {
@@ -122,7 +122,7 @@ impl ExtraData {
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
                 status
             });
-            super::signals::watch_child(0);
+            runner.stop.watch_child(0);
             let status = status.map_err(EngineError::host(format!("cannot wait for {PHASE}/{script}")))?;
             let secs = started.elapsed().as_secs_f64();
             let shown = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
@@ -134,7 +134,7 @@ impl ExtraData {
             if runner.vars.debug >= 1 {
                 r.debug(&format!("\n{script} completed after {secs:.3} s"));
             }
-            super::signals::check()?;
+            runner.stop.check()?;
             match shown {
                 ExitStatus::Code(0) => {}
                 ExitStatus::Code(c) => return Err(EngineError::Exit(c)),

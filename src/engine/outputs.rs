@@ -7,7 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{signals, EngineError};
+use super::signals::Stop;
+use super::EngineError;
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
 use crate::formats::gzip::ParallelGzEncoder;
 use crate::formats::qcow2::{write_qcow2, Qcow2Options};
@@ -22,6 +23,8 @@ use crate::report::{Json, Reporter};
 
 /// The files of one build.
 pub struct OutputPlan {
+    /// A stop signal interrupts the writers and host tools.
+    stop: Stop,
     /// `--name` as given (may hold a directory).
     name: String,
     formats: BTreeSet<Format>,
@@ -59,9 +62,16 @@ fn create_new(p: &Path) -> Result<std::fs::File, EngineError> {
 }
 
 impl OutputPlan {
-    pub fn new(name: &str, c: &OutputsPlan, ramdisk: bool, workspace: &Path) -> Result<OutputPlan, EngineError> {
+    pub fn new(
+        name: &str,
+        c: &OutputsPlan,
+        ramdisk: bool,
+        workspace: &Path,
+        stop: &Stop,
+    ) -> Result<OutputPlan, EngineError> {
         let mut plan = OutputPlan {
             name: name.to_owned(),
+            stop: stop.clone(),
             // A ramdisk build makes no image at all, as the manual says: NAME.d is its output.
             formats: if ramdisk { BTreeSet::new() } else { c.formats.clone() },
             ramdisk,
@@ -176,7 +186,7 @@ impl OutputPlan {
                     return Ok(());
                 }
             }
-            if signals::caught().is_some() {
+            if self.stop.caught().is_some() {
                 werr = Some("interrupted".to_owned());
             }
             Ok(())
@@ -184,7 +194,7 @@ impl OutputPlan {
         // Every writer is finished (its threads joined) before any error is reported; a writer's
         // own error says more than the broken pipe the stream then met.
         let finished: Vec<_> = sinks.into_iter().map(|s| (s.format, s.path.clone(), s.finish())).collect();
-        signals::check()?;
+        self.stop.check()?;
         for (_, path, r) in &finished {
             if let Err(e) = r {
                 return Err(EngineError::Invalid(format!("cannot write {}: {e}", path.display())));
@@ -207,7 +217,11 @@ impl OutputPlan {
             }
             if format == Format::Docker {
                 let target = self.docker_target.as_deref().unwrap_or("");
-                run_host(crate::host::command("docker").arg("import").arg(&path).arg(target), "docker import")?;
+                run_host(
+                    &self.stop,
+                    crate::host::command("docker").arg("import").arg(&path).arg(target),
+                    "docker import",
+                )?;
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -293,15 +307,16 @@ impl OutputPlan {
             .open(&tmp)
             .map_err(EngineError::host(format!("cannot create {}", tmp.display())))?;
         let mut progress = WriterProgress::start(r, f.name(), len);
+        let stop = &self.stop;
         let mut tick = |done| {
             progress.set(done);
-            match signals::caught() {
+            match stop.caught() {
                 Some(_) => Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stop signal")),
                 None => Ok(()),
             }
         };
         let result = write(&out, &mut tick);
-        signals::check()?;
+        self.stop.check()?;
         let (bytes, sums) = result.map_err(EngineError::host(format!("cannot write {}", fin.display())))?;
         progress.finish(&[(f.name(), bytes)]);
         if let Some(s) = sums {
@@ -399,11 +414,11 @@ impl Drop for OutputPlan {
 }
 
 /// Runs a host tool; a stop signal kills it.
-fn run_host(cmd: &mut Command, what: &str) -> Result<(), EngineError> {
+fn run_host(stop: &Stop, cmd: &mut Command, what: &str) -> Result<(), EngineError> {
     let mut child = cmd.spawn().map_err(EngineError::host(format!("cannot run {what}")))?;
-    signals::watch_child(child.id());
+    stop.watch_child(child.id());
     let status = child.wait();
-    signals::watch_child(0);
+    stop.watch_child(0);
     match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(EngineError::Invalid(format!("{what} failed ({s})"))),

@@ -10,6 +10,7 @@ use crate::guest::ExitStatus;
 
 use super::env::{BuildVars, Context};
 use super::error::ScriptFailed;
+use super::signals::Stop;
 use super::EngineError;
 use crate::elements::scripts::{digit_prefix_compare, is_script_name};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
@@ -168,6 +169,7 @@ struct ScriptRan {
 /// Runs phases of one build.
 pub struct PhaseRunner<'a> {
     pub reporter: &'a Reporter,
+    pub stop: Stop,
     pub vars: BuildVars,
     /// The build log's file name at the root of the helper drive.
     pub log_name: String,
@@ -244,7 +246,7 @@ impl<'a> PhaseRunner<'a> {
         let mut times = PhaseTimes::start(self.reporter, run.phase.dir());
         let mut answer = String::new();
         for script in run.scripts {
-            super::signals::check()?;
+            self.stop.check()?;
             times.script_start(self.reporter, script);
             let ran = self.run_script(guest, &wrapper, script, run.capture_answer);
             let ran = ran.and_then(|ran| {

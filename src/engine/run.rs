@@ -8,8 +8,9 @@ use super::image;
 use super::outputs::OutputPlan;
 use super::phases::{Phase, PhaseRun, PhaseRunner};
 use super::prepare::{self, Prepared};
+use super::signals::Stop;
 use super::workspace::Workspace;
-use super::{build_vm, signals, EngineError};
+use super::{build_vm, EngineError};
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{BuildGuest, Guest};
 use crate::plan::BuildPlan;
@@ -18,6 +19,7 @@ use crate::report::{Reporter, TimeSummary};
 /// What starting a build VM needs to know: the build and its disks.
 pub struct VmRequest<'a> {
     pub plan: &'a BuildPlan,
+    pub stop: &'a Stop,
     pub reporter: &'a Reporter,
     pub workspace: &'a Workspace,
     pub outputs: &'a OutputPlan,
@@ -30,29 +32,39 @@ pub type StartVm<'a> = dyn FnMut(&VmRequest<'_>) -> Result<Box<dyn BuildGuest>, 
 
 /// Runs a whole build; a stop signal ends it through the same failure path.
 pub fn run(c: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
-    signals::install();
-    let result = build(c, r, &mut |vm| Ok(Box::new(build_vm::start(vm)?)));
-    signals::watch_vm(None);
-    match (result, signals::caught()) {
+    let stop = Stop::install();
+    run_with(c, r, &stop, &mut |vm| Ok(Box::new(build_vm::start(vm)?)))
+}
+
+/// A build whose VM `start_vm` starts, stopped by `stop`.
+pub(crate) fn run_with(
+    c: &BuildPlan,
+    r: &Reporter,
+    stop: &Stop,
+    start_vm: &mut StartVm<'_>,
+) -> Result<(), EngineError> {
+    let result = build(c, r, stop, start_vm);
+    stop.watch_vm(None);
+    match (result, stop.caught()) {
         (_, Some(sig)) => Err(EngineError::Signal(sig)),
         (res, None) => res,
     }
 }
 
 /// A build with its VM started by `start_vm`.
-pub(crate) fn build(c: &BuildPlan, r: &Reporter, start_vm: &mut StartVm<'_>) -> Result<(), EngineError> {
-    signals::check()?;
+fn build(c: &BuildPlan, r: &Reporter, stop: &Stop, start_vm: &mut StartVm<'_>) -> Result<(), EngineError> {
+    stop.check()?;
     let ws = Workspace::create()?;
     // On the host: elements, environment, the aux tree with the hooks, extra-data.d's plan.
     let mut host = prepare::prepare(c, r, &ws)?;
     let log_name = format!("{}-{}.log", r.prog(), crate::stamp::utc_stamp());
 
     r.message("Opening the disks");
-    let outputs = OutputPlan::new(&c.image.name, &c.outputs, host.ramdisk, &ws.dir)?;
+    let outputs = OutputPlan::new(&c.image.name, &c.outputs, host.ramdisk, &ws.dir, stop)?;
     outputs.create_target_disk(c.image.size)?;
     let vm_start = Instant::now();
     let scratch = host.block_layer.is_some();
-    let mut guest = start_vm(&VmRequest { plan: c, reporter: r, workspace: &ws, outputs: &outputs, scratch })?;
+    let mut guest = start_vm(&VmRequest { plan: c, stop, reporter: r, workspace: &ws, outputs: &outputs, scratch })?;
     let vm_start = vm_start.elapsed().as_secs_f64();
     let log_hint = match &c.vm.drive {
         Some(d) => format!("The build log is {log_name} at the root of the helper drive {}.", d.path.display()),
@@ -62,20 +74,28 @@ pub(crate) fn build(c: &BuildPlan, r: &Reporter, start_vm: &mut StartVm<'_>) -> 
     let vars = host.vars.clone();
     let mut summary = TimeSummary::default();
     summary.step("build VM start", vm_start);
-    let mut runner = PhaseRunner { reporter: r, vars, log_name, owners, log_hint, summary: RefCell::new(summary) };
+    let mut runner = PhaseRunner {
+        reporter: r,
+        stop: stop.clone(),
+        vars,
+        log_name,
+        owners,
+        log_hint,
+        summary: RefCell::new(summary),
+    };
     if let Err(e) = in_the_vm(c, &mut *guest, &mut runner, &ws, &mut host, &outputs) {
-        if let (Some(end), None) = (guest.ended(), signals::caught()) {
+        if let (Some(end), None) = (guest.ended(), stop.caught()) {
             return Err(EngineError::VmStopped { end: end.how, console: end.console });
         }
-        if signals::caught().is_none() {
+        if stop.caught().is_none() {
             image::abandon(&mut *guest);
         }
         return Err(e);
     }
     r.message("Umounting the disks");
     guest.shut_down()?;
-    signals::watch_vm(None);
-    signals::check()?;
+    stop.watch_vm(None);
+    stop.check()?;
     // After the VM: qcow2 and vhd from the disk, checksums, every output under its final name.
     let finishing = Instant::now();
     outputs.finish(r)?;

@@ -6,13 +6,16 @@
 mod failures;
 mod phases;
 mod reporting;
+mod signals;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::cli::{self, Action};
-use crate::engine::{run::build, EngineError};
+use crate::engine::run::run_with;
+use crate::engine::signals::Stop;
+use crate::engine::EngineError;
 use crate::guest::fake::FakeVm;
 use crate::report::{Reporter, ReporterOptions};
 use crate::testing::TempDir;
@@ -20,6 +23,8 @@ use crate::testing::TempDir;
 /// A build to run against a fake VM: its own elements, output directory and options.
 pub struct FakeBuild {
     pub vm: FakeVm,
+    /// The build's stop switch: raise on it as a stop signal would.
+    pub stop: Stop,
     pub dir: TempDir,
     options: Vec<String>,
     elements: Vec<String>,
@@ -82,7 +87,7 @@ impl FakeBuild {
         std::fs::create_dir_all(dir.0.join("out")).unwrap();
         let mut all = vec![os.to_owned()];
         all.extend(elements.iter().map(|e| (*e).to_owned()));
-        FakeBuild { vm: FakeVm::new(), dir, options: Vec::new(), elements: all }
+        FakeBuild { vm: FakeVm::new(), stop: Stop::new(), dir, options: Vec::new(), elements: all }
     }
 
     /// Adds an element of this build's own with `files` (`phase.d/NN-name` files are made
@@ -155,7 +160,7 @@ impl FakeBuild {
         let (reporter, transcript) = Reporter::capturing("microdib", reporting, Some(Box::new(records.clone())));
         let vm = self.vm.clone();
         let mut workspace = None;
-        let result = build(&plan, &reporter, &mut |req| {
+        let result = run_with(&plan, &reporter, &self.stop, &mut |req| {
             workspace = Some(req.workspace.dir.clone());
             Ok(vm.guest())
         });

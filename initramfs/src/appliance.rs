@@ -340,7 +340,11 @@ fn write_root(resolved: &Resolved, out: &Path) -> Result<usize, ApplianceError> 
     }
     add_alternatives(&mut files);
     close_over_elf(&mut files);
+    write_files(&files, out)
+}
 
+/// Writes the squashfs root at `out` from the host paths `files`; returns the file count.
+fn write_files(files: &BTreeSet<PathBuf>, out: &Path) -> Result<usize, ApplianceError> {
     let mut fs = FilesystemWriter::default();
     let comp =
         FilesystemCompressor::new(Compressor::Zstd, None).map_err(|e| ApplianceError::Squashfs(e.to_string()))?;

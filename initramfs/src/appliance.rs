@@ -1,6 +1,20 @@
 //! The appliance: the guest userland element scripts run in, built from this host's own
 //! installed files (as supermin does), so no network and no root are needed.
 //!
+//! It is built as the user who runs microdib, and the guest must not learn the host's secrets,
+//! so two kinds of listed file stay out (with a note at `--debug`), and nothing else is needed:
+//! - a file this user cannot read: Debian ships few (sudo's `/etc/sudoers` and
+//!   `/etc/sudoers.d/README`, mode 0440), none that a build needs;
+//! - a conffile edited on the host, whose content is not the md5 dpkg recorded for it
+//!   (`Conffiles:` in dpkg's status): proxy credentials in `/etc/wgetrc`, local rules in
+//!   `/etc/sudoers`, site settings in `/etc/lvm/lvm.conf` never reach the guest, whose tools
+//!   then use their built-in defaults. The pristine text is in the package's `.deb` only,
+//!   which apt's cache seldom keeps and which fetching would need the network for.
+//!
+//! Pristine, readable conffiles are copied (they hold nothing of the host's). With sudo in the
+//! root but its sudoers left out, a root-only `/etc/sudoers` is written, so `/usr/bin/sudo` still
+//! runs for root (element scripts get microdib's fake sudo first in PATH anyway).
+//!
 //! - The package list (`data/appliance-packages.txt`, plus the user's additions) is expanded
 //!   with every installed dependency (dpkg's status database), and each package's files come
 //!   from `dpkg -L`. Documentation is left out.
@@ -9,8 +23,9 @@
 //! - The result is a read-only squashfs root (zstd) attached as a disk; a tiny initramfs holds
 //!   only the agent, which mounts that root under a tmpfs overlay.
 //! - Both are cached under `~/.cache/microdib/appliance/<hash>/`; the hash covers the package
-//!   list, the installed version of every package in it and the agent binary, so an upgrade on
-//!   the host or a new agent rebuilds it (and says so).
+//!   list, the installed version of every package in it, the listed files left out (and why)
+//!   and the agent binary, so an upgrade on the host, an edited conffile, another user or a new
+//!   agent rebuilds it (and says so).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
@@ -18,9 +33,10 @@ use std::io::{BufWriter, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::process::ExitStatus;
 
 use backhand::compression::Compressor;
-use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
+use backhand::{BackhandError, FilesystemCompressor, FilesystemWriter, NodeHeader};
 
 use crate::Archive;
 
@@ -38,8 +54,8 @@ pub enum ApplianceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} failed: {stderr}")]
-    CommandFailed { what: String, stderr: String },
+    #[error("{what} failed ({status}){}", said(.stderr))]
+    CommandFailed { what: String, status: ExitStatus, stderr: String },
     #[error("none of the appliance packages is installed on this host (is this a Debian system?)")]
     NothingInstalled,
     #[error("cannot read {path}")]
@@ -54,10 +70,54 @@ pub enum ApplianceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot build the squashfs root: {0}")]
-    Squashfs(String),
+    /// The squashfs writer could not read or write; `what` names the entry or the image.
+    #[error("cannot build the squashfs root: {what}")]
+    SquashfsIo {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The squashfs writer refused; `reason` is its own text.
+    #[error("cannot build the squashfs root: {what}: {reason}")]
+    Squashfs { what: String, reason: String },
     #[error(transparent)]
     Initramfs(#[from] crate::Error),
+}
+
+/// `: what a failed command said`, or nothing when it said nothing (its status says enough).
+fn said(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!(": {stderr}")
+    }
+}
+
+/// Turns the squashfs writer's error about `what` into ours. Its I/O errors stay sources; the
+/// rest keep their text (backhand's `error-strings` feature gives them one).
+fn squashfs_error(what: impl std::fmt::Display) -> impl FnOnce(BackhandError) -> ApplianceError {
+    move |e| match e {
+        BackhandError::StdIo(source) => ApplianceError::SquashfsIo { what: what.to_string(), source },
+        other => ApplianceError::Squashfs { what: what.to_string(), reason: other.to_string() },
+    }
+}
+
+/// Why a file a package lists is not in the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    /// The user building the appliance cannot read it.
+    Unreadable,
+    /// A conffile changed on the host: its md5 is not the one dpkg recorded.
+    EditedConffile,
+}
+
+impl Withheld {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Withheld::Unreadable => "this user cannot read it",
+            Withheld::EditedConffile => "a conffile edited on this host",
+        }
+    }
 }
 
 /// One installed package, from dpkg's status database.
@@ -88,6 +148,8 @@ pub struct ApplianceFiles {
     pub built: bool,
     /// Listed packages not installed on this host, so left out of the appliance.
     pub missing: Vec<String>,
+    /// Files the packages list that were left out, and why.
+    pub withheld: Vec<(PathBuf, Withheld)>,
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<String, ApplianceError> {
@@ -95,6 +157,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, ApplianceError> {
     if !out.status.success() {
         return Err(ApplianceError::CommandFailed {
             what: what.into(),
+            status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
         });
     }
@@ -320,50 +383,208 @@ fn header_of(meta: &std::fs::Metadata) -> NodeHeader {
     }
 }
 
-/// Files the appliance needs that no package ships (generated at install time on a real system).
-const GENERATED: &[(&str, &str)] = &[
-    ("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-    ("/etc/group", "root:x:0:\ntty:x:5:\ndisk:x:6:\nnogroup:x:65534:\n"),
-    ("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
-    ("/etc/hostname", "microdib\n"),
-    ("/etc/resolv.conf", ""),
-    ("/etc/mtab", ""),
-];
-
-/// Writes the squashfs root at `out` from the host files of `resolved`; returns the file count.
-fn write_root(resolved: &Resolved, out: &Path) -> Result<usize, ApplianceError> {
-    let mut files = package_files(&resolved.packages)?;
-    for extra in ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/nsswitch.conf"] {
-        if Path::new(extra).exists() {
-            files.insert(PathBuf::from(extra));
-        }
+/// The conffiles of `packages`, each with the md5 dpkg recorded for it.
+fn conffiles(packages: &BTreeMap<String, String>) -> Result<HashMap<PathBuf, String>, ApplianceError> {
+    let names: Vec<&String> = packages.keys().collect();
+    let mut out = HashMap::new();
+    for chunk in names.chunks(64) {
+        let text = run(
+            Command::new("dpkg-query").args(["-W", "-f", "${Conffiles}\n"]).args(chunk.iter().map(|s| s.as_str())),
+            "dpkg-query -W -f '${Conffiles}'",
+        )?;
+        out.extend(parse_conffiles(&text));
     }
-    add_alternatives(&mut files);
-    close_over_elf(&mut files);
-    write_files(&files, out)
+    Ok(out)
 }
 
-/// Writes the squashfs root at `out` from the host paths `files`; returns the file count.
-fn write_files(files: &BTreeSet<PathBuf>, out: &Path) -> Result<usize, ApplianceError> {
+/// dpkg's conffile lines: ` /etc/wgetrc <md5>`, maybe followed by `obsolete` or
+/// `remove-on-upgrade`; the path may hold spaces.
+fn parse_conffiles(text: &str) -> impl Iterator<Item = (PathBuf, String)> + '_ {
+    text.lines().filter_map(|line| {
+        let mut rest = line.trim();
+        while let Some(r) = rest.strip_suffix(" obsolete").or_else(|| rest.strip_suffix(" remove-on-upgrade")) {
+            rest = r;
+        }
+        let (path, md5) = rest.rsplit_once(' ')?;
+        path.starts_with('/').then(|| (PathBuf::from(path), md5.to_ascii_lowercase()))
+    })
+}
+
+/// Why the listed host path `path` must stay out, if it must; `recorded` is the md5 dpkg
+/// recorded when it is a conffile. Files that are gone, or fail otherwise, are the writer's
+/// to skip or to report.
+fn withheld_reason(path: &Path, recorded: Option<&str>) -> Option<Withheld> {
+    use std::io::ErrorKind::PermissionDenied;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        // In a directory this user may not enter.
+        Err(e) if e.kind() == PermissionDenied => return Some(Withheld::Unreadable),
+        Err(_) => return None,
+    };
+    if !meta.is_file() {
+        return None;
+    }
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == PermissionDenied => return Some(Withheld::Unreadable),
+        Err(_) => return None,
+    };
+    let recorded = recorded?;
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    if std::io::copy(&mut f, &mut h).is_err() {
+        return Some(Withheld::Unreadable);
+    }
+    let md5: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    (md5 != recorded).then_some(Withheld::EditedConffile)
+}
+
+/// What goes into the root: host paths, and the listed ones left out (and why).
+#[derive(Debug, Default)]
+struct Selection {
+    files: BTreeSet<PathBuf>,
+    withheld: BTreeMap<PathBuf, Withheld>,
+    /// Conffile to the md5 dpkg recorded for it.
+    conffiles: HashMap<PathBuf, String>,
+}
+
+impl Selection {
+    fn new(conffiles: HashMap<PathBuf, String>) -> Self {
+        Selection { conffiles, ..Default::default() }
+    }
+
+    /// Takes `path` in, unless it must stay out.
+    fn add(&mut self, path: PathBuf) {
+        if self.files.contains(&path) || self.withheld.contains_key(&path) {
+            return;
+        }
+        match withheld_reason(&path, self.conffiles.get(&path).map(String::as_str)) {
+            Some(why) => {
+                self.withheld.insert(path, why);
+            }
+            None => {
+                self.files.insert(path);
+            }
+        }
+    }
+
+    /// Adds the alternatives links and the libraries the selected ELF files need.
+    fn complete(&mut self) {
+        let mut more = self.files.clone();
+        add_alternatives(&mut more);
+        close_over_elf(&mut more);
+        for p in more {
+            self.add(p);
+        }
+    }
+}
+
+/// The files of `resolved` and the host files every root has, less what must stay out. Cheap
+/// enough to run before the cache is looked at: its hash covers what is left out.
+fn select(resolved: &Resolved) -> Result<Selection, ApplianceError> {
+    let mut sel = Selection::new(conffiles(&resolved.packages)?);
+    for p in package_files(&resolved.packages)? {
+        sel.add(p);
+    }
+    for extra in ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/nsswitch.conf"] {
+        if Path::new(extra).exists() {
+            sel.add(PathBuf::from(extra));
+        }
+    }
+    Ok(sel)
+}
+
+/// A file the appliance needs that no package ships (made at install time on a real system).
+struct Generated {
+    path: &'static str,
+    mode: u16,
+    body: &'static str,
+    /// Written only when the root holds this (the program the file configures).
+    only_with: Option<&'static str>,
+}
+
+/// Each is written unless the root has the file already.
+const GENERATED: &[Generated] = &[
+    Generated {
+        path: "/etc/passwd",
+        mode: 0o644,
+        body: "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        only_with: None,
+    },
+    Generated {
+        path: "/etc/group",
+        mode: 0o644,
+        body: "root:x:0:\ntty:x:5:\ndisk:x:6:\nnogroup:x:65534:\n",
+        only_with: None,
+    },
+    Generated { path: "/etc/hosts", mode: 0o644, body: "127.0.0.1 localhost\n::1 localhost\n", only_with: None },
+    Generated { path: "/etc/hostname", mode: 0o644, body: "microdib\n", only_with: None },
+    Generated { path: "/etc/resolv.conf", mode: 0o644, body: "", only_with: None },
+    Generated { path: "/etc/mtab", mode: 0o644, body: "", only_with: None },
+    // The host's is unreadable or edited (see the module's notes): root alone may use sudo.
+    Generated {
+        path: "/etc/sudoers",
+        mode: 0o440,
+        body: "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\n",
+        only_with: Some("/usr/bin/sudo"),
+    },
+];
+
+/// A host file opened only when the image is written and closed at its end (the writer keeps
+/// every reader until it is done); its errors name it.
+struct HostFile {
+    path: PathBuf,
+    file: Option<File>,
+    done: bool,
+}
+
+impl HostFile {
+    fn new(path: &Path) -> Self {
+        HostFile { path: path.to_owned(), file: None, done: false }
+    }
+}
+
+impl Read for HostFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let named = |path: &Path, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+        };
+        if self.done {
+            return Ok(0);
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(File::open(&self.path).map_err(|e| named(&self.path, e))?),
+        };
+        let n = file.read(buf).map_err(|e| named(&self.path, e))?;
+        if n == 0 && !buf.is_empty() {
+            self.file = None;
+            self.done = true;
+        }
+        Ok(n)
+    }
+}
+
+/// Writes the squashfs root at `out` from the host paths `sel` selected; returns the file count.
+fn write_root(sel: &Selection, out: &Path) -> Result<usize, ApplianceError> {
     let mut fs = FilesystemWriter::default();
-    let comp =
-        FilesystemCompressor::new(Compressor::Zstd, None).map_err(|e| ApplianceError::Squashfs(e.to_string()))?;
+    let comp = FilesystemCompressor::new(Compressor::Zstd, None).map_err(squashfs_error("choosing zstd"))?;
     fs.set_compressor(comp);
     fs.set_root_mode(0o755);
-    let sq = |e: backhand::BackhandError| ApplianceError::Squashfs(e.to_string());
+    let adding = |p: &Path| squashfs_error(format!("adding {}", p.display()));
     let dir_header = NodeHeader { permissions: 0o755, uid: 0, gid: 0, mtime: 0 };
 
     // Top-level usr-merge links (/bin -> usr/bin, ...) exactly as on the host.
     let mut made: BTreeSet<PathBuf> = BTreeSet::new();
     for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
         if let Ok(target) = std::fs::read_link(top) {
-            fs.push_symlink(&target, top, dir_header).map_err(sq)?;
+            fs.push_symlink(&target, top, dir_header).map_err(adding(Path::new(top)))?;
             made.insert(PathBuf::from(top));
         }
     }
     let mut count = 0;
     // Every path by its real location, parents before children.
-    let real: BTreeSet<PathBuf> = files.iter().filter_map(|p| host_location(p)).collect();
+    let real: BTreeSet<PathBuf> = sel.files.iter().filter_map(|p| host_location(p)).collect();
     for path in &real {
         if made.contains(path) {
             continue;
@@ -381,59 +602,62 @@ fn write_files(files: &BTreeSet<PathBuf>, out: &Path) -> Result<usize, Appliance
         }
         for dir in missing_parents.into_iter().rev() {
             let h = std::fs::metadata(&dir).map(|m| header_of(&m)).unwrap_or(dir_header);
-            fs.push_dir(&dir, h).map_err(sq)?;
+            fs.push_dir(&dir, h).map_err(adding(&dir))?;
             made.insert(dir);
         }
         let header = header_of(&meta);
         let ft = meta.file_type();
         if ft.is_dir() {
-            fs.push_dir(path, header).map_err(sq)?;
+            fs.push_dir(path, header).map_err(adding(path))?;
         } else if ft.is_symlink() {
             let target =
                 std::fs::read_link(path).map_err(|source| ApplianceError::Read { path: path.clone(), source })?;
-            fs.push_symlink(&target, path, header).map_err(sq)?;
+            fs.push_symlink(&target, path, header).map_err(adding(path))?;
         } else if ft.is_file() {
-            fs.push_file_from_path(path, path, header).map_err(sq)?;
+            fs.push_file(HostFile::new(path), path, header).map_err(adding(path))?;
             count += 1;
         } else {
             continue;
         }
         made.insert(path.clone());
     }
-    for (path, body) in GENERATED {
-        let p = Path::new(path);
-        if made.contains(p) {
+    for g in GENERATED {
+        let p = Path::new(g.path);
+        if made.contains(p) || g.only_with.is_some_and(|w| !made.contains(Path::new(w))) {
             continue;
         }
         if !made.contains(Path::new("/etc")) {
-            fs.push_dir("/etc", dir_header).map_err(sq)?;
+            fs.push_dir("/etc", dir_header).map_err(adding(Path::new("/etc")))?;
             made.insert(PathBuf::from("/etc"));
         }
-        let h = NodeHeader { permissions: 0o644, uid: 0, gid: 0, mtime: 0 };
-        fs.push_file(std::io::Cursor::new(body.as_bytes().to_vec()), p, h).map_err(sq)?;
+        let h = NodeHeader { permissions: g.mode, uid: 0, gid: 0, mtime: 0 };
+        fs.push_file(std::io::Cursor::new(g.body.as_bytes().to_vec()), p, h).map_err(adding(p))?;
         made.insert(p.to_path_buf());
     }
     // Mount points the agent fills in.
     for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/root", "/mnt", "/var", "/var/tmp"] {
         if !made.contains(Path::new(d)) {
             let perm = if d.ends_with("tmp") { 0o1777 } else { 0o755 };
-            fs.push_dir(d, NodeHeader { permissions: perm, ..dir_header }).map_err(sq)?;
+            fs.push_dir(d, NodeHeader { permissions: perm, ..dir_header }).map_err(adding(Path::new(d)))?;
             made.insert(PathBuf::from(d));
         }
     }
     let f = File::create(out).map_err(|source| ApplianceError::Write { path: out.to_owned(), source })?;
-    fs.write(BufWriter::new(f)).map_err(sq)?;
+    fs.write(BufWriter::new(f)).map_err(squashfs_error(format!("writing {}", out.display())))?;
     Ok(count)
 }
 
 /// The hash of everything the appliance is made of.
-fn input_hash(resolved: &Resolved, agent: &[u8]) -> String {
+fn input_hash(resolved: &Resolved, withheld: &BTreeMap<PathBuf, Withheld>, agent: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     // Bumped whenever the way the root is assembled changes.
-    h.update(b"microdib-appliance-builder-2\n");
+    h.update(b"microdib-appliance-builder-3\n");
     for (name, version) in &resolved.packages {
         h.update(format!("{name} {version}\n").as_bytes());
+    }
+    for (path, why) in withheld {
+        h.update(format!("withheld {} {why:?}\n", path.display()).as_bytes());
     }
     h.update(Sha256::digest(agent));
     let d = h.finalize();
@@ -474,12 +698,14 @@ pub fn build_or_cached(
 ) -> Result<ApplianceFiles, ApplianceError> {
     let agent_bytes = std::fs::read(agent).map_err(|source| ApplianceError::Read { path: agent.to_owned(), source })?;
     let resolved = resolve(&package_list())?;
-    let dir = cache.join(input_hash(&resolved, &agent_bytes));
+    let mut sel = select(&resolved)?;
+    let dir = cache.join(input_hash(&resolved, &sel.withheld, &agent_bytes));
     let files = ApplianceFiles {
         root: dir.join("root.sqfs"),
         initrd: dir.join("initrd.cpio"),
         built: false,
         missing: resolved.missing.clone(),
+        withheld: sel.withheld.iter().map(|(p, w)| (p.clone(), *w)).collect(),
     };
     if files.root.exists() && files.initrd.exists() {
         return Ok(files);
@@ -488,7 +714,8 @@ pub fn build_or_cached(
     say(&format!("appliance: building from {} host packages because {why}", resolved.packages.len()));
     std::fs::create_dir_all(cache).map_err(|source| ApplianceError::Write { path: cache.to_owned(), source })?;
     let tmp = tempdir_in(cache)?;
-    let count = write_root(&resolved, &tmp.join("root.sqfs"))?;
+    sel.complete();
+    let count = write_root(&sel, &tmp.join("root.sqfs"))?;
     let mut a = Archive::new();
     for d in ["dev", "proc", "sys", "run", "tmp", "sysroot"] {
         a.dir(d, 0o755)?;
@@ -496,13 +723,16 @@ pub fn build_or_cached(
     a.char_device("dev/console", 0o600, 5, 1)?;
     a.file("init", 0o755, agent_bytes)?;
     let initrd = tmp.join("initrd.cpio");
-    a.write_to(BufWriter::new(
-        File::create(&initrd).map_err(|source| ApplianceError::Write { path: initrd.clone(), source })?,
-    ))?;
+    let f = File::create(&initrd).map_err(|source| ApplianceError::Write { path: initrd.clone(), source })?;
+    a.write_to(BufWriter::new(f)).map_err(|e| match e {
+        crate::Error::Write(source) => ApplianceError::Write { path: initrd.clone(), source },
+        other => other.into(),
+    })?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|source| ApplianceError::Write { path: dir.clone(), source })?;
     say(&format!("appliance: {count} files in {}", files.root.display()));
-    Ok(ApplianceFiles { built: true, ..files })
+    let withheld = sel.withheld.into_iter().collect();
+    Ok(ApplianceFiles { built: true, withheld, ..files })
 }
 
 fn tempdir_in(parent: &Path) -> Result<PathBuf, ApplianceError> {
@@ -547,6 +777,228 @@ mod tests {
         close_over_elf(&mut files);
         assert!(files.iter().any(|f| f.to_string_lossy().contains("libc.so")), "{files:?}");
         assert!(files.iter().any(|f| f.to_string_lossy().contains("ld-linux-x86-64")), "{files:?}");
+    }
+
+    /// Set in the copy of this test binary that `as_unprivileged` runs as `nobody`.
+    const UNPRIVILEGED_RUN: &str = "MICRODIB_TEST_UNPRIVILEGED_RUN";
+
+    fn euid() -> u32 {
+        // /proc/self belongs to the process's effective user.
+        std::fs::metadata("/proc/self").expect("/proc is mounted").uid()
+    }
+
+    /// Runs `body` as a user that cannot read what only root may: directly when the tests run as
+    /// one already, else (root, as in CI) by running the test `name` again as `nobody` from a
+    /// copy of this test binary that user can execute.
+    fn as_unprivileged(name: &str, body: fn()) {
+        if std::env::var_os(UNPRIVILEGED_RUN).is_some() || euid() != 0 {
+            assert_ne!(euid(), 0, "{UNPRIVILEGED_RUN} is set but this runs as root");
+            return body();
+        }
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!("microdib-unpriv-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.join("test-binary");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
+        let out = Command::new(&exe)
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(UNPRIVILEGED_RUN, "1")
+            .env("HOME", "/nonexistent")
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{test} as nobody: {}\n{said}", out.status);
+        assert!(said.contains("1 passed"), "{test} did not run as nobody:\n{said}");
+    }
+
+    /// A scratch directory of the running user's own.
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("microdib-{name}-{}-{}", euid(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s.push_str(&format!(": {c}"));
+            cur = c.source();
+        }
+        s
+    }
+
+    /// Paths in a squashfs image.
+    fn squashfs_paths(image: &Path) -> BTreeSet<PathBuf> {
+        let r = backhand::FilesystemReader::from_reader(std::io::BufReader::new(File::open(image).unwrap())).unwrap();
+        r.files().map(|n| n.fullpath.clone()).collect()
+    }
+
+    fn md5_hex(data: &[u8]) -> String {
+        use md5::Digest;
+        md5::Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// `/etc/sudoers` (mode 0440) is in sudo's file list: a user who cannot read a listed file
+    /// still gets an appliance, without that file; and a conffile edited on the host stays out
+    /// while a pristine one goes in.
+    #[test]
+    fn unreadable_files_and_edited_conffiles_are_left_out() {
+        as_unprivileged("unreadable_files_and_edited_conffiles_are_left_out", || {
+            let dir = scratch("unreadable");
+            let path = |n: &str| dir.join(n);
+            std::fs::write(path("readable"), "hello\n").unwrap();
+            std::fs::write(path("secret"), "password\n").unwrap();
+            std::fs::set_permissions(path("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+            assert!(File::open(path("secret")).is_err(), "this user reads a mode 000 file");
+            std::fs::create_dir(path("locked")).unwrap();
+            std::fs::write(path("locked/inside"), "x\n").unwrap();
+            std::fs::set_permissions(path("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+            std::fs::write(path("wgetrc"), "use_proxy = on\nhttp_proxy = http://me:pw@proxy:3128/\n").unwrap();
+            std::fs::write(path("pristine.conf"), "# as shipped\n").unwrap();
+            let conffiles = HashMap::from([
+                (path("wgetrc"), md5_hex(b"# as shipped\n")),
+                (path("pristine.conf"), md5_hex(b"# as shipped\n")),
+            ]);
+            let mut sel = Selection::new(conffiles);
+            for n in ["", "readable", "secret", "locked", "locked/inside", "wgetrc", "pristine.conf"] {
+                sel.add(path(n).components().collect());
+            }
+            let out = path("root.sqfs");
+            let written = write_root(&sel, &out);
+            let paths = written.as_ref().map(|_| squashfs_paths(&out));
+            std::fs::set_permissions(path("locked"), std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap();
+            let paths = paths.unwrap_or_else(|e| panic!("the root was not written: {:?}", chain(e)));
+            for n in ["readable", "pristine.conf", "locked"] {
+                assert!(paths.contains(&path(n)), "{n} is missing: {paths:?}");
+            }
+            for n in ["secret", "locked/inside", "wgetrc"] {
+                assert!(!paths.contains(&path(n)), "{n} is in: {paths:?}");
+            }
+            let withheld: Vec<_> = sel.withheld.iter().map(|(p, w)| (p.strip_prefix(&dir).unwrap(), *w)).collect();
+            assert_eq!(
+                withheld,
+                [
+                    (Path::new("locked/inside"), Withheld::Unreadable),
+                    (Path::new("secret"), Withheld::Unreadable),
+                    (Path::new("wgetrc"), Withheld::EditedConffile)
+                ]
+            );
+        });
+    }
+
+    /// With sudo in the root but no sudoers, a root-only one is written.
+    #[test]
+    fn sudo_gets_a_root_only_sudoers_when_the_hosts_stays_out() {
+        let dir = scratch("sudoers");
+        let out = dir.join("root.sqfs");
+        let mut sel = Selection::default();
+        sel.add(PathBuf::from("/usr/bin/true"));
+        write_root(&sel, &out).unwrap();
+        assert!(!squashfs_paths(&out).contains(Path::new("/etc/sudoers")), "no sudo, no sudoers");
+        if let Some(sudo) = host_location(Path::new("/usr/bin/sudo")).filter(|p| p.exists()) {
+            sel.add(sudo);
+            write_root(&sel, &out).unwrap();
+            let r =
+                backhand::FilesystemReader::from_reader(std::io::BufReader::new(File::open(&out).unwrap())).unwrap();
+            let node = r.files().find(|n| n.fullpath == Path::new("/etc/sudoers")).expect("a sudoers");
+            assert_eq!((node.header.permissions, node.header.uid), (0o440, 0));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn conffile_lines_parse() {
+        let text = " /etc/wgetrc 0123456789ABCDEF0123456789abcdef\n /etc/a b.conf ffffffffffffffffffffffffffffffff obsolete\n \
+                    /etc/c newconffile remove-on-upgrade\n\nnot a line\n";
+        let got: Vec<_> = parse_conffiles(text).collect();
+        assert_eq!(
+            got,
+            [
+                (PathBuf::from("/etc/wgetrc"), "0123456789abcdef0123456789abcdef".to_owned()),
+                (PathBuf::from("/etc/a b.conf"), "ffffffffffffffffffffffffffffffff".into()),
+                (PathBuf::from("/etc/c"), "newconffile".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_left_out_is_part_of_the_cache_key() {
+        let r = Resolved { packages: [("wget".to_owned(), "1".to_owned())].into(), missing: vec![] };
+        let none = input_hash(&r, &BTreeMap::new(), b"agent");
+        let edited = input_hash(&r, &[(PathBuf::from("/etc/wgetrc"), Withheld::EditedConffile)].into(), b"agent");
+        let unreadable = input_hash(&r, &[(PathBuf::from("/etc/wgetrc"), Withheld::Unreadable)].into(), b"agent");
+        assert!(none != edited && edited != unreadable && none != unreadable);
+    }
+
+    /// The host's own conffiles: the ones in this host's appliance, checked against dpkg.
+    #[test]
+    fn this_hosts_conffiles_are_known() {
+        let r = resolve(&["wget".into(), "base-files".into()]).unwrap();
+        let c = conffiles(&r.packages).unwrap();
+        assert!(c.keys().any(|p| p.starts_with("/etc")), "{c:?}");
+        assert!(c.values().all(|m| m.len() == 32 || m == "newconffile"), "{c:?}");
+    }
+
+    /// What a test expects each error's text (sources chained, as microdib prints it) to name.
+    fn names(e: &ApplianceError) -> Vec<&str> {
+        match e {
+            ApplianceError::Command { what, .. } => vec![what, "No such file"],
+            ApplianceError::CommandFailed { what, .. } => vec![what, "exit status: 2"],
+            ApplianceError::NothingInstalled => vec!["none of the appliance packages"],
+            ApplianceError::Read { .. } => vec!["/etc/sudoers", "Permission denied"],
+            ApplianceError::Write { .. } => vec!["/cache/root.sqfs", "No space left"],
+            ApplianceError::SquashfsIo { .. } => {
+                vec!["/cache/root.sqfs", "cannot read /etc/sudoers", "Permission denied"]
+            }
+            ApplianceError::Squashfs { .. } => vec!["/etc/x", "duplicated"],
+            ApplianceError::Initramfs(_) => vec!["/agent", "Permission denied"],
+        }
+    }
+
+    #[test]
+    fn every_error_says_what_and_why() {
+        use std::io::{Error as IoError, ErrorKind};
+        use std::os::unix::process::ExitStatusExt;
+        // EACCES, ENOENT, ENOSPC.
+        let denied = || IoError::from_raw_os_error(13);
+        // A failed read of a host file while the image is written, as `HostFile` reports it.
+        let mut host = HostFile::new(Path::new("/nonexistent-dir/sudoers"));
+        let read_failed = host.read(&mut [0; 8]).unwrap_err();
+        assert!(read_failed.to_string().contains("cannot read /nonexistent-dir/sudoers"), "{read_failed}");
+        let read_failed = IoError::new(ErrorKind::PermissionDenied, format!("cannot read /etc/sudoers: {}", denied()));
+        let errors = [
+            ApplianceError::Command { what: "dpkg-query".into(), source: IoError::from_raw_os_error(2) },
+            ApplianceError::CommandFailed {
+                what: "dpkg-query".into(),
+                status: ExitStatus::from_raw(2 << 8),
+                stderr: String::new(),
+            },
+            ApplianceError::NothingInstalled,
+            ApplianceError::Read { path: "/etc/sudoers".into(), source: denied() },
+            ApplianceError::Write { path: "/cache/root.sqfs".into(), source: IoError::from_raw_os_error(28) },
+            squashfs_error("writing /cache/root.sqfs")(BackhandError::StdIo(read_failed)),
+            squashfs_error("adding /etc/x")(BackhandError::DuplicatedFileName),
+            crate::Error::Read { path: "/agent".into(), source: denied() }.into(),
+        ];
+        for e in &errors {
+            let text = chain(e);
+            for n in names(e) {
+                assert!(text.contains(n), "{e:?} says {text:?}, without {n:?}");
+            }
+        }
+        assert_eq!(
+            chain(&errors[5]),
+            "cannot build the squashfs root: writing /cache/root.sqfs: cannot read /etc/sudoers: Permission denied (os error 13)"
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ fn spec(
     if c.debug >= 1 {
         let how = if files.built { "built now" } else { "cached" };
         r.debug(&format!("appliance: {} ({how})", files.root.parent().unwrap_or(&cache).display()));
+        for (path, why) in &files.withheld {
+            r.debug(&format!("appliance: left out {} ({})", path.display(), why.describe()));
+        }
     }
     if !files.missing.is_empty() {
         // Elements that call these in the build VM will fail: say how to add them.

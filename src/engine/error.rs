@@ -76,3 +76,21 @@ impl EngineError {
         move |source| EngineError::Step { step, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// microdib prints an engine error's text alone: the appliance's reason must be in it.
+    #[test]
+    fn an_appliance_build_error_carries_its_reason() {
+        let e = EngineError::from(initramfs::appliance::ApplianceError::SquashfsIo {
+            what: "writing /cache/root.sqfs".into(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "cannot read /etc/sudoers: denied"),
+        });
+        assert_eq!(
+            e.to_string(),
+            "cannot build the appliance: cannot build the squashfs root: writing /cache/root.sqfs: cannot read /etc/sudoers: denied"
+        );
+    }
+}

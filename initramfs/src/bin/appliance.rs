@@ -31,6 +31,9 @@ fn main() -> ExitCode {
             if !f.missing.is_empty() {
                 eprintln!("microdib-appliance: warning: not installed on this host, left out: {}", f.missing.join(" "));
             }
+            for (path, why) in &f.withheld {
+                eprintln!("microdib-appliance: left out {} ({})", path.display(), why.describe());
+            }
             println!("root {}", f.root.display());
             println!("initrd {}", f.initrd.display());
             ExitCode::SUCCESS

@@ -23,8 +23,9 @@ pub enum GuestError {
     /// The build VM has been shut down already.
     #[error("the build VM is shut down")]
     ShutDown,
-    /// A command ran and failed; `stderr_tail` is the end of what it said.
-    #[error("{stderr_tail} ({})", status_text(.status))]
+    /// A command ran and failed; `stderr_tail` is the end of what it said, and when it said
+    /// nothing the command is named instead.
+    #[error("{} ({})", failed_text(.cmd, .stderr_tail), status_text(.status))]
     Failed { cmd: String, status: ExitStatus, stderr_tail: String },
     /// A command printed more than the host reads as its answer.
     #[error("a command in the build VM printed more than {} MiB", .0 >> 20)]
@@ -41,6 +42,15 @@ impl GuestError {
             GuestError::Lost { source, .. } => GuestError::Lost { during: format!(" while {what}"), source },
             other => other,
         }
+    }
+}
+
+/// What a failed command said, or `cmd failed` when it said nothing.
+fn failed_text(cmd: &str, stderr_tail: &str) -> String {
+    if stderr_tail.is_empty() {
+        format!("{cmd} failed")
+    } else {
+        stderr_tail.to_owned()
     }
 }
 
@@ -273,4 +283,20 @@ pub struct TreeTar<'a> {
     /// tar `--exclude` patterns, relative to the root (`./proc/*`).
     pub excludes: &'a [String],
     pub metadata: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_says_what_failed_even_when_it_said_nothing() {
+        let failed = |tail: &str| GuestError::Failed {
+            cmd: "mkfs.ext4 /dev/vdb".into(),
+            status: ExitStatus::Code(1),
+            stderr_tail: tail.into(),
+        };
+        assert_eq!(failed("").to_string(), "mkfs.ext4 /dev/vdb failed (exit status 1)");
+        assert_eq!(failed("mkfs.ext4: no such device").to_string(), "mkfs.ext4: no such device (exit status 1)");
+    }
 }

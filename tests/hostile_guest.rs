@@ -1,4 +1,4 @@
-//! The image being built is hostile (issue 14): what its scripts or packages write must not run
+//! The image being built is hostile: what its scripts or packages write must not run
 //! on the host, reach host files outside the build's outputs, or exhaust the host's memory.
 //! Each test plays the guest's part with a fixture element and checks the host afterwards.
 

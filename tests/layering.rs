@@ -1,4 +1,4 @@
-//! The house rules of the source tree (issue 15), checked over the code's own `crate::` and
+//! The house rules of the source tree, checked over the code's own `crate::` and
 //! `super::` paths so that a newcomer cannot break them unnoticed:
 //! - `engine` never imports `cli`; `plan`, `formats` and `report` import neither; `report`
 //!   imports nothing of the crate;

@@ -398,7 +398,7 @@ mod tests {
             block_device_from_output("hello\nIMAGE_BLOCK_DEVICE=/dev/loop0p1\n", "/dev/loop0").unwrap(),
             "/dev/loop0p1"
         );
-        // Output without the variable is informational (issue 16: virt-dib failed here).
+        // Output without the variable is informational (virt-dib 1.48.2 failed on it).
         assert_eq!(block_device_from_output("a\nb\n", "/dev/loop0").unwrap(), "/dev/loop0");
         assert!(block_device_from_output("IMAGE_BLOCK_DEVICE=a\nIMAGE_BLOCK_DEVICE=b", "x")
             .unwrap_err()

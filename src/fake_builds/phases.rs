@@ -120,3 +120,18 @@ fn root_d_builds_the_tree_that_becomes_the_image() {
     let file = build.vm.file(&format!("{SYSROOT}/etc/from-root-d"));
     assert_eq!(file.map(|f| f.data), Some(b"yes\n".to_vec()));
 }
+
+#[test]
+fn only_script_names_diskimage_builder_runs_are_taken_from_the_guests_listing() {
+    let build = FakeBuild::new(&[]);
+    build.vm.answer(&crate::guest::scripts::LIST_SCRIPTS, |args| {
+        Ok(match args {
+            ["finalise.d"] => "20-ok\n../../../bin/reboot\n$(reboot)\n10-ok\n.hidden\nwith space\n".to_owned(),
+            _ => String::new(),
+        })
+    });
+    build.run().succeeded();
+    let finalise: Vec<String> =
+        build.vm.elements_run().into_iter().filter_map(|s| s.strip_prefix("finalise.d/").map(String::from)).collect();
+    assert_eq!(finalise, ["10-ok", "20-ok"]);
+}

@@ -92,6 +92,7 @@ impl Run<'_> {
 }
 
 type Behaviour = Box<dyn FnMut(&mut Run<'_>) -> ExitStatus>;
+type Answer = Box<dyn FnMut(&[&str]) -> Result<String, GuestError>>;
 type Hook = Box<dyn FnMut(&Op) -> Option<GuestError>>;
 
 /// The fake guest's state, shared between the test and the engine's `Box<dyn BuildGuest>`.
@@ -101,6 +102,8 @@ pub struct FakeState {
     pub ops: Vec<Op>,
     behaviours: BTreeMap<(String, String), Behaviour>,
     hooks: Vec<Hook>,
+    /// Answers of guest scripts given by the test instead of the fake's own, by script name.
+    answers: BTreeMap<String, Answer>,
     /// The VM "ended by itself" (a crash): every operation from then on loses the VM.
     pub ended: Option<String>,
 }
@@ -117,6 +120,11 @@ impl FakeVm {
     /// `phase/script`, when it runs, does `behaviour` (else: exit 0, no output).
     pub fn on_script(&self, phase: &str, script: &str, behaviour: impl FnMut(&mut Run<'_>) -> ExitStatus + 'static) {
         self.0.borrow_mut().behaviours.insert((phase.to_owned(), script.to_owned()), Box::new(behaviour));
+    }
+
+    /// The guest script `script` answers what `answer` says (a hostile guest's answers).
+    pub fn answer(&self, script: &Script, answer: impl FnMut(&[&str]) -> Result<String, GuestError> + 'static) {
+        self.0.borrow_mut().answers.insert(script.name.to_owned(), Box::new(answer));
     }
 
     /// Before each operation: `hook` may fail it (or change the fake's state, e.g. end the VM).
@@ -217,6 +225,12 @@ fn listing(tree: &BTreeMap<String, FakeFile>, dir: &str) -> Vec<String> {
 impl Guest for FakeGuest {
     fn script(&mut self, script: &Script, args: &[&str]) -> Result<String, GuestError> {
         self.begin(Op::Script { name: script.name.to_owned(), args: strings(args) })?;
+        let answer = self.0 .0.borrow_mut().answers.remove(script.name);
+        if let Some(mut answer) = answer {
+            let said = answer(args);
+            self.0 .0.borrow_mut().answers.insert(script.name.to_owned(), answer);
+            return said;
+        }
         let mut tree = self.tree();
         if script.name == scripts::LIST_SCRIPTS.name {
             let dir = paths::aux(&format!("hooks/{}", args.first().copied().unwrap_or_default()));

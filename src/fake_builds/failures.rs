@@ -50,7 +50,7 @@ fn a_build_vm_that_dies_is_reported_with_its_console_not_as_the_failed_step() {
     let state = build.vm.clone();
     build.vm.before_each(move |op| {
         if op.element() == Some(("install.d", "10-crash")) {
-            state.0.borrow_mut().ended = Some("the guest kernel panicked".into());
+            state.crash("the guest kernel panicked");
             return Some(lost_vm());
         }
         None

@@ -132,6 +132,11 @@ impl FakeVm {
         self.0.borrow_mut().hooks.push(Box::new(hook));
     }
 
+    /// The VM ends by itself (`how`: a panic, a crash): every operation from now on loses it.
+    pub fn crash(&self, how: &str) {
+        self.0.borrow_mut().ended = Some(how.to_owned());
+    }
+
     /// The guest the engine drives.
     pub fn guest(&self) -> Box<dyn BuildGuest> {
         Box::new(FakeGuest(self.clone()))

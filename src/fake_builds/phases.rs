@@ -1,37 +1,33 @@
 //! The phases: which scripts run, in which order, where and with what environment.
 
 use super::FakeBuild;
+use crate::engine::phases::Phase;
 use crate::guest::fake::Run;
 use crate::guest::paths::{self, SYSROOT};
 use crate::guest::ExitStatus;
 
 const OK: ExitStatus = ExitStatus::Code(0);
 
-const EVERY_PHASE: &[&str] = &[
-    "block-device.d",
-    "root.d",
-    "pre-install.d",
-    "install.d",
-    "post-install.d",
-    "post-root.d",
-    "pre-finalise.d",
-    "finalise.d",
-    "cleanup.d",
-];
+/// The phases that run in the build VM (extra-data.d runs on the host), in their order.
+fn guest_phases() -> Vec<&'static str> {
+    Phase::ALL.iter().filter(|p| **p != Phase::ExtraData).map(|p| p.dir()).collect()
+}
 
-fn one_script_a_phase() -> Vec<(String, &'static str)> {
-    EVERY_PHASE.iter().map(|p| (format!("{p}/50-step"), "#!/bin/sh\n")).collect()
+/// A build with an element that has a script `50-step` in every guest phase.
+fn every_phase_build() -> FakeBuild {
+    let build = FakeBuild::new(&["every"]);
+    let files: Vec<(String, &str)> = guest_phases().iter().map(|p| (format!("{p}/50-step"), "#!/bin/sh\n")).collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    build.element("every", &files);
+    build
 }
 
 #[test]
 fn every_phase_runs_once_in_virt_dibs_order() {
-    let build = FakeBuild::new(&["every"]);
-    let files = one_script_a_phase();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    build.element("every", &files);
+    let build = every_phase_build();
     build.run().succeeded();
     let ran: Vec<String> = build.vm.elements_run().into_iter().filter(|s| s.ends_with("/50-step")).collect();
-    let expected: Vec<String> = EVERY_PHASE.iter().map(|p| format!("{p}/50-step")).collect();
+    let expected: Vec<String> = guest_phases().iter().map(|p| format!("{p}/50-step")).collect();
     assert_eq!(ran, expected);
     let fake_os = build.vm.elements_run().iter().position(|s| s == "root.d/10-fake-os");
     assert_eq!(fake_os, Some(1), "{:?}", build.vm.elements_run());
@@ -63,10 +59,7 @@ fn a_script_added_during_the_build_runs_in_its_later_phase() {
 
 #[test]
 fn chroot_phases_run_in_the_image_and_the_others_outside_it() {
-    let build = FakeBuild::new(&["every"]);
-    let files = one_script_a_phase();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    build.element("every", &files);
+    let build = every_phase_build();
     build.run().succeeded();
     let chrooted: Vec<(String, bool)> = build
         .vm
@@ -94,13 +87,10 @@ fn chroot_phases_run_in_the_image_and_the_others_outside_it() {
 
 #[test]
 fn envvar_reaches_every_script_and_host_variables_do_not() {
-    let mut build = FakeBuild::new(&["every"]);
-    let files = one_script_a_phase();
-    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
-    build.element("every", &files);
+    let mut build = every_phase_build();
     build.option(&["--envvar", "FROM_USER=yes", "--envvar", "PATH"]);
     build.run().succeeded();
-    for phase in EVERY_PHASE {
+    for phase in guest_phases() {
         let env = build.vm.env_of(phase, "50-step");
         assert_eq!(env.get("FROM_USER").map(String::as_str), Some("yes"), "{phase}");
         assert_eq!(env.get("IMAGE_NAME").map(String::as_str), Some("img"), "{phase}");

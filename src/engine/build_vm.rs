@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::outputs::OutputPlan;
-use super::run::VmRequest;
+use super::signals::Stop;
 use super::workspace::Workspace;
 use super::{appliance, helper_drive, EngineError};
 use crate::guest::paths::{BUILD_SERIAL, HELPER_SERIAL, TARGET_SERIAL};
@@ -15,6 +15,17 @@ use crate::vmbackend::{self, Backend, BuildVm, DiskFormat, VmDisk, VmSpec};
 
 /// Size of the throwaway helper drive, as virt-dib made it.
 const HELPER_SIZE: u64 = 5 << 30;
+
+/// What starting a build VM needs to know: the build and its disks.
+pub struct VmRequest<'a> {
+    pub plan: &'a BuildPlan,
+    pub stop: &'a Stop,
+    pub reporter: &'a Reporter,
+    pub workspace: &'a Workspace,
+    pub outputs: &'a OutputPlan,
+    /// The block-device layer's scratch disk is wanted.
+    pub scratch: bool,
+}
 
 /// Starts the build VM and waits for its agent; a stop signal stops it from then on.
 pub fn start(req: &VmRequest<'_>) -> Result<GuestOps, EngineError> {

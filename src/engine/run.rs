@@ -4,28 +4,18 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
+use super::build_vm::{self, VmRequest};
 use super::image;
 use super::outputs::OutputPlan;
 use super::phases::{Phase, PhaseRun, PhaseRunner};
 use super::prepare::{self, Prepared};
 use super::signals::Stop;
 use super::workspace::Workspace;
-use super::{build_vm, EngineError};
+use super::EngineError;
 use crate::guest::paths::{IN_TARGET_AUX, SYSROOT};
 use crate::guest::{BuildGuest, Guest};
 use crate::plan::BuildPlan;
 use crate::report::{Reporter, TimeSummary};
-
-/// What starting a build VM needs to know: the build and its disks.
-pub struct VmRequest<'a> {
-    pub plan: &'a BuildPlan,
-    pub stop: &'a Stop,
-    pub reporter: &'a Reporter,
-    pub workspace: &'a Workspace,
-    pub outputs: &'a OutputPlan,
-    /// The block-device layer's scratch disk is wanted.
-    pub scratch: bool,
-}
 
 /// Starts the build VM of a build: `build_vm::start`, or in the engine's tests a fake guest.
 pub type StartVm<'a> = dyn FnMut(&VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError> + 'a;

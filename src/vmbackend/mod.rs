@@ -21,6 +21,7 @@ use microdib_proto::net::GuestNetwork;
 use microdib_proto::APPLIANCE_DISK_SERIAL;
 use vmm::devices::virtio::net::passt::{Passt, PasstOptions};
 
+pub use tcg::{bench_qemu_args, kernel_cmdline as tcg_kernel_cmdline, QEMU_CMDLINE};
 pub use vmm::devices::virtio::block::DiskFormat;
 
 /// How long the agent may take to answer after the VM starts (software emulation is slow).

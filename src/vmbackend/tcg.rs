@@ -26,10 +26,22 @@ use super::{file_tail, DiskFormat, RunningVm, StopSwitch, VmDisk, VmEnd, VmError
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// The kernel's words for a panic, as printed on the console.
 const PANIC_MARK: &str = "Kernel panic - not syncing";
-/// The guest kernel's command line before the agent's words. microvm has no i8042, so the
-/// guest resets by triple fault (`reboot=t`), which `-no-reboot` turns into qemu's exit; with
+/// The guest kernel's command line under any qemu microvm. microvm has no i8042, so the guest
+/// resets by triple fault (`reboot=t`), which `-no-reboot` turns into qemu's exit; with
 /// `reboot=k` the kernel falls back to a BIOS restart that qemu never sees.
-const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+pub const QEMU_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// The guest kernel's command line under TCG, before the agent's words: `QEMU_CMDLINE` and the
+/// host's TSC rate. (hack/ boots its qemu guests with it through `microdib-dev kernel-cmdline`.)
+pub fn kernel_cmdline() -> String {
+    let mut cmdline = QEMU_CMDLINE.to_owned();
+    if let Some(khz) = host_tsc_khz() {
+        // Calibrating the TSC against the emulated PIT goes wrong on a busy host (the guest
+        // then falls back to jiffies); TCG's TSC runs at the host's rate, so say that rate.
+        cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    }
+    cmdline
+}
 
 /// `$MICRODIB_QEMU`, else qemu-system-x86_64 from PATH.
 pub fn find_qemu() -> Result<PathBuf, VmError> {
@@ -164,12 +176,7 @@ pub struct TcgVm {
 
 impl TcgVm {
     pub fn start(qemu: &Path, spec: &VmSpec, agent_words: &str, net: Option<UnixStream>) -> Result<TcgVm, VmError> {
-        let mut cmdline = BASE_CMDLINE.to_owned();
-        if let Some(khz) = host_tsc_khz() {
-            // Calibrating the TSC against the emulated PIT goes wrong on a busy host (the guest
-            // then falls back to jiffies); TCG's TSC runs at the host's rate, so say that rate.
-            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-        }
+        let mut cmdline = kernel_cmdline();
         cmdline.push(' ');
         cmdline.push_str(agent_words);
         let frontend = spec.workdir.join("vhost-user-vsock.sock");
@@ -350,8 +357,48 @@ fn disk_args(i: usize, d: &VmDisk) -> [String; 4] {
 
 /// qemu's command line for `spec`.
 fn qemu_args(spec: &VmSpec, cmdline: &str, vsock_socket: &Path, net_fd: Option<RawFd>) -> Vec<String> {
-    let mib = spec.memory_mib;
-    let mut a: Vec<String> = vec![
+    let mut a = machine_args(&spec.kernel, &spec.initrd, cmdline, spec.memory_mib, spec.vcpus, &spec.console);
+    for (i, d) in spec.all_disks().iter().enumerate() {
+        a.extend(disk_args(i, d));
+    }
+    a.extend([
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", opt_value(vsock_socket)),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+    ]);
+    a.extend(rng_args());
+    if let Some(fd) = net_fd {
+        let mac = DEFAULT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        a.extend([
+            "-netdev".into(),
+            format!("stream,id=net,addr.type=fd,addr.str={fd}"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net,mac={mac}"),
+        ]);
+    }
+    a
+}
+
+/// The build VM's machine with one disk and neither vsock (it needs our vhost-user backend) nor
+/// network: what hack/bench-accel boots, so that it measures the machine microdib starts.
+pub fn bench_qemu_args(
+    kernel: &Path,
+    initrd: &Path,
+    memory_mib: u64,
+    vcpus: u8,
+    console: &Path,
+    disk: &VmDisk,
+) -> Vec<String> {
+    let mut a = machine_args(kernel, initrd, &kernel_cmdline(), memory_mib, vcpus, console);
+    a.extend(disk_args(0, disk));
+    a.extend(rng_args());
+    a
+}
+
+/// The machine: microvm under TCG with its memory, CPUs, kernel and console.
+fn machine_args(kernel: &Path, initrd: &Path, cmdline: &str, mib: u64, vcpus: u8, console: &Path) -> Vec<String> {
+    vec![
         "-name".into(),
         "microdib-build".into(),
         "-nodefaults".into(),
@@ -374,41 +421,28 @@ fn qemu_args(spec: &VmSpec, cmdline: &str, vsock_socket: &Path, net_fd: Option<R
         "-m".into(),
         format!("{mib}M"),
         "-smp".into(),
-        spec.vcpus.max(1).to_string(),
+        vcpus.max(1).to_string(),
         "-kernel".into(),
-        spec.kernel.to_string_lossy().into_owned(),
+        kernel.to_string_lossy().into_owned(),
         "-initrd".into(),
-        spec.initrd.to_string_lossy().into_owned(),
+        initrd.to_string_lossy().into_owned(),
         "-append".into(),
         cmdline.to_owned(),
         "-chardev".into(),
-        format!("file,id=console,path={}", opt_value(&spec.console)),
+        format!("file,id=console,path={}", opt_value(console)),
         "-serial".into(),
         "chardev:console".into(),
-    ];
-    for (i, d) in spec.all_disks().iter().enumerate() {
-        a.extend(disk_args(i, d));
-    }
-    a.extend([
-        "-chardev".into(),
-        format!("socket,id=vsock,path={}", opt_value(vsock_socket)),
-        "-device".into(),
-        "vhost-user-vsock-device,chardev=vsock".into(),
+    ]
+}
+
+/// The entropy device, after the disks.
+fn rng_args() -> [String; 4] {
+    [
         "-object".into(),
         "rng-random,id=rng,filename=/dev/urandom".into(),
         "-device".into(),
         "virtio-rng-device,rng=rng".into(),
-    ]);
-    if let Some(fd) = net_fd {
-        let mac = DEFAULT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        a.extend([
-            "-netdev".into(),
-            format!("stream,id=net,addr.type=fd,addr.str={fd}"),
-            "-device".into(),
-            format!("virtio-net-device,netdev=net,mac={mac}"),
-        ]);
-    }
-    a
+    ]
 }
 
 #[cfg(test)]

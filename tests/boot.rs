@@ -49,7 +49,7 @@ fn run_vmm(args: &[&str]) -> Output {
         Ok(()) => Command::new(bin),
         Err(why) => {
             eprintln!("native KVM unusable ({why}); running through hack/nested-run");
-            let mut c = Command::new(workspace().join("hack/nested-run"));
+            let mut c = nested_run();
             c.args(["--timeout", "600", "--"]).arg(bin);
             c
         }
@@ -459,7 +459,7 @@ fn tar_streams_round_trip_a_tree() {
     let big = mib * 1024 * 1024 / 8;
     let small = (mib * 1024 * 1024 / 8) / 1024;
     let a = appliance();
-    let manifest = workspace().join("hack/tree-manifest");
+    let manifest = format!("{} tree-manifest", env!("CARGO_BIN_EXE_microdib-dev"));
     let script = format!(
         r#"set -e
 d=$(mktemp -d)
@@ -503,7 +503,7 @@ if diff "$d/m1" "$d/m2" > "$d/diff"; then echo "host: manifests=identical"; else
         kernel = kernel.display(),
         initrd = a.initrd.display(),
         root = a.root.display(),
-        manifest = manifest.display(),
+        manifest = manifest,
         big = big,
         small = small
     );

@@ -24,6 +24,13 @@ pub fn kernel() -> PathBuf {
     .clone()
 }
 
+/// hack/nested-run, given the microdib-dev this test run built (so it runs no cargo of its own).
+pub fn nested_run() -> Command {
+    let mut c = Command::new(workspace().join("hack/nested-run"));
+    c.env("MICRODIB_DEV", env!("CARGO_BIN_EXE_microdib-dev"));
+    c
+}
+
 /// Whether microdib-vmm can run here directly; if not, the reason (printed by the tests).
 pub fn native_kvm() -> Result<(), String> {
     vmm::KvmHost::open().map(|_| ()).map_err(|e| e.to_string())
@@ -82,7 +89,7 @@ pub fn run_script_nested_sized(
         let cmd = match native_kvm() {
             Ok(()) => Command::new("bash"),
             Err(_) => {
-                let mut c = Command::new(workspace().join("hack/nested-run"));
+                let mut c = nested_run();
                 if let Some(m) = nested_memory_mib {
                     c.args(["--memory", &m.to_string()]);
                 }
@@ -175,6 +182,7 @@ pub fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
         ("MICRODIB", microdib.to_str().unwrap()),
         ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
         ("MICRODIB_AGENT", agent.to_str().unwrap()),
+        ("MICRODIB_DEV", env!("CARGO_BIN_EXE_microdib-dev")),
         // The device watchdog's notes go to the build's stderr, for failures to show.
         ("MICRODIB_LOG", "vmm=info,warn"),
     ];

@@ -1101,7 +1101,7 @@ kill -0 "$ppid" 2>/dev/null && echo "sig: passt $ppid still running" || echo "si
 /// diskimage-builder's block-device layer (its own Python code, from the PyPI package, run in
 /// the build VM) with its block-device-mbr element: the disk gets an MBR with one bootable
 /// partition holding the tree, an fstab written by the layer, and finalise.d sees the layer's
-/// variables. (The full `debian-minimal vm` build is hack/e2e-debian.)
+/// variables. (The full `debian-minimal vm` build is `hack/e2e-builds debian-minimal-vm`.)
 #[test]
 fn diskimage_builders_block_device_layer_partitions_the_image() {
     let [_, dib, _] = dib_rootfs();

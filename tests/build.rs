@@ -316,7 +316,7 @@ mkdir "$d/x-tar"
 tar --xattrs --xattrs-include='*' --numeric-owner -xpf img.tar -C "$d/x-tar"
 find "$d/x-tar/dev" -mindepth 1 -delete
 unsquashfs -q -n -d "$d/x-squash" img.squash > /dev/null
-diff <({root}/hack/tree-manifest "$d/x-tar") <({root}/hack/tree-manifest "$d/x-squash") > "$d/squash.diff" \
+diff <("$MICRODIB_DEV" tree-manifest "$d/x-tar") <("$MICRODIB_DEV" tree-manifest "$d/x-squash") > "$d/squash.diff" \
   && echo "squashfs: same-as-tar entries=$(unsquashfs -lln img.squash | grep -c squashfs-root)" || head -n 20 "$d/squash.diff"
 unsquashfs -s img.squash | grep -o 'Compression xz' | sed 's/^/squashfs: /'
 python3 -c 'import os, sys; print("squashfs: xattr=" + os.getxattr(sys.argv[1], "user.microdib").decode())' "$d/x-squash/etc/os-release"

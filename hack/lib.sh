@@ -13,6 +13,8 @@ case "${1:-}" in -h|--help) show_help ;; esac
 
 die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { echo "$me: error: $*" >&2; exit 2; }
+# A positive whole number from the command line, or DEFAULT: count_arg NAME DEFAULT [VALUE].
+count_arg() { [[ "${3:-$2}" =~ ^[1-9][0-9]*$ ]] || usage "$1 must be a positive number"; echo "${3:-$2}"; }
 
 # microdib's cache directory, spelled as initramfs::cache_root() spells it (tests/hack.rs
 # checks that the two agree).

@@ -515,6 +515,20 @@ mod tests {
     }
 
     #[test]
+    fn the_bench_machine_is_the_build_vms_with_one_disk() {
+        let s = spec(false);
+        let mut bench = bench_qemu_args(&s.kernel, &s.initrd, s.memory_mib, s.vcpus, &s.console, &s.disks[0]);
+        let build = qemu_args(&s, "c", Path::new("/w/vu.sock"), None);
+        let append = bench.iter().position(|a| a == "-append").unwrap();
+        assert!(bench[append + 1].starts_with(QEMU_CMDLINE));
+        bench[append + 1] = "c".into();
+        let machine_and_disk = bench.len() - 4;
+        assert_eq!(bench[..machine_and_disk], build[..machine_and_disk]);
+        assert_eq!(bench[machine_and_disk..], rng_args());
+        assert!(!bench.iter().any(|a| a.contains("vsock") || a.contains("net")));
+    }
+
+    #[test]
     fn memory_is_shared_for_vhost_user() {
         let a = qemu_args(&spec(false), "c", Path::new("/w/vu.sock"), None);
         assert!(a.contains(&"memory-backend-memfd,id=mem,size=1024M,share=on".to_owned()));

@@ -40,7 +40,7 @@ build_microdib() {
   export MICRODIB_AGENT MICRODIB_KERNEL
 }
 
-# Runs microdib-dev (src/bin/microdib-dev.rs): $MICRODIB_DEV when set (the tests set it: no cargo
+# Runs microdib-dev (src/bin/microdib-dev/): $MICRODIB_DEV when set (the tests set it: no cargo
 # inside `cargo test`), else built here.
 dev_tool() {
   if [ -z "${MICRODIB_DEV:-}" ]; then

@@ -2,6 +2,7 @@
 //! running commands where KVM works (natively, or inside hack/nested-run).
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -45,19 +46,18 @@ pub static EMULATED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// which where KVM cannot run the guest is qemu TCG, so the script waits its turn.
 pub fn run_emulated_here(script: &str, env: &[(&str, &str)]) -> Output {
     let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
-    run_bash(Command::new("bash"), script, env)
+    output_of(Command::new("bash").args(["-c", script]), env)
 }
 
-/// Runs `script` with `cmd` (bash, or something that runs bash), `$VMM` and `env` set, from the
-/// workspace; its output is shown (for failing tests) and returned.
-fn run_bash(mut cmd: Command, script: &str, env: &[(&str, &str)]) -> Output {
+/// Runs `cmd` from the workspace with `$VMM` and `env` set; its output is shown (for failing
+/// tests) and returned.
+fn output_of(cmd: &mut Command, env: &[(&str, &str)]) -> Output {
     let out = cmd
         .current_dir(workspace())
         .env("VMM", env!("CARGO_BIN_EXE_microdib-vmm"))
         .envs(env.iter().copied())
-        .args(["-c", script])
         .output()
-        .expect("cannot run bash");
+        .expect("cannot start the command");
     shown(out)
 }
 
@@ -84,20 +84,36 @@ pub fn run_script_nested_sized(
     nested_memory_mib: Option<u32>,
     nested_timeout_s: u32,
 ) -> Output {
+    let nested = Nested { memory_mib: nested_memory_mib, timeout_s: nested_timeout_s };
+    run_where_kvm_works(&["bash".as_ref(), "-c".as_ref(), script.as_ref()], env, nested)
+}
+
+/// What the emulated machine of hack/nested-run gets, where a command needs one.
+#[derive(Debug, Clone, Copy)]
+pub struct Nested {
+    /// Its memory (default: hack/nested-run's); its /tmp is RAM.
+    pub memory_mib: Option<u32>,
+    /// How long the command may take in there.
+    pub timeout_s: u32,
+}
+
+/// Runs `argv` from the workspace, with `$VMM` and `env` set, where microdib-vmm can run a
+/// guest: here, or inside hack/nested-run (one emulated machine at a time).
+pub fn run_where_kvm_works(argv: &[&OsStr], env: &[(&str, &str)], nested: Nested) -> Output {
     let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
     for attempt in 1.. {
-        let cmd = match native_kvm() {
-            Ok(()) => Command::new("bash"),
+        let mut cmd = match native_kvm() {
+            Ok(()) => Command::new(argv[0]),
             Err(_) => {
                 let mut c = nested_run();
-                if let Some(m) = nested_memory_mib {
+                if let Some(m) = nested.memory_mib {
                     c.args(["--memory", &m.to_string()]);
                 }
-                c.args(["--timeout", &nested_timeout_s.to_string(), "--", "bash"]);
+                c.args(["--timeout", &nested.timeout_s.to_string(), "--"]).arg(argv[0]);
                 c
             }
         };
-        let out = run_bash(cmd, script, env);
+        let out = output_of(cmd.args(&argv[1..]), env);
         // Under nested emulation the emulated SVM sometimes resets a guest under sustained I/O, or
         // dies itself (hack/nested-run's 125), whichever VMM drives the guest (docs/history.md, "Known
         // problem"; qemu's guests fared worse). Such a run is repeated once, saying so. Nothing else

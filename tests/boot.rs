@@ -2,6 +2,9 @@
 //! initramfs, run by the `microdib-vmm` binary. Where this host's KVM can run Linux the binary
 //! runs directly; otherwise (PVM, no /dev/kvm) every test runs the same command through
 //! `hack/nested-run`. Nothing is skipped: a missing kernel, busybox or qemu fails the test.
+//!
+//! Tests of booting itself boot a VM each. Tests that only need a working agent share one
+//! appliance VM (tests/boot/agent_vm.rs) and assert on their own part of what it saw.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,6 +14,9 @@ use initramfs::probe::{self, ProbeExit, MARKER};
 
 mod common;
 use common::*;
+
+#[path = "boot/agent_vm.rs"]
+mod agent_vm;
 
 fn static_busybox() -> PathBuf {
     for p in ["/bin/busybox", "/usr/bin/busybox"] {
@@ -248,67 +254,30 @@ cmp -s <(dd if="$d/back.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576
     }
 }
 
+/// Commands through the agent over vsock (in the shared VM): output streams back while the
+/// command runs, each command gets exactly its own environment, and how it ended comes back.
 #[test]
 fn agent_runs_commands_over_vsock() {
-    let kernel = kernel();
-    let initrd = agent_initramfs();
-    // The socket lives in a local temporary directory (sockets do not cross a 9p share).
-    let script = format!(
-        r#"d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-"$VMM" --kernel {kernel} --initramfs {initrd} --vsock "$d/vsock" --vcpus 2 --memory 256M --timeout 120 > "$d/console" &
-vmm=$!
-ctl() {{ "$CTL" --uds "$d/vsock" --wait 60 "$@"; }}
-ctl ping || echo "ping failed"
-# stdout and stderr arrive while the command runs: the first line comes before the sleep ends.
-ctl run --env GREETING=hello -- sh -c 'echo "out $GREETING"; echo err >&2; sleep 2; echo late; exit 7' | while IFS= read -r l; do echo "$(date +%s.%N) $l"; done
-echo "host: end=$(date +%s.%N)"
-ctl run -- sh -c 'echo "env: $(env | sort | tr "\n" " ")"'
-ctl run -- sh -c 'kill -9 $$'; echo "host: killed-status=$?"
-ctl run -- /no/such/program; echo "host: missing-status=$?"
-# A command that leaves a daemon holding its output still ends (the daemon is stopped).
-start=$(date +%s)
-ctl run -- sh -c 'sleep 100 & echo daemon-started'
-echo "host: daemon-seconds=$(( $(date +%s) - start ))"
-# Two commands at once on two connections.
-ctl run -- sh -c 'sleep 1; echo first-done' > "$d/a" & ctl run -- sh -c 'echo second-done' > "$d/b"; wait $!
-echo "host: concurrent=$(cat "$d/b" "$d/a" | tr "\n" " ")"
-ctl poweroff
-wait $vmm; echo "host: vmm-status=$?"
-grep -q "microdib-agent: ready" "$d/console" && echo "host: banner=seen"
-"#,
-        kernel = kernel.display(),
-        initrd = initrd.display()
-    );
-    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains("microdib-agent 0.1.0 answered"), "no ping answer");
-    assert!(stderr.contains("err"), "stderr of the command did not come back");
-    // Streaming: "out hello" arrived at least a second before "late".
-    let stamp = |tag: &str| -> f64 {
-        stdout
-            .lines()
-            .find(|l| l.ends_with(tag))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|t| t.parse().ok())
-            .unwrap_or_else(|| panic!("no line ending in {tag}"))
-    };
-    assert!(stamp("late") - stamp("out hello") >= 1.0, "output only arrived at exit");
-    assert!(!stdout.contains("env: GREETING="), "environment leaked between commands");
-    assert!(stdout.contains("host: killed-status=137"), "SIGKILL not reported as signal 9");
-    assert!(stdout.contains("host: missing-status=1"));
-    assert!(stderr.contains("cannot run /no/such/program"));
-    assert!(stdout.contains("host: concurrent=second-done first-done"));
-    assert!(stdout.contains("host: vmm-status=0"), "VM did not end cleanly after poweroff");
-    assert!(stdout.contains("host: banner=seen"));
-    assert!(stdout.contains("daemon-started"));
-    let daemon_secs: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("host: daemon-seconds="))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("no daemon timing");
-    assert!(daemon_secs < 30, "a background process kept the command from ending ({daemon_secs} s)");
+    let c = agent_vm::seen(|r| &r.commands);
+    assert!(c.ping.stdout.contains("microdib-agent 0.1.0 answered"), "no ping answer");
+    assert!(c.streamed.stderr.contains("err"), "stderr of the command did not come back");
+    let at = |line: &str| c.streamed.arrival(line).unwrap_or_else(|| panic!("no line {line:?}"));
+    assert!(at("late") - at("out hello") >= 1.0, "output only arrived at exit");
+    assert_eq!(c.streamed.code, Some(7));
+    assert_eq!(c.env_after.code, Some(0));
+    assert!(!c.env_after.stdout.contains("GREETING="), "environment leaked between commands");
+    assert_eq!(c.killed.code, Some(137), "SIGKILL not reported as signal 9");
+    assert_eq!(c.missing.code, Some(1));
+    assert!(c.missing.stderr.contains("cannot run /no/such/program"));
+    // A command that leaves a daemon holding its output still ends (the daemon is stopped).
+    assert!(c.daemon.stdout.contains("daemon-started"));
+    assert!(c.daemon_seconds < 30.0, "a background process kept the command from ending ({} s)", c.daemon_seconds);
+    // Two commands at once on two connections: each waits for the other.
+    assert_eq!(c.first.stdout, "first-done\n", "the second command never ran while the first did");
+    assert_eq!(c.second.stdout, "second-done\n");
+    let end = agent_vm::seen(|r| &r.end);
+    assert_eq!(end.vmm_code, Some(0), "VM did not end cleanly after poweroff");
+    assert!(end.console.contains("microdib-agent: ready"), "no ready banner on the console");
 }
 
 /// Writes the agent test appliance (agent as /init, busybox) and returns its path.
@@ -325,45 +294,17 @@ fn agent_initramfs() -> PathBuf {
     .clone()
 }
 
+/// Trees as tar streams and single files, into the (shared) guest and back.
 #[test]
 fn agent_moves_trees_and_files_both_ways() {
-    let kernel = kernel();
-    let initrd = agent_initramfs();
-    let script = format!(
-        r#"set -e
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-mkdir -p "$d/src/sub/deep"
-echo hello > "$d/src/a.txt"
-head -c 5000000 /dev/urandom > "$d/src/sub/big.bin"
-chmod 751 "$d/src/sub/big.bin"
-ln -s a.txt "$d/src/link"
-ln "$d/src/a.txt" "$d/src/hard"
-"$VMM" --kernel {kernel} --initramfs {initrd} --vsock "$d/vsock" --memory 256M --timeout 120 > /dev/null &
-ctl() {{ "$CTL" --uds "$d/vsock" --wait 60 "$@"; }}
-tar -C "$d/src" -cf - . | ctl put /tmp/tree
-printf 'file-body' | ctl write /tmp/tree/new 600
-echo "host: cat=$(ctl cat /tmp/tree/new)"
-ctl cat /dev/zero || echo "host: cat-device=refused"
-mkdir "$d/back"
-ctl get /tmp/tree | tar -C "$d/back" -xf -
-(cd "$d/src" && find . -type f | sort | xargs sha256sum) > "$d/s1"
-(cd "$d/back" && find . -type f ! -name new | sort | xargs sha256sum) > "$d/s2"
-cmp "$d/s1" "$d/s2" && echo "host: contents=identical"
-echo "host: big=$(stat -c %a "$d/back/sub/big.bin") link=$(readlink "$d/back/link") hard-links=$(stat -c %h "$d/back/hard") new=$(stat -c %a "$d/back/new")"
-ctl poweroff
-wait
-"#,
-        kernel = kernel.display(),
-        initrd = initrd.display()
-    );
-    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(stdout.contains("host: cat=file-body"));
-    assert!(stdout.contains("host: cat-device=refused"), "reading a device must be refused, not hang or eat memory");
-    assert!(stdout.contains("host: contents=identical"));
-    assert!(stdout.contains("host: big=751 link=a.txt hard-links=2 new=600"));
+    let f = agent_vm::seen(|r| &r.files);
+    assert_eq!(f.cat_written.stdout, "file-body");
+    assert_ne!(f.cat_device.code, Some(0), "reading a device must be refused, not hang or eat memory");
+    assert_eq!(f.changed_files, Vec::<String>::new(), "contents changed on the way");
+    assert_eq!(f.big_file_mode, 0o751);
+    assert_eq!(f.symlink_target, "a.txt");
+    assert_eq!(f.hard_links, 2);
+    assert_eq!(f.written_file_mode, 0o600);
 }
 
 #[test]
@@ -400,45 +341,19 @@ cat "$d/vmm.err"
     assert!(stdout.contains("host: files=out vmm.err \n") || stdout.contains("host: files=out vmm.err"), "stray files");
 }
 
+/// The appliance (host tools, the agent as init) makes a file system on a sparse target disk
+/// in the shared VM, which the host reads once the VM has ended.
 #[test]
 fn appliance_makes_a_file_system_on_a_sparse_target_disk() {
-    let kernel = kernel();
-    let a = appliance();
-    let script = format!(
-        r#"d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-truncate -s 1G "$d/target.raw"
-"$VMM" --kernel {kernel} --initramfs {initrd} --disk "$d/target.raw,id=target" --disk {root},ro,id=microdib-appliance \
-  --vsock "$d/vsock" --vcpus 2 --memory 512M --timeout 300 > "$d/console" &
-vmm=$!
-ctl() {{ "$CTL" --uds "$d/vsock" --wait 120 "$@"; }}
-ctl run --env PATH=/usr/sbin:/usr/bin:/sbin:/bin -- sh -c '
-  mkfs.ext4 -q -L test /dev/vda && mkdir -p /mnt/t && mount /dev/vda /mnt/t &&
-  echo "written by microdib" > /mnt/t/FILE && umount /mnt/t && echo "guest: fs=ok"
-  python3 -c "print(\"guest: python=ok\")"; tar --version | head -1; awk "BEGIN {{ print \"guest: awk=ok\" }}"'
-ctl poweroff
-wait $vmm; echo "host: vmm-status=$?"
-echo "host: file=$(debugfs -R 'cat /FILE' "$d/target.raw" 2>/dev/null)"
-echo "host: label=$(e2label "$d/target.raw" 2>/dev/null || dumpe2fs -h "$d/target.raw" 2>/dev/null | sed -n 's/^Filesystem volume name: *//p')"
-echo "host: allocated-kib=$(du -k "$d/target.raw" | cut -f1)"
-"#,
-        kernel = kernel.display(),
-        initrd = a.initrd.display(),
-        root = a.root.display()
-    );
-    let out = run_script_with_env(&script, &[("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("guest: fs=ok"), "mkfs/mount/write/umount in the guest failed");
-    assert!(stdout.contains("guest: python=ok") && stdout.contains("guest: awk=ok") && stdout.contains("GNU tar"));
-    assert!(stdout.contains("host: vmm-status=0"));
-    assert!(stdout.contains("host: file=written by microdib"), "the host cannot read the guest's file");
-    assert!(stdout.contains("host: label=test"));
-    let kib: u64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("host: allocated-kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("no allocation figure");
-    assert!(kib < 64 * 1024, "the 1 GiB target is no longer sparse: {kib} KiB allocated");
+    // mkfs, mount, writing FILE and umount in the guest must each succeed for this part to exist.
+    let fs = agent_vm::seen(|r| &r.file_system);
+    assert!(fs.python.stdout.contains("python=ok"), "{:?}", fs.python);
+    assert!(fs.awk.stdout.contains("awk=ok"), "{:?}", fs.awk);
+    assert!(fs.tar_version.stdout.contains("GNU tar"), "{:?}", fs.tar_version);
+    assert_eq!(agent_vm::seen(|r| &r.end).vmm_code, Some(0));
+    assert_eq!(fs.file_on_host.trim_end(), "written by microdib", "the host cannot read the guest's file");
+    assert_eq!(fs.label, "test");
+    assert!(fs.allocated_kib < 64 * 1024, "the 1 GiB target is no longer sparse: {} KiB allocated", fs.allocated_kib);
 }
 
 /// Size of the tree for the tar round trip: 64 MiB in the test command (nested emulation makes
@@ -448,73 +363,34 @@ fn tar_test_mib() -> u64 {
     std::env::var("MICRODIB_TAR_TEST_MIB").ok().and_then(|v| v.parse().ok()).filter(|&m| m >= 8).unwrap_or(64)
 }
 
-// The trees and the target disk live in /tmp: inside hack/nested-run that is the emulated
-// machine's RAM (given 4 GiB here). Through the 9p share instead, the transfer was ten times
-// slower and the emulated machine sometimes died under the load (see docs/history.md, "Known problem").
+/// A tree with every awkward kind of entry (sparse, hard and symbolic links, setuid, sticky,
+/// foreign owners, xattrs) into an ext4 file system in the shared VM and back, as tar streams.
 #[test]
 fn tar_streams_round_trip_a_tree() {
-    let kernel = kernel();
     let mib = tar_test_mib();
-    // Seven eighths in 7 large files, one eighth in 1024 small ones.
-    let big = mib * 1024 * 1024 / 8;
-    let small = (mib * 1024 * 1024 / 8) / 1024;
-    let a = appliance();
-    let manifest = format!("{} tree-manifest", env!("CARGO_BIN_EXE_microdib-dev"));
-    let script = format!(
-        r#"set -e
-d=$(mktemp -d)
-s=$(mktemp -d)
-vmm=
-# On the way out: how the VM ended if it ended early (exit 4 is a guest triple fault).
-trap 'if [ -n "$vmm" ] && ! kill -0 $vmm 2>/dev/null; then wait $vmm; echo "host: vmm-exit=$?"; fi
-      echo "--- guest console"; tail -n 40 "$d/console"; rm -rf "$d" "$s"' EXIT
-src="$d/src"; back="$d/back"; mkdir -p "$src/big" "$src/small/a/b" "$back"
-# Large files, many small ones, plus the awkward kinds of entry.
-for i in 1 2 3 4 5 6 7; do head -c {big} /dev/urandom > "$src/big/f$i"; done
-head -c {big} /dev/urandom | split -b {small} -a 4 - "$src/small/a/b/part-"
-truncate -s 100M "$src/sparse"; printf end | dd of="$src/sparse" bs=1 seek=104857597 conv=notrunc 2>/dev/null
-ln "$src/big/f1" "$src/hardlink-to-f1"
-ln -s big/f2 "$src/symlink-to-f2"
-chmod 4755 "$src/big/f3"; chmod 600 "$src/big/f4"; chmod 1777 "$src/small"
-# Owners other than our own need root (always the case when nested).
-chown 1234:5678 "$src/big/f5" 2>/dev/null || true; chown 0:100 "$src/small/a" 2>/dev/null || true
-python3 -c "import os; os.setxattr('$src/big/f6', 'user.microdib', b'xattr-value')"
-truncate -s 2G "$d/target.raw"
-"$VMM" --kernel {kernel} --initramfs {initrd} --disk "$d/target.raw,id=target" --disk {root},ro,id=microdib-appliance \
-  --vsock "$s/vsock" --vcpus 1 --memory 512M --timeout 900 > "$d/console" 2>&1 &
-vmm=$!
-ctl() {{ "$CTL" --uds "$s/vsock" --wait 120 "$@"; }}
-ctl run --env PATH=/usr/sbin:/usr/bin:/sbin:/bin -- sh -c 'mkfs.ext4 -q /dev/vda && mkdir -p /mnt/t && mount /dev/vda /mnt/t'
-t0=$(date +%s.%N)
-tar -C "$src" --xattrs --xattrs-include='*' --numeric-owner -cSf - . | ctl put /mnt/t/tree
-t1=$(date +%s.%N)
-ctl get /mnt/t/tree | tar -C "$back" --xattrs --xattrs-include='*' --numeric-owner -xpSf -
-t2=$(date +%s.%N)
-ctl run --env PATH=/usr/sbin:/usr/bin:/sbin:/bin -- umount /mnt/t
-ctl poweroff
-wait $vmm
-echo "host: in-seconds=$(echo "$t1 - $t0" | bc) out-seconds=$(echo "$t2 - $t1" | bc)"
-echo "host: source-mib=$(find "$src/big" "$src/small" -type f -printf '%s\n' | awk '{{s+=$1}} END {{print int(s / 1048576)}}')"
-{manifest} "$src" > "$d/m1"
-{manifest} "$back" > "$d/m2"
-echo "host: entries=$(wc -l < "$d/m1")"
-if diff "$d/m1" "$d/m2" > "$d/diff"; then echo "host: manifests=identical"; else head -20 "$d/diff"; fi
-"#,
-        kernel = kernel.display(),
-        initrd = a.initrd.display(),
-        root = a.root.display(),
-        manifest = manifest,
-        big = big,
-        small = small
-    );
-    let env = [("CTL", env!("CARGO_BIN_EXE_microdib-agent-ctl"))];
-    // 512 MiB each way plus hashing both trees takes several minutes in emulation.
-    let out = run_script_nested_sized(&script, &env, Some(4096), 1500);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(stdout.contains(&format!("host: source-mib={mib}")), "the tree should hold {mib} MiB");
+    let t = agent_vm::seen(|r| &r.tar_round_trip);
+    eprintln!("{} entries: in {:.1} s, out {:.1} s", t.entries, t.in_seconds, t.out_seconds);
+    assert_eq!(t.source_mib, mib, "the tree should hold {mib} MiB");
     assert!(
-        stdout.contains("host: manifests=identical"),
-        "contents, modes, owners, links or xattrs changed on the way"
+        t.manifest_diff.is_empty(),
+        "contents, modes, owners, links or xattrs changed on the way:\n{}",
+        t.manifest_diff.join("\n")
     );
+}
+
+/// The shared agent VM's session (see tests/boot/agent_vm.rs), run by the test binary itself
+/// where microdib-vmm can run a guest. Run directly, it carries out the whole session.
+#[test]
+#[ignore = "run by the agent tests, in a process of its own"]
+fn agent_vm_session() {
+    match agent_vm::plan_from_env() {
+        Some(plan) => agent_vm::run_and_report(&plan),
+        None => {
+            agent_vm::seen(|r| &r.commands);
+            agent_vm::seen(|r| &r.files);
+            agent_vm::seen(|r| &r.file_system);
+            agent_vm::seen(|r| &r.tar_round_trip);
+            agent_vm::seen(|r| &r.end);
+        }
+    }
 }

@@ -280,6 +280,19 @@ fn agent_runs_commands_over_vsock() {
     assert!(end.console.contains("microdib-agent: ready"), "no ready banner on the console");
 }
 
+/// Trees as tar streams and single files, into the (shared) guest and back.
+#[test]
+fn agent_moves_trees_and_files_both_ways() {
+    let f = agent_vm::seen(|r| &r.files);
+    assert_eq!(f.cat_written.stdout, "file-body");
+    assert_ne!(f.cat_device.code, Some(0), "reading a device must be refused, not hang or eat memory");
+    assert_eq!(f.changed_files, Vec::<String>::new(), "contents changed on the way");
+    assert_eq!(f.big_file_mode, 0o751);
+    assert_eq!(f.symlink_target, "a.txt");
+    assert_eq!(f.hard_links, 2);
+    assert_eq!(f.written_file_mode, 0o600);
+}
+
 /// Writes the agent test appliance (agent as /init, busybox) and returns its path.
 fn agent_initramfs() -> PathBuf {
     static I: OnceLock<PathBuf> = OnceLock::new();
@@ -292,19 +305,6 @@ fn agent_initramfs() -> PathBuf {
         initrd
     })
     .clone()
-}
-
-/// Trees as tar streams and single files, into the (shared) guest and back.
-#[test]
-fn agent_moves_trees_and_files_both_ways() {
-    let f = agent_vm::seen(|r| &r.files);
-    assert_eq!(f.cat_written.stdout, "file-body");
-    assert_ne!(f.cat_device.code, Some(0), "reading a device must be refused, not hang or eat memory");
-    assert_eq!(f.changed_files, Vec::<String>::new(), "contents changed on the way");
-    assert_eq!(f.big_file_mode, 0o751);
-    assert_eq!(f.symlink_target, "a.txt");
-    assert_eq!(f.hard_links, 2);
-    assert_eq!(f.written_file_mode, 0o600);
 }
 
 #[test]

@@ -321,10 +321,28 @@ impl Vm {
             .stderr(File::create(dir.join("vmm.err"))?)
             .spawn()
             .context("cannot start microdib-vmm")?;
-        let vm = Vm { dir: dir.to_owned(), vmm };
-        let ping = vm.ctl(&["ping"]).output()?;
-        ensure!(ping.status.success(), "the agent never answered: {}{}", text(&ping.stderr), vm.last_words());
+        let mut vm = Vm { dir: dir.to_owned(), vmm };
+        vm.wait_for_agent()?;
         Ok(vm)
+    }
+
+    /// Waits for the agent's first answer, or for the VMM to end without one.
+    fn wait_for_agent(&mut self) -> Result<()> {
+        let mut ping = self.ctl(&["ping"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        loop {
+            if let Some(status) = ping.try_wait()? {
+                let mut stderr = String::new();
+                ping.stderr.take().expect("piped").read_to_string(&mut stderr)?;
+                ensure!(status.success(), "the agent never answered: {stderr}{}", self.last_words());
+                return Ok(());
+            }
+            if let Some(status) = self.vmm.try_wait()? {
+                let _ = ping.kill();
+                let _ = ping.wait();
+                bail!("microdib-vmm ended ({status}) before the agent answered{}", self.last_words());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// microdib-agent-ctl talking to this VM's agent (the first call waits for it to come up).

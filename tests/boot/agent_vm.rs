@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{appliance, kernel, native_kvm, run_where_kvm_works, text, workspace, Nested};
+use crate::common::{appliance, kernel, native_kvm, run_where_kvm_works, text, Nested};
 
 /// The test in boot.rs that runs the session in its own process.
 pub const SESSION_TEST: &str = "agent_vm_session";

@@ -2,10 +2,14 @@
 //! running commands where KVM works (natively, or inside hack/nested-run).
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+mod fixture_build;
+#[allow(unused_imports)]
+pub use fixture_build::*;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +133,22 @@ pub fn run_where_kvm_works(argv: &[&OsStr], env: &[(&str, &str)], nested: Nested
     unreachable!()
 }
 
+/// Runs `argv` from the workspace with `env` where a build on `vm` runs: here, in its turn where
+/// builds are emulated; for `OurKvm`, where microdib-vmm can run a guest (nested on such hosts).
+pub fn run_where(vm: BuildVm, argv: &[OsString], env: &[(String, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match vm {
+        BuildVm::OurKvm => {
+            let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
+            run_where_kvm_works(&argv, &env, Nested { memory_mib: None, timeout_s: 900 })
+        }
+        BuildVm::Auto => {
+            let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
+            output_of(Command::new(&argv[0]).args(&argv[1..]), &env)
+        }
+    }
+}
+
 /// The agent built for the guest: a static musl binary (its own target directory, so this
 /// cargo does not wait on the one running the tests).
 pub fn guest_agent() -> PathBuf {
@@ -226,6 +246,25 @@ pub fn accel_kvm_wrapper() -> &'static PathBuf {
         std::fs::rename(&tmp, &wrapper).unwrap();
         wrapper
     })
+}
+
+/// Two tests of `$build(vm)`, one per backend: `$auto` under `--accel auto` (qemu TCG where KVM
+/// cannot run the guest), `$our_kvm` on our VMM (nested on such hosts).
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(#[$doc:meta])* $auto:ident, $our_kvm:ident => $build:ident) => {
+        $(#[$doc])*
+        #[test]
+        fn $auto() {
+            $build(BuildVm::Auto);
+        }
+
+        $(#[$doc])*
+        #[test]
+        fn $our_kvm() {
+            $build(BuildVm::OurKvm);
+        }
+    };
 }
 
 /// `run_build_script_on(BuildVm::Auto, ..)`: how most build tests run.

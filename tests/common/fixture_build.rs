@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{accel_kvm_wrapper, appliance, fixtures, guest_agent, kernel, run_where, text, BuildVm};
+use super::{accel_kvm_wrapper, fixtures, microdib_env, run_where, text, BuildVm};
 
 /// A build of fixture elements: `-B tests/fixtures/lib -p tests/fixtures/elements`, the image
 /// `img` in the build's `out/`, a 256M disk, the image cache in the build's directory.
@@ -143,11 +143,9 @@ impl FixtureBuild {
         a
     }
 
-    /// Runs the build (in its turn, or nested for `BuildVm::OurKvm`), the appliance built first
-    /// on the host, where its cache is writable.
+    /// Runs the build: here in its turn, or nested for `BuildVm::OurKvm` where KVM cannot run
+    /// the guest.
     pub fn run(self) -> BuildResult {
-        let (kernel, agent) = (kernel(), guest_agent());
-        let _ = appliance();
         let microdib = match self.vm {
             BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
             BuildVm::OurKvm => accel_kvm_wrapper().clone(),
@@ -160,12 +158,7 @@ impl FixtureBuild {
         argv.push("--".into());
         argv.push(microdib.into());
         argv.extend(self.args().into_iter().map(OsString::from));
-        let mut env: Vec<(String, String)> = vec![
-            ("MICRODIB_KERNEL".into(), kernel.display().to_string()),
-            ("MICRODIB_AGENT".into(), agent.display().to_string()),
-            // The device watchdog's notes go to the build's stderr, for failures to show.
-            ("MICRODIB_LOG".into(), "vmm=info,warn".into()),
-        ];
+        let mut env = microdib_env();
         env.extend(self.env.iter().cloned());
         eprintln!("--- build: {}", self.args().join(" "));
         for attempt in 1.. {

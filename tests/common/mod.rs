@@ -197,39 +197,38 @@ pub fn fixtures() -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildVm {
     /// What a user of this host gets, `--accel auto`: our VMM where KVM can run the guest, else
-    /// qemu TCG. The script runs here, natively.
+    /// qemu TCG. The build runs here, natively.
     Auto,
     /// Our own VMM, `--accel kvm`: natively where KVM can run the guest, else inside
     /// hack/nested-run, so every change to vmm/ is still tested on real (nested) KVM.
     OurKvm,
 }
 
-/// Runs a bash script with `$MICRODIB` set and microdib pointed at the test kernel and agent;
-/// the appliance is built first on the host, where its cache is writable.
-pub fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
-    let kernel = kernel();
-    let agent = guest_agent();
+/// What a bash script printed, run with `$MICRODIB` set (`microdib_env`), as a user's build
+/// (`--accel auto`), in its turn. (tests/hostile_guest.rs; new tests use FixtureBuild.)
+pub fn build_output(script: &str) -> String {
+    let mut env = microdib_env();
+    env.push(("MICRODIB".into(), env!("CARGO_BIN_EXE_microdib").into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    text(&run_emulated_here(script, &env).stdout)
+}
+
+/// microdib's environment in a build test: the test kernel and agent (the appliance built
+/// first, on the host, where its cache is writable), microdib-dev for the tools tests take
+/// from it, and the device watchdog's notes on stderr, for failures to show.
+pub fn microdib_env() -> Vec<(String, String)> {
+    let (kernel, agent) = (kernel(), guest_agent());
     let _ = appliance();
-    let microdib = match vm {
-        BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
-        BuildVm::OurKvm => accel_kvm_wrapper().clone(),
-    };
-    let env = [
-        ("MICRODIB", microdib.to_str().unwrap()),
-        ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-        ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        ("MICRODIB_DEV", env!("CARGO_BIN_EXE_microdib-dev")),
-        // The device watchdog's notes go to the build's stderr, for failures to show.
-        ("MICRODIB_LOG", "vmm=info,warn"),
-    ];
-    match vm {
-        BuildVm::Auto => run_emulated_here(script, &env),
-        BuildVm::OurKvm => run_script_with_env(script, &env),
-    }
+    vec![
+        ("MICRODIB_KERNEL".into(), kernel.display().to_string()),
+        ("MICRODIB_AGENT".into(), agent.display().to_string()),
+        ("MICRODIB_DEV".into(), env!("CARGO_BIN_EXE_microdib-dev").into()),
+        ("MICRODIB_LOG".into(), "vmm=info,warn".into()),
+    ]
 }
 
 /// A `microdib` that adds `--accel kvm` (which never falls back to qemu: it fails where KVM
-/// cannot run the guest). Scripts call "$MICRODIB" with their options. Inside hack/nested-run
+/// cannot run the guest): what `FixtureBuild` runs for `BuildVm::OurKvm`. Inside hack/nested-run
 /// the build VM gets one vCPU (a script's own --smp comes later and wins): the emulated SVM
 /// resets two-vCPU guests under heavy I/O far more often.
 pub fn accel_kvm_wrapper() -> &'static PathBuf {
@@ -267,24 +266,9 @@ macro_rules! on_each_backend {
     };
 }
 
-/// `run_build_script_on(BuildVm::Auto, ..)`: how most build tests run.
-pub fn run_build_script(script: &str) -> Output {
-    run_build_script_on(BuildVm::Auto, script)
-}
-
 /// The fixture library and elements directories, for build scripts.
 pub fn fixture_dirs() -> (String, String) {
     (fixtures().join("lib").display().to_string(), fixtures().join("elements").display().to_string())
-}
-
-/// What a build script printed (see `run_build_script`).
-pub fn build_output(script: &str) -> String {
-    text(&run_build_script(script).stdout)
-}
-
-/// What a build script printed, its VM run as `vm` says.
-pub fn build_output_on(vm: BuildVm, script: &str) -> String {
-    text(&run_build_script_on(vm, script).stdout)
 }
 
 /// hack/dib-rootfs's three lines: the Debian root tarball, the diskimage-builder package

@@ -72,7 +72,7 @@ fn every_phase_build(vm: BuildVm) {
     check_helper_drive(&r, &helper);
     check_image(&r);
     check_formats(&r, &docker_log);
-    // The records microdib alone makes in a real build (the rest: src/fake_builds/reporting.rs).
+    // Record kinds the fake builds do not look for (those and the schema: src/fake_builds/reporting.rs).
     let records = std::fs::read_to_string(&events).unwrap();
     let kinds: Vec<String> = records
         .lines()

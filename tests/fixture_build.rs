@@ -274,9 +274,8 @@ fn check_formats(r: &BuildResult, docker_log: &std::path::Path) {
     }
     let x_squash = x_squash.to_str().unwrap();
     tool("unsquashfs", &["-q", "-n", "-d", x_squash, &squash]);
-    let manifest = workspace().join("hack/tree-manifest");
-    let manifest = manifest.to_str().unwrap();
-    assert_eq!(tool(manifest, &[x_tar]), tool(manifest, &[x_squash]), "squashfs differs from the tar");
+    let manifest = |dir: &str| tool(env!("CARGO_BIN_EXE_microdib-dev"), &["tree-manifest", dir]);
+    assert_eq!(manifest(x_tar), manifest(x_squash), "squashfs differs from the tar");
     assert!(tool("unsquashfs", &["-s", &squash]).contains("Compression xz"));
     for unpacked in [x_tar, x_squash] {
         assert_eq!(xattr(&format!("{unpacked}/etc/os-release"), "user.microdib"), "kept", "{unpacked}");

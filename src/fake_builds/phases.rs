@@ -125,3 +125,11 @@ fn only_script_names_diskimage_builder_runs_are_taken_from_the_guests_listing() 
         build.vm.elements_run().into_iter().filter_map(|s| s.strip_prefix("finalise.d/").map(String::from)).collect();
     assert_eq!(finalise, ["10-ok", "20-ok"]);
 }
+
+#[test]
+fn no_final_image_runs_the_build_and_writes_no_image() {
+    let build = FakeBuild::new(&["no-final-image"]);
+    build.run().succeeded();
+    assert!(build.vm.elements_run().contains(&"root.d/10-fake-os".to_owned()));
+    assert_eq!(build.outputs(), Vec::<String>::new());
+}

@@ -2,10 +2,14 @@
 //! running commands where KVM works (natively, or inside hack/nested-run).
 #![allow(dead_code)]
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+mod fixture_build;
+#[allow(unused_imports)]
+pub use fixture_build::*;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -129,6 +133,22 @@ pub fn run_where_kvm_works(argv: &[&OsStr], env: &[(&str, &str)], nested: Nested
     unreachable!()
 }
 
+/// Runs `argv` from the workspace with `env` where a build on `vm` runs: here, in its turn where
+/// builds are emulated; for `OurKvm`, where microdib-vmm can run a guest (nested on such hosts).
+pub fn run_where(vm: BuildVm, argv: &[OsString], env: &[(String, String)]) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match vm {
+        BuildVm::OurKvm => {
+            let argv: Vec<&OsStr> = argv.iter().map(OsString::as_os_str).collect();
+            run_where_kvm_works(&argv, &env, Nested { memory_mib: None, timeout_s: 900 })
+        }
+        BuildVm::Auto => {
+            let _turn = native_kvm().is_err().then(|| EMULATED.lock().unwrap_or_else(|p| p.into_inner()));
+            output_of(Command::new(&argv[0]).args(&argv[1..]), &env)
+        }
+    }
+}
+
 /// The agent built for the guest: a static musl binary (its own target directory, so this
 /// cargo does not wait on the one running the tests).
 pub fn guest_agent() -> PathBuf {
@@ -177,39 +197,38 @@ pub fn fixtures() -> PathBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuildVm {
     /// What a user of this host gets, `--accel auto`: our VMM where KVM can run the guest, else
-    /// qemu TCG. The script runs here, natively.
+    /// qemu TCG. The build runs here, natively.
     Auto,
     /// Our own VMM, `--accel kvm`: natively where KVM can run the guest, else inside
     /// hack/nested-run, so every change to vmm/ is still tested on real (nested) KVM.
     OurKvm,
 }
 
-/// Runs a bash script with `$MICRODIB` set and microdib pointed at the test kernel and agent;
-/// the appliance is built first on the host, where its cache is writable.
-pub fn run_build_script_on(vm: BuildVm, script: &str) -> Output {
-    let kernel = kernel();
-    let agent = guest_agent();
+/// What a bash script printed, run with `$MICRODIB` set (`microdib_env`), as a user's build
+/// (`--accel auto`), in its turn. (tests/hostile_guest.rs; new tests use FixtureBuild.)
+pub fn build_output(script: &str) -> String {
+    let mut env = microdib_env();
+    env.push(("MICRODIB".into(), env!("CARGO_BIN_EXE_microdib").into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    text(&run_emulated_here(script, &env).stdout)
+}
+
+/// microdib's environment in a build test: the test kernel and agent (the appliance built
+/// first, on the host, where its cache is writable), microdib-dev for the tools tests take
+/// from it, and the device watchdog's notes on stderr, for failures to show.
+pub fn microdib_env() -> Vec<(String, String)> {
+    let (kernel, agent) = (kernel(), guest_agent());
     let _ = appliance();
-    let microdib = match vm {
-        BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
-        BuildVm::OurKvm => accel_kvm_wrapper().clone(),
-    };
-    let env = [
-        ("MICRODIB", microdib.to_str().unwrap()),
-        ("MICRODIB_KERNEL", kernel.to_str().unwrap()),
-        ("MICRODIB_AGENT", agent.to_str().unwrap()),
-        ("MICRODIB_DEV", env!("CARGO_BIN_EXE_microdib-dev")),
-        // The device watchdog's notes go to the build's stderr, for failures to show.
-        ("MICRODIB_LOG", "vmm=info,warn"),
-    ];
-    match vm {
-        BuildVm::Auto => run_emulated_here(script, &env),
-        BuildVm::OurKvm => run_script_with_env(script, &env),
-    }
+    vec![
+        ("MICRODIB_KERNEL".into(), kernel.display().to_string()),
+        ("MICRODIB_AGENT".into(), agent.display().to_string()),
+        ("MICRODIB_DEV".into(), env!("CARGO_BIN_EXE_microdib-dev").into()),
+        ("MICRODIB_LOG".into(), "vmm=info,warn".into()),
+    ]
 }
 
 /// A `microdib` that adds `--accel kvm` (which never falls back to qemu: it fails where KVM
-/// cannot run the guest). Scripts call "$MICRODIB" with their options. Inside hack/nested-run
+/// cannot run the guest): what `FixtureBuild` runs for `BuildVm::OurKvm`. Inside hack/nested-run
 /// the build VM gets one vCPU (a script's own --smp comes later and wins): the emulated SVM
 /// resets two-vCPU guests under heavy I/O far more often.
 pub fn accel_kvm_wrapper() -> &'static PathBuf {
@@ -228,24 +247,28 @@ pub fn accel_kvm_wrapper() -> &'static PathBuf {
     })
 }
 
-/// `run_build_script_on(BuildVm::Auto, ..)`: how most build tests run.
-pub fn run_build_script(script: &str) -> Output {
-    run_build_script_on(BuildVm::Auto, script)
+/// Two tests of `$build(vm)`, one per backend: `$auto` under `--accel auto` (qemu TCG where KVM
+/// cannot run the guest), `$our_kvm` on our VMM (nested on such hosts).
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(#[$doc:meta])* $auto:ident, $our_kvm:ident => $build:ident) => {
+        $(#[$doc])*
+        #[test]
+        fn $auto() {
+            $build(BuildVm::Auto);
+        }
+
+        $(#[$doc])*
+        #[test]
+        fn $our_kvm() {
+            $build(BuildVm::OurKvm);
+        }
+    };
 }
 
 /// The fixture library and elements directories, for build scripts.
 pub fn fixture_dirs() -> (String, String) {
     (fixtures().join("lib").display().to_string(), fixtures().join("elements").display().to_string())
-}
-
-/// What a build script printed (see `run_build_script`).
-pub fn build_output(script: &str) -> String {
-    text(&run_build_script(script).stdout)
-}
-
-/// What a build script printed, its VM run as `vm` says.
-pub fn build_output_on(vm: BuildVm, script: &str) -> String {
-    text(&run_build_script_on(vm, script).stdout)
 }
 
 /// hack/dib-rootfs's three lines: the Debian root tarball, the diskimage-builder package

@@ -38,7 +38,7 @@ fn block_device_d_puts_the_image_in_the_partition_it_names() {
 /// diskimage-builder's block-device layer (its own Python code, from the PyPI package, run in
 /// the build VM) with its block-device-mbr element: the disk gets an MBR with one bootable
 /// partition holding the tree, an fstab written by the layer, and finalise.d sees the layer's
-/// variables. (The full `debian-minimal vm` build is hack/e2e-debian.)
+/// variables. (The full `debian-minimal vm` build is `hack/e2e-builds debian-minimal-vm`.)
 #[test]
 fn diskimage_builders_block_device_layer_partitions_the_image() {
     let [_, dib, _] = dib_rootfs();

@@ -154,6 +154,8 @@ fn missing_host_programs_are_named() {
         .trim()
         .to_owned();
     let base = ["-B", lib.to_str().unwrap()];
+    let els = fixtures().join("elements").display().to_string();
+    let name = empty.path().join("img").display().to_string();
     let cases: &[(&[&str], &str)] = &[
         (&["fixture-os"], "microdib: error: python needed but not found"),
         (
@@ -166,8 +168,21 @@ fn missing_host_programs_are_named() {
             &["--python", &python, "x"],
             "microdib: error: passt is not installed: install the 'passt' package or use --no-network",
         ),
+        // The emulator is looked for when the VM starts: after the elements are found good.
         (
-            &["--python", &python, "--no-network", "--accel", "tcg", "x"],
+            &[
+                "--python",
+                &python,
+                "--no-network",
+                "--accel",
+                "tcg",
+                "-p",
+                &els,
+                "--skip-base",
+                "--name",
+                &name,
+                "fake-os",
+            ],
             "microdib: error: qemu-system-x86_64 is not installed: install the 'qemu-system-x86' package \
              (needed where KVM cannot run the build VM)",
         ),

@@ -168,6 +168,19 @@ fn virtio_rng_feeds_the_guest() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// The start of a disk test's script: `$d` a temporary directory, `$d/a.raw` an 8 MiB disk
+/// holding `pattern` at 0 and random bytes in its second MiB.
+fn patterned_disk(pattern: &str) -> String {
+    format!(
+        r#"set -e
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+truncate -s 8M "$d/a.raw"
+printf {pattern} | dd of="$d/a.raw" conv=notrunc 2>/dev/null
+head -c 1048576 /dev/urandom | dd of="$d/a.raw" bs=1M seek=1 conv=notrunc 2>/dev/null"#
+    )
+}
+
 #[test]
 fn virtio_blk_reads_writes_discards_and_honours_read_only() {
     let kernel = kernel();
@@ -175,12 +188,7 @@ fn virtio_blk_reads_writes_discards_and_honours_read_only() {
     // The disks live in a temporary directory on a local file system (inside the emulated
     // machine when nested), so hole punching is real and visible to du.
     let script = format!(
-        r#"set -e
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-truncate -s 8M "$d/a.raw"
-printf HEAD-PATTERN-123 | dd of="$d/a.raw" conv=notrunc 2>/dev/null
-head -c 1048576 /dev/urandom | dd of="$d/a.raw" bs=1M seek=1 conv=notrunc 2>/dev/null
+        r#"{disk}
 truncate -s 1M "$d/b.raw"
 echo "host: before-kib=$(du -k "$d/a.raw" | cut -f1)"
 "$VMM" --kernel {kernel} --initramfs {initrd} --memory 256M --timeout 120 \
@@ -191,7 +199,8 @@ cmp -s <(dd if="$d/a.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576 /d
 cmp -s "$d/b.raw" <(head -c 1048576 /dev/zero) && echo "host: read-only-disk=untouched"
 "#,
         kernel = kernel.display(),
-        initrd = initrd.display()
+        initrd = initrd.display(),
+        disk = patterned_disk("HEAD-PATTERN-123"),
     );
     let out = run_script(&script);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -221,12 +230,7 @@ fn virtio_blk_serves_a_qcow2_disk() {
     let kernel = kernel();
     let initrd = probe_initramfs(ProbeExit::Reboot);
     let script = format!(
-        r#"set -e
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-truncate -s 8M "$d/a.raw"
-printf QCOW-PATTERN-456 | dd of="$d/a.raw" conv=notrunc 2>/dev/null
-head -c 1048576 /dev/urandom | dd of="$d/a.raw" bs=1M seek=1 conv=notrunc 2>/dev/null
+        r#"{disk}
 qemu-img convert -f raw -O qcow2 "$d/a.raw" "$d/a.qcow2"
 "$VMM" --kernel {kernel} --initramfs {initrd} --memory 256M --timeout 120 --disk "$d/a.qcow2,format=qcow2,id=helper"
 qemu-img check -q "$d/a.qcow2" && echo "host: check=clean"
@@ -235,7 +239,8 @@ echo "host: at-4k=$(dd if="$d/back.raw" bs=1 skip=4096 count=17 2>/dev/null)"
 cmp -s <(dd if="$d/back.raw" bs=1M skip=1 count=1 2>/dev/null) <(head -c 1048576 /dev/zero) && echo "host: second-mib=zero"
 "#,
         kernel = kernel.display(),
-        initrd = initrd.display()
+        initrd = initrd.display(),
+        disk = patterned_disk("QCOW-PATTERN-456"),
     );
     let out = run_script(&script);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -97,3 +97,16 @@ fn a_failed_build_leaves_no_workspace_behind() {
     let workspace = out.workspace.expect("the build VM was started");
     assert!(!workspace.exists(), "{} left behind", workspace.display());
 }
+
+#[test]
+fn the_padding_after_named_dirs_archive_is_no_failure() {
+    let build = FakeBuild::new(&["named"]);
+    build.element("named", &[("cleanup.d/10-leave", "#!/bin/sh\n")]);
+    build.vm.on_script("cleanup.d", "10-leave", |run: &mut Run<'_>| {
+        let file = crate::guest::paths::aux("out/img.d/left.txt");
+        run.tree.insert(file, crate::guest::fake::FakeFile { data: b"kept\n".to_vec(), mode: 0o644 });
+        ExitStatus::Code(0)
+    });
+    build.run().succeeded();
+    assert_eq!(std::fs::read(build.dir.0.join("out/img.d/left.txt")).unwrap(), b"kept\n");
+}

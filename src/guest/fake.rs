@@ -379,7 +379,10 @@ impl Guest for FakeGuest {
         for chunk in stream.chunks(64 * 1024) {
             sink(chunk).map_err(host)?;
         }
-        Ok(())
+        // GNU tar pads the archive to whole 10 KiB records, after its end: a reader that stops
+        // at the end has gone by then.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        sink(&vec![0; 10240 - stream.len() % 10240]).map_err(host)
     }
 
     fn remove(&mut self, paths: &[String]) -> Result<(), GuestError> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use microdib::cli::{self, Action, CliError};
-use microdib::engine::{self, EngineError};
+use microdib::engine;
 use microdib::formats::Format;
 use microdib::report::{Reporter, ReporterOptions};
 
@@ -90,16 +90,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match engine::run(&plan, &reporter) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(EngineError::Exit(code)) => ExitCode::from(code.clamp(1, 255) as u8),
-        Err(EngineError::Signal(name)) => {
-            eprintln!("{prog}: Exiting on signal {name}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            reporter.error(&e.to_string());
-            ExitCode::from(1)
-        }
-    }
+    let result = engine::run(&plan, &reporter);
+    ExitCode::from(cli::outcome::conclude(&reporter, &result))
 }

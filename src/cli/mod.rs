@@ -5,6 +5,7 @@
 pub mod docs;
 pub mod getopt;
 pub mod options;
+pub mod outcome;
 pub mod plan;
 
 use std::collections::BTreeSet;

@@ -16,6 +16,8 @@ fn a_failing_script_stops_the_build_names_its_element_and_removes_the_outputs() 
     let out = build.run();
     assert!(out.error().starts_with("install.d/20-fail (element failer) failed: exit status 7"), "{}", out.error());
     assert!(out.said.contains("about to fail\n"), "{}", out.said);
+    assert_eq!(out.exit_status, 1);
+    assert!(out.said.contains("microdib: error: install.d/20-fail (element failer) failed"), "{}", out.said);
     assert!(!build.vm.elements_run().contains(&"finalise.d/50-after".to_owned()));
     assert_eq!(build.outputs(), Vec::<String>::new(), "outputs left after a failure");
     // What the image holds so far reaches the disk (for --no-delete-on-failure).
@@ -28,7 +30,8 @@ fn no_delete_on_failure_keeps_the_disk_of_a_failed_build() {
     build.element("failer", &[("install.d/20-fail", "#!/bin/sh\n")]);
     build.vm.on_script("install.d", "20-fail", |_: &mut Run<'_>| ExitStatus::Code(1));
     build.option(&["--no-delete-on-failure"]);
-    assert!(build.run().result.is_err());
+    let out = build.run();
+    assert_eq!(out.exit_status, 1, "{}", out.said);
     assert_eq!(build.outputs(), ["img.raw"]);
 }
 
@@ -38,6 +41,8 @@ fn a_failing_extra_data_script_is_microdibs_exit_status_as_in_virt_dib() {
     build.element("host-failer", &[("extra-data.d/20-fail", "#!/bin/bash\necho host script fails\nexit 9\n")]);
     let out = build.run();
     assert!(matches!(out.result, Err(EngineError::Exit(9))), "{}", out.said);
+    assert_eq!(out.exit_status, 9, "{}", out.said);
+    assert!(!out.said.contains("error"), "a script's own status is passed on without a message:\n{}", out.said);
     assert!(out.said.contains("host script fails"), "{}", out.said);
     assert!(!build.vm.elements_run().iter().any(|s| s.starts_with("pre-install.d/")));
     assert_eq!(build.outputs(), Vec::<String>::new());

@@ -33,6 +33,8 @@ pub struct FakeBuild {
 /// How a build ended and what it said.
 pub struct Outcome {
     pub result: Result<(), EngineError>,
+    /// What microdib's process would exit with.
+    pub exit_status: u8,
     /// stdout and stderr, interleaved.
     pub said: String,
     /// The --machine-readable records.
@@ -53,6 +55,7 @@ impl Outcome {
         if let Err(e) = &self.result {
             panic!("the build failed: {e}\n{}", self.said);
         }
+        assert_eq!(self.exit_status, 0, "{}", self.said);
     }
 }
 
@@ -164,10 +167,8 @@ impl FakeBuild {
             workspace = Some(req.workspace.dir.clone());
             Ok(vm.guest())
         });
-        if let Err(e) = &result {
-            reporter.error(&e.to_string());
-        }
+        let exit_status = cli::outcome::conclude(&reporter, &result);
         let records = String::from_utf8_lossy(&records.0.lock().unwrap()).lines().map(String::from).collect();
-        Outcome { result, said: transcript.text(), records, workspace }
+        Outcome { result, exit_status, said: transcript.text(), records, workspace }
     }
 }

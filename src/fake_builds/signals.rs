@@ -21,6 +21,8 @@ fn sigterm_during_a_guest_script_ends_the_build_and_leaves_no_outputs() {
     });
     let out = build.run();
     assert!(matches!(out.result, Err(EngineError::Signal("SIGTERM"))), "{}", out.said);
+    assert_eq!(out.exit_status, 1);
+    assert!(out.said.ends_with("microdib: Exiting on signal SIGTERM\n"), "{}", out.said);
     assert!(!build.vm.elements_run().contains(&"finalise.d/10-after".to_owned()));
     assert_eq!(build.outputs(), Vec::<String>::new(), "partial outputs left after SIGTERM");
     assert!(!out.workspace.expect("the VM was started").exists());
@@ -36,6 +38,7 @@ fn a_signal_before_the_vm_starts_ends_the_build_at_once() {
     build.stop.raise(libc::SIGINT);
     let out = build.run();
     assert!(matches!(out.result, Err(EngineError::Signal("SIGINT"))), "{}", out.said);
+    assert_eq!((out.exit_status, out.said.as_str()), (1, "microdib: Exiting on signal SIGINT\n"));
     assert!(out.workspace.is_none(), "the VM was started after the signal");
     assert!(build.vm.ops().is_empty());
 }

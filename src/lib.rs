@@ -2,6 +2,7 @@
 //! KVM microVM. The binary is `src/main.rs`; this library holds the command line, the element
 //! engine, messages and outputs so tests can reach them.
 
+pub mod cache;
 pub mod cli;
 pub mod elements;
 pub mod engine;

@@ -1,0 +1,529 @@
+//! The phase cache's store: entries under one private directory, each written whole or not at
+//! all, checked against its recorded sha256 sums before use, evicted least recently used first
+//! when the store outgrows its bound. Entries hold guest-written bytes (disk layers): the host
+//! never executes or interprets them, it hashes them and hands them back to a build VM.
+//!
+//! Layout: `DIR/lock` (held while entries are committed or evicted), `DIR/entries/KEY/`
+//! (`manifest`, `used` whose mtime is the last use, the files), `DIR/tmp/` (entries being
+//! written, and entries on their way out). An entry in use is held by a shared lock on its
+//! manifest; eviction passes over it. An entry being written is held by a lock on its
+//! directory; one nobody holds is what a killed build left, and goes.
+
+use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::key::{Digest, Inputs, Key};
+
+/// A manifest longer than this is not one of ours.
+const MANIFEST_MAX: u64 = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the phase cache {0} belongs to another user")]
+    NotOurs(PathBuf),
+    #[error("the phase cache {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0} is not a name a cache entry's file can have")]
+    BadFileName(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
+    let what = what.into();
+    move |source| CacheError::Io { what, source }
+}
+
+/// How large and how old the store's entries may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The most the entries may take on disk together.
+    pub max_bytes: u64,
+    /// Entries older than this are not used (what no key sees, a mirror's packages, ages).
+    pub max_age: Duration,
+}
+
+/// A stored file and its sum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSum {
+    pub name: String,
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+/// What an entry is: written by the host, next to the guest-written files it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub key: Key,
+    pub parent: Option<Key>,
+    pub phase: String,
+    pub elements: Vec<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub inputs: Inputs,
+    pub files: Vec<FileSum>,
+}
+
+impl Manifest {
+    fn to_text(&self) -> String {
+        let mut t = format!("key {}\n", self.key);
+        t += &format!("parent {}\n", self.parent.map_or("-".to_owned(), |p| p.to_string()));
+        t += &format!("phase {}\ncreated {}\n", self.phase, self.created);
+        for e in &self.elements {
+            t += &format!("element {e}\n");
+        }
+        for (name, d) in self.inputs.iter() {
+            t += &format!("input {name} {d}\n");
+        }
+        for f in &self.files {
+            t += &format!("file {} {} {}\n", f.name, f.size, f.sha256);
+        }
+        t
+    }
+
+    /// The manifest in `text`, or None if it is not a whole one of ours.
+    fn parse(text: &str) -> Option<Manifest> {
+        let (mut key, mut parent, mut phase, mut created) = (None, None, None, None);
+        let (mut elements, mut inputs, mut files) = (Vec::new(), Vec::new(), Vec::new());
+        for line in text.lines() {
+            let (tag, rest) = line.split_once(' ')?;
+            match tag {
+                "key" => key = Some(Key(Digest::from_hex(rest)?)),
+                "parent" if rest == "-" => parent = Some(None),
+                "parent" => parent = Some(Some(Key(Digest::from_hex(rest)?))),
+                "phase" => phase = Some(rest.to_owned()),
+                "created" => created = Some(rest.parse().ok()?),
+                "element" => elements.push(rest.to_owned()),
+                "input" => {
+                    let (name, d) = rest.split_once(' ')?;
+                    inputs.push((name.to_owned(), Digest::from_hex(d)?));
+                }
+                "file" => {
+                    let mut p = rest.split(' ');
+                    let (name, size, sum) = (p.next()?, p.next()?.parse().ok()?, Digest::from_hex(p.next()?)?);
+                    if p.next().is_some() || !is_file_name(name) {
+                        return None;
+                    }
+                    files.push(FileSum { name: name.to_owned(), size, sha256: sum });
+                }
+                _ => return None,
+            }
+        }
+        Some(Manifest {
+            key: key?,
+            parent: parent?,
+            phase: phase?,
+            elements,
+            created: created?,
+            inputs: inputs.into_iter().collect(),
+            files,
+        })
+    }
+}
+
+/// A name an entry's file may have: one plain path component.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name != "manifest"
+        && name != "used"
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An entry a build uses: its files stay while this lives.
+#[derive(Debug)]
+pub struct Entry {
+    pub manifest: Manifest,
+    dir: PathBuf,
+    _held: File,
+}
+
+impl Entry {
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Entry),
+    /// No entry has this key.
+    Absent,
+    /// The entry is older than the age bound.
+    Expired {
+        age: Duration,
+    },
+    /// The entry failed its check and was dropped (the text says how).
+    Dropped(String),
+}
+
+/// One entry, as `microdib --cache-list` shows it.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    pub manifest: Manifest,
+    /// Bytes on disk (sparse files count what they hold).
+    pub bytes: u64,
+    pub last_used: SystemTime,
+}
+
+/// The phase cache's directory.
+pub struct Store {
+    dir: PathBuf,
+    limits: Limits,
+}
+
+impl Store {
+    /// Opens (or makes, mode 0700) the store at `dir`, and removes what killed builds left.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Store, CacheError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("cannot make {}", dir.display())))?;
+        let meta = std::fs::symlink_metadata(dir).map_err(io(format!("cannot read {}", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(CacheError::NotADirectory(dir.to_owned()));
+        }
+        if meta.uid() != effective_uid() {
+            return Err(CacheError::NotOurs(dir.to_owned()));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(format!("cannot make {} private", dir.display())))?;
+        }
+        for sub in ["entries", "tmp"] {
+            let p = dir.join(sub);
+            DirBuilder::new()
+                .mode(0o700)
+                .create(&p)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(io(format!("cannot make {}", p.display())))?;
+        }
+        let store = Store { dir: dir.to_owned(), limits };
+        store.remove_abandoned();
+        Ok(store)
+    }
+
+    fn entries(&self) -> PathBuf {
+        self.dir.join("entries")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// The bookkeeping lock: one build commits or evicts at a time.
+    fn bookkeeping(&self) -> Result<File, CacheError> {
+        let path = self.dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("cannot open {}", path.display())))?;
+        f.lock().map_err(io(format!("cannot lock {}", path.display())))?;
+        Ok(f)
+    }
+
+    /// The entry with `key`, checked whole, or why there is none to use.
+    pub fn lookup(&self, key: &Key) -> Result<Lookup, CacheError> {
+        let dir = self.entries().join(key.to_string());
+        let manifest_path = dir.join("manifest");
+        let held = match File::open(&manifest_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Absent),
+            Err(e) => return Err(io(format!("cannot open {}", manifest_path.display()))(e)),
+        };
+        held.lock_shared().map_err(io(format!("cannot lock {}", manifest_path.display())))?;
+        // Evicted between the open and the lock: as good as absent.
+        if !manifest_path.exists() {
+            return Ok(Lookup::Absent);
+        }
+        let manifest = match read_manifest(&held) {
+            Some(m) if m.key == *key => m,
+            _ => return Ok(self.drop_entry(held, &dir, "its manifest is not a valid one")),
+        };
+        let age = Duration::from_secs(now().saturating_sub(manifest.created));
+        if age > self.limits.max_age {
+            return Ok(Lookup::Expired { age });
+        }
+        if let Err(why) = verify_files(&dir, &manifest) {
+            return Ok(self.drop_entry(held, &dir, &why));
+        }
+        let used = dir.join("used");
+        let _ = File::create(&used);
+        Ok(Lookup::Hit(Entry { manifest, dir, _held: held }))
+    }
+
+    /// Removes an entry that failed its check (unless another build holds it still).
+    fn drop_entry(&self, held: File, dir: &Path, why: &str) -> Lookup {
+        drop(held);
+        if let Ok(_lock) = self.bookkeeping() {
+            let _ = self.remove_entry_if_unused(dir);
+        }
+        Lookup::Dropped(why.to_owned())
+    }
+
+    /// The newest entry after `parent` for `phase`: what a miss compares its inputs with.
+    pub fn nearest(&self, parent: Option<&Key>, phase: &str) -> Option<Manifest> {
+        self.list()
+            .into_iter()
+            .map(|i| i.manifest)
+            .filter(|m| m.parent.as_ref() == parent && m.phase == phase)
+            .max_by_key(|m| m.created)
+    }
+
+    /// Starts a new entry: its files are written into the returned place, then committed.
+    pub fn begin(&self) -> Result<Pending<'_>, CacheError> {
+        let name =
+            format!("{}.{}", std::process::id(), Digest::of(format!("{:?}", SystemTime::now()).as_bytes()).short());
+        let dir = self.tmp().join(name);
+        DirBuilder::new().mode(0o700).create(&dir).map_err(io(format!("cannot make {}", dir.display())))?;
+        let held = File::open(&dir).map_err(io(format!("cannot open {}", dir.display())))?;
+        held.lock().map_err(io(format!("cannot lock {}", dir.display())))?;
+        Ok(Pending { store: self, dir, _held: held, committed: false })
+    }
+
+    /// Every entry, with its size and last use; entries that are not whole are left out.
+    pub fn list(&self) -> Vec<EntryInfo> {
+        let Ok(rd) = std::fs::read_dir(self.entries()) else { return Vec::new() };
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let dir = e.path();
+            let Some(manifest) = File::open(dir.join("manifest")).ok().as_ref().and_then(read_manifest) else {
+                continue;
+            };
+            let last_used = std::fs::metadata(dir.join("used")).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+            out.push(EntryInfo { bytes: disk_usage(&dir), manifest, last_used });
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.last_used));
+        out
+    }
+
+    /// Removes every entry no build is using; returns how many went.
+    pub fn clear(&self) -> Result<usize, CacheError> {
+        let _lock = self.bookkeeping()?;
+        let mut removed = 0;
+        for e in std::fs::read_dir(self.entries()).map_err(io("cannot read the phase cache"))?.flatten() {
+            if self.remove_entry_if_unused(&e.path())? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Keeps the store within its bounds: expired entries go, then the least recently used
+    /// until the rest fits. Entries in use stay, past the bound if need be (the next commit
+    /// evicts them). Called with the bookkeeping lock held.
+    fn evict(&self) -> Result<(), CacheError> {
+        let mut entries = self.list();
+        let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+        // Oldest use first.
+        entries.reverse();
+        for e in entries {
+            let expired = now().saturating_sub(e.manifest.created) > self.limits.max_age.as_secs();
+            if (expired || total > self.limits.max_bytes)
+                && self.remove_entry_if_unused(&self.entries().join(e.manifest.key.to_string()))?
+            {
+                total -= e.bytes;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves an entry out (atomically: into tmp/) and deletes it, unless a build holds it.
+    fn remove_entry_if_unused(&self, dir: &Path) -> Result<bool, CacheError> {
+        let manifest = dir.join("manifest");
+        if let Ok(f) = File::open(&manifest) {
+            match f.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => return Ok(false),
+                Err(TryLockError::Error(e)) => return Err(io(format!("cannot lock {}", manifest.display()))(e)),
+            }
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let gone = self.tmp().join(format!("gone.{name}.{}", std::process::id()));
+        std::fs::rename(dir, &gone).map_err(io(format!("cannot remove {}", dir.display())))?;
+        std::fs::remove_dir_all(&gone).map_err(io(format!("cannot remove {}", gone.display())))?;
+        Ok(true)
+    }
+
+    /// What killed builds left in tmp/: directories nobody holds.
+    fn remove_abandoned(&self) {
+        let Ok(rd) = std::fs::read_dir(self.tmp()) else { return };
+        for e in rd.flatten() {
+            let path = e.path();
+            let free = File::open(&path).is_ok_and(|f| f.try_lock().is_ok());
+            if free {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+}
+
+/// An entry being written; dropped before `commit`, it is gone.
+pub struct Pending<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    _held: File,
+    committed: bool,
+}
+
+impl Pending<'_> {
+    /// Where the entry's file `name` is written.
+    pub fn path(&self, name: &str) -> Result<PathBuf, CacheError> {
+        if !is_file_name(name) {
+            return Err(CacheError::BadFileName(name.to_owned()));
+        }
+        Ok(self.dir.join(name))
+    }
+
+    /// Sums the files, writes the manifest, and moves the entry into place under `key`. If
+    /// another build stored the same key meanwhile, its entry is kept and returned.
+    pub fn commit(
+        mut self,
+        key: Key,
+        parent: Option<Key>,
+        phase: &str,
+        elements: &[String],
+        inputs: &Inputs,
+    ) -> Result<Entry, CacheError> {
+        let mut files = Vec::new();
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .map_err(io(format!("cannot read {}", self.dir.display())))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            if !is_file_name(&name) {
+                return Err(CacheError::BadFileName(name));
+            }
+            let path = self.dir.join(&name);
+            let f = File::open(&path).map_err(io(format!("cannot open {}", path.display())))?;
+            f.sync_all().map_err(io(format!("cannot sync {}", path.display())))?;
+            let (size, sha256) = sum_file(&path).map_err(io(format!("cannot read {}", path.display())))?;
+            files.push(FileSum { name, size, sha256 });
+        }
+        let manifest = Manifest {
+            key,
+            parent,
+            phase: phase.to_owned(),
+            elements: elements.to_vec(),
+            created: now(),
+            inputs: inputs.clone(),
+            files,
+        };
+        let manifest_path = self.dir.join("manifest");
+        let mut f = File::create(&manifest_path).map_err(io(format!("cannot write {}", manifest_path.display())))?;
+        f.write_all(manifest.to_text().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io(format!("cannot write {}", manifest_path.display())))?;
+        File::create(self.dir.join("used")).map_err(io("cannot write the entry's use stamp"))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io("cannot sync the new entry"))?;
+
+        let lock = self.store.bookkeeping()?;
+        let dest = self.store.entries().join(key.to_string());
+        match std::fs::rename(&self.dir, &dest) {
+            Ok(()) => self.committed = true,
+            // Stored by another build meanwhile: ours goes (on drop), theirs is used, checked.
+            Err(_) if dest.exists() => {
+                drop(lock);
+                return match self.store.lookup(&key)? {
+                    Lookup::Hit(entry) => Ok(entry),
+                    other => Err(CacheError::Io {
+                        what: format!("the entry another build stored under {} is not usable", key.0.short()),
+                        source: std::io::Error::other(format!("{other:?}")),
+                    }),
+                };
+            }
+            Err(e) => return Err(io(format!("cannot store {}", dest.display()))(e)),
+        }
+        File::open(self.store.entries()).and_then(|d| d.sync_all()).map_err(io("cannot sync the phase cache"))?;
+        // Held before the eviction, which passes over entries in use.
+        let manifest_path = dest.join("manifest");
+        let held = File::open(&manifest_path).map_err(io(format!("cannot open {}", manifest_path.display())))?;
+        held.lock_shared().map_err(io(format!("cannot lock {}", manifest_path.display())))?;
+        self.store.evict()?;
+        drop(lock);
+        Ok(Entry { manifest, dir: dest, _held: held })
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn read_manifest(f: &File) -> Option<Manifest> {
+    let mut text = String::new();
+    f.take(MANIFEST_MAX + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > MANIFEST_MAX {
+        return None;
+    }
+    Manifest::parse(&text)
+}
+
+/// Checks each file of the entry against its size and sum, and that no other file is there.
+fn verify_files(dir: &Path, m: &Manifest) -> Result<(), String> {
+    for f in &m.files {
+        let path = dir.join(&f.name);
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", f.name))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a plain file", f.name));
+        }
+        if meta.len() != f.size {
+            return Err(format!("{} is {} bytes, not {}", f.name, meta.len(), f.size));
+        }
+        let (_, sum) = sum_file(&path).map_err(|e| format!("{}: {e}", f.name))?;
+        if sum != f.sha256 {
+            return Err(format!("{} does not match its sha256", f.name));
+        }
+    }
+    Ok(())
+}
+
+/// The size and sha256 of a file, read in large blocks.
+fn sum_file(path: &Path) -> std::io::Result<(u64, Digest)> {
+    use sha2::Digest as _;
+    let mut f = File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((size, Digest::from(<[u8; 32]>::from(h.finalize()))))
+}
+
+/// The bytes a directory's files hold on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.blocks() * 512).sum())
+        .unwrap_or(0)
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}

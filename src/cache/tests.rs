@@ -1,0 +1,258 @@
+//! The store against what can go wrong with it: damaged, stale, abandoned and concurrent
+//! entries, and its size bound.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::testing::TempDir;
+
+const DAY: Duration = Duration::from_secs(86400);
+const MIB: u64 = 1 << 20;
+
+fn store(dir: &Path, max_bytes: u64) -> Store {
+    Store::open(dir, Limits { max_bytes, max_age: DAY }).unwrap()
+}
+
+fn inputs(scripts: &str) -> Inputs {
+    [("scripts".to_owned(), Digest::of(scripts.as_bytes()))].into_iter().collect()
+}
+
+fn key(n: u8) -> Key {
+    Key::chain(None, "install.d", &inputs(&n.to_string()))
+}
+
+/// Stores an entry under `key` holding one file `disk` of `bytes` (pattern from the key).
+fn put(s: &Store, key: Key, bytes: u64) -> Entry {
+    let pending = s.begin().unwrap();
+    let byte = key.0.hex().as_bytes()[0];
+    std::fs::write(pending.path("disk").unwrap(), vec![byte; bytes as usize]).unwrap();
+    pending.commit(key, None, "install.d", &["base".to_owned()], &inputs("x")).unwrap()
+}
+
+fn hit(s: &Store, key: &Key) -> Entry {
+    match s.lookup(key).unwrap() {
+        Lookup::Hit(e) => e,
+        other => panic!("no hit: {other:?}"),
+    }
+}
+
+fn entry_dir(dir: &Path, key: &Key) -> std::path::PathBuf {
+    dir.join("entries").join(key.to_string())
+}
+
+#[test]
+fn a_stored_entry_is_found_with_its_files_and_what_it_was_built_from() {
+    let t = TempDir::new("cache-hit");
+    let s = store(&t.0, 100 * MIB);
+    assert!(matches!(s.lookup(&key(1)).unwrap(), Lookup::Absent));
+    drop(put(&s, key(1), 4096));
+    let e = hit(&s, &key(1));
+    assert_eq!(std::fs::read(e.file("disk")).unwrap().len(), 4096);
+    assert_eq!(e.manifest.key, key(1));
+    assert_eq!(e.manifest.phase, "install.d");
+    assert_eq!(e.manifest.elements, ["base"]);
+    assert_eq!(e.manifest.inputs, inputs("x"));
+    assert_eq!(s.nearest(None, "install.d").map(|m| m.key), Some(key(1)));
+    assert_eq!(s.nearest(Some(&key(1)), "install.d"), None);
+    let listed = s.list();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].bytes >= 4096, "{}", listed[0].bytes);
+}
+
+#[test]
+fn the_store_is_private_to_its_user() {
+    let t = TempDir::new("cache-private");
+    let dir = t.0.join("phases");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    store(&dir, MIB);
+    for d in [dir.clone(), dir.join("entries"), dir.join("tmp")] {
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700, "{}", d.display());
+    }
+    // A link where the store should be is not followed.
+    let link = t.0.join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let refused = Store::open(&link, Limits { max_bytes: MIB, max_age: DAY });
+    assert!(matches!(refused, Err(CacheError::NotADirectory(_))), "{:?}", refused.err());
+}
+
+#[test]
+fn another_users_store_is_refused() {
+    let t = TempDir::new("cache-other");
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not checked: only root can make a directory another user owns (CI runs as root)");
+        return;
+    }
+    let dir = t.0.join("phases");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let refused = Store::open(&dir, Limits { max_bytes: MIB, max_age: DAY });
+    assert!(matches!(refused, Err(CacheError::NotOurs(_))), "{:?}", refused.err());
+}
+
+/// Something done to a stored entry's directory.
+type Damage = dyn Fn(&Path);
+
+#[test]
+fn a_damaged_entry_is_dropped_never_used() {
+    let damages: [(&str, &Damage); 5] = [
+        ("a flipped byte", &|d| {
+            let mut b = std::fs::read(d.join("disk")).unwrap();
+            b[100] ^= 1;
+            std::fs::write(d.join("disk"), b).unwrap();
+        }),
+        ("a truncated file", &|d| {
+            std::fs::File::options().write(true).open(d.join("disk")).unwrap().set_len(10).unwrap()
+        }),
+        ("a missing file", &|d| std::fs::remove_file(d.join("disk")).unwrap()),
+        ("a link instead of the file", &|d| {
+            std::fs::remove_file(d.join("disk")).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", d.join("disk")).unwrap();
+        }),
+        ("a manifest that is not one", &|d| std::fs::write(d.join("manifest"), "key ../../x\n").unwrap()),
+    ];
+    for (what, damage) in damages {
+        let t = TempDir::new("cache-damage");
+        let s = store(&t.0, 100 * MIB);
+        drop(put(&s, key(1), 8192));
+        damage(&entry_dir(&t.0, &key(1)));
+        match s.lookup(&key(1)).unwrap() {
+            Lookup::Dropped(_) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(!entry_dir(&t.0, &key(1)).exists(), "{what}: the damaged entry stayed");
+        assert!(matches!(s.lookup(&key(1)).unwrap(), Lookup::Absent), "{what}");
+    }
+}
+
+#[test]
+fn an_entry_filed_under_another_key_is_dropped() {
+    let t = TempDir::new("cache-moved");
+    let s = store(&t.0, 100 * MIB);
+    drop(put(&s, key(1), 100));
+    std::fs::rename(entry_dir(&t.0, &key(1)), entry_dir(&t.0, &key(2))).unwrap();
+    assert!(matches!(s.lookup(&key(2)).unwrap(), Lookup::Dropped(_)));
+}
+
+#[test]
+fn an_entry_older_than_the_age_bound_is_not_used() {
+    let t = TempDir::new("cache-age");
+    let s = store(&t.0, 100 * MIB);
+    drop(put(&s, key(1), 100));
+    let manifest = entry_dir(&t.0, &key(1)).join("manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let created: u64 = text.lines().find_map(|l| l.strip_prefix("created ")).unwrap().parse().unwrap();
+    let aged = text.replace(&format!("created {created}"), &format!("created {}", created - 2 * 86400));
+    std::fs::write(&manifest, aged).unwrap();
+    match s.lookup(&key(1)).unwrap() {
+        Lookup::Expired { age } => assert!(age >= 2 * DAY, "{age:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_entry_not_committed_leaves_nothing() {
+    let t = TempDir::new("cache-uncommitted");
+    let s = store(&t.0, 100 * MIB);
+    let pending = s.begin().unwrap();
+    std::fs::write(pending.path("disk").unwrap(), b"half").unwrap();
+    drop(pending);
+    assert_eq!(std::fs::read_dir(t.0.join("tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(t.0.join("entries")).unwrap().count(), 0);
+    // A killed build's half-written entry (no process holds it) goes when the store opens.
+    std::fs::create_dir(t.0.join("tmp/4242.deadbeef")).unwrap();
+    std::fs::write(t.0.join("tmp/4242.deadbeef/disk"), b"half").unwrap();
+    store(&t.0, 100 * MIB);
+    assert_eq!(std::fs::read_dir(t.0.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn an_entry_being_written_by_another_build_is_left_alone() {
+    let t = TempDir::new("cache-busy");
+    let s = store(&t.0, 100 * MIB);
+    let pending = s.begin().unwrap();
+    std::fs::write(pending.path("disk").unwrap(), b"writing").unwrap();
+    store(&t.0, 100 * MIB);
+    assert_eq!(std::fs::read_dir(t.0.join("tmp")).unwrap().count(), 1);
+    drop(pending.commit(key(1), None, "root.d", &[], &inputs("x")).unwrap());
+    hit(&s, &key(1));
+}
+
+#[test]
+fn file_names_are_one_plain_component() {
+    let t = TempDir::new("cache-names");
+    let s = store(&t.0, MIB);
+    let pending = s.begin().unwrap();
+    for bad in ["", "../x", "a/b", ".hidden", "manifest", "used", "a b", &"x".repeat(65)] {
+        assert!(matches!(pending.path(bad), Err(CacheError::BadFileName(_))), "{bad:?}");
+    }
+    assert!(pending.path("disk.qcow2").is_ok());
+}
+
+#[test]
+fn the_least_recently_used_entries_go_when_the_store_outgrows_its_bound() {
+    let t = TempDir::new("cache-evict");
+    let s = store(&t.0, 5 * MIB / 2);
+    drop(put(&s, key(1), MIB));
+    std::thread::sleep(Duration::from_millis(20));
+    drop(put(&s, key(2), MIB));
+    std::thread::sleep(Duration::from_millis(20));
+    drop(hit(&s, &key(1))); // key(1) is now the more recently used
+    std::thread::sleep(Duration::from_millis(20));
+    drop(put(&s, key(3), MIB));
+    assert!(entry_dir(&t.0, &key(1)).exists());
+    assert!(!entry_dir(&t.0, &key(2)).exists(), "the least recently used stayed");
+    assert!(entry_dir(&t.0, &key(3)).exists());
+    let total: u64 = s.list().iter().map(|e| e.bytes).sum();
+    assert!(total <= 5 * MIB / 2, "{total}");
+}
+
+#[test]
+fn an_entry_in_use_is_not_evicted_or_cleared() {
+    let t = TempDir::new("cache-in-use");
+    let s = store(&t.0, MIB + MIB / 2);
+    let in_use = put(&s, key(1), MIB);
+    std::thread::sleep(Duration::from_millis(20));
+    drop(put(&s, key(2), MIB));
+    assert_eq!(std::fs::read(in_use.file("disk")).unwrap().len(), MIB as usize, "evicted while in use");
+    assert_eq!(s.clear().unwrap(), 1);
+    assert!(entry_dir(&t.0, &key(1)).exists());
+    drop(in_use);
+    assert_eq!(s.clear().unwrap(), 1);
+    assert!(s.list().is_empty());
+}
+
+#[test]
+fn builds_sharing_a_store_at_once_all_get_whole_entries_within_the_bound() {
+    let t = TempDir::new("cache-concurrent");
+    // Six entries wanted, three fit: eviction runs while others store and hold theirs.
+    let bound = 3 * MIB;
+    let threads: Vec<_> = (0..12u8)
+        .map(|i| {
+            let dir = t.0.clone();
+            std::thread::spawn(move || {
+                let s = store(&dir, bound);
+                // Two builds per key: the same entry stored twice at once.
+                let k = key(i / 2);
+                let e = put(&s, k, MIB);
+                assert_eq!(e.manifest.key, k);
+                let byte = k.0.hex().as_bytes()[0];
+                assert!(std::fs::read(e.file("disk")).unwrap().iter().all(|b| *b == byte));
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    // Entries in use when others were stored may stay past the bound; the next commit evicts.
+    let s = store(&t.0, bound);
+    drop(put(&s, key(99), MIB));
+    let total: u64 = s.list().iter().map(|e| e.bytes).sum();
+    assert!(total <= bound, "{total}");
+    for e in s.list() {
+        hit(&s, &e.manifest.key);
+    }
+    assert_eq!(std::fs::read_dir(t.0.join("tmp")).unwrap().count(), 0, "leftovers in tmp/");
+}

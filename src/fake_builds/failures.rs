@@ -115,3 +115,22 @@ fn the_padding_after_named_dirs_archive_is_no_failure() {
     build.run().succeeded();
     assert_eq!(std::fs::read(build.dir.0.join("out/img.d/left.txt")).unwrap(), b"kept\n");
 }
+
+#[test]
+fn a_name_d_that_is_a_link_to_a_host_directory_fails_the_build_and_is_not_written_through() {
+    let build = FakeBuild::new(&["named"]);
+    build.element("named", &[("cleanup.d/10-leave", "#!/bin/sh\n")]);
+    build.vm.on_script("cleanup.d", "10-leave", |run: &mut Run<'_>| {
+        let file = crate::guest::paths::aux("out/img.d/authorized_keys");
+        run.tree.insert(file, crate::guest::fake::FakeFile { data: b"pwned\n".to_vec(), mode: 0o644 });
+        ExitStatus::Code(0)
+    });
+    let outside = build.dir.0.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, build.dir.0.join("out/img.d")).unwrap();
+    let out = build.run();
+    assert_eq!(out.exit_status, 1, "{}", out.said);
+    assert!(out.said.contains("microdib: error: copying "), "{}", out.said);
+    assert!(out.error().contains("img.d is not a directory"), "{}", out.error());
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "written through the link");
+}

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 mod fixture_build;
 #[allow(unused_imports)]
 pub use fixture_build::*;
+pub mod installed;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,14 +1,10 @@
-//! The Debian package's layout (Cargo.toml `[package.metadata.deb]`, built by hack/package):
-//! its `Recommends:` is the appliance list, every file it names exists or is made by
-//! hack/package, and microdib installed in that layout (staged under a temporary prefix, as
-//! `dpkg -i` would lay it out) finds its kernel and agent there and builds the example with no
-//! source tree and no MICRODIB_* variables.
+//! The Debian package's metadata (Cargo.toml `[package.metadata.deb]`, built by hack/package):
+//! its `Recommends:` is the appliance list and every file it names exists or is made by
+//! hack/package. The example built from the installed layout: tests/unprivileged.rs.
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::installed::{assets, expand, field, metadata, stage};
+use common::installed::{assets, expand, field, metadata};
 use common::*;
 
 #[test]
@@ -36,40 +32,4 @@ fn recommends_is_the_appliance_list_and_every_asset_exists() {
     for d in ["usr/bin/", "usr/lib/microdib/vmlinuz", "usr/lib/microdib/microdib-agent", "usr/share/microdib/"] {
         assert!(dests.contains(&d), "{d} not installed");
     }
-}
-
-#[test]
-fn installed_layout_builds_the_example_without_the_source_tree() {
-    let prefix = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("installed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&prefix);
-    stage(&prefix);
-    let _ = appliance(); // the installed agent is the same binary: the cached appliance serves it
-    let script = r#"set -u
-unset MICRODIB_KERNEL MICRODIB_AGENT
-export PATH="$PREFIX/usr/bin:$PATH"
-d=$(mktemp -d)
-trap 'rm -rf "$d"' EXIT
-cd "$d"
-microdib --version | sed 's/^/version: /'
-ex=$PREFIX/usr/share/microdib/examples
-microdib -B "$ex/lib" -p "$ex/elements" --skip-base --size 256M --formats qcow2 --debug 1 \
-  --name "$d/hello" --image-cache "$d/cache" hello-boot > "$d/log" 2>&1
-echo "status=$?"
-grep -e '^guest ' -e '^appliance: ' -e 'hello-boot: kernel' -e 'error' "$d/log" | sed 's/^/log: /'
-qemu-img check -q "$d/hello.qcow2" && echo "qcow2: ok"
-"#;
-    let out = run_emulated_here(script, &[("PREFIX", prefix.to_str().unwrap())]);
-    let s = text(&out.stdout);
-    let lib = prefix.join("usr/lib/microdib");
-    let has = |l: String| assert!(s.lines().any(|x| x == l), "missing {l:?} in:\n{s}");
-    has(format!("version: guest kernel: {}/vmlinuz (installed)", lib.display()));
-    has(format!("version: guest agent: {}/microdib-agent (installed)", lib.display()));
-    has("status=0".into());
-    has(format!("log: guest kernel: {}/vmlinuz (installed)", lib.display()));
-    // --debug 1 names the appliance too (the one the test harness cached for this agent).
-    assert!(s.lines().any(|l| l.starts_with("log: appliance: ") && l.ends_with(" (cached)")), "{s}");
-    // The example's own kernel defaults to the installed one, found through PATH.
-    assert!(s.lines().any(|l| l.starts_with("log: hello-boot: kernel ")), "{s}");
-    has("qcow2: ok".into());
-    std::fs::remove_dir_all(&prefix).unwrap();
 }

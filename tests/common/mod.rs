@@ -11,6 +11,7 @@ mod fixture_build;
 #[allow(unused_imports)]
 pub use fixture_build::*;
 pub mod installed;
+pub mod unprivileged;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

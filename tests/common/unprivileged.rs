@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{text, tool};
+use super::{fixtures, guest_agent, kernel, microdib_vars, text, tool};
 
 /// The system user builds run as when the tests run as root.
 pub const USER: &str = "microdib-unpriv";
@@ -136,5 +136,40 @@ impl Drop for Stage {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// microdib, its guest kernel and agent, and the fixtures' library and elements, staged where
+/// the builder can read them.
+pub struct StagedMicrodib {
+    pub builder: Builder,
+    pub stage: Stage,
+    pub microdib: PathBuf,
+    pub kernel: PathBuf,
+    pub agent: PathBuf,
+    pub lib: PathBuf,
+    pub elements: PathBuf,
+}
+
+impl StagedMicrodib {
+    pub fn new(purpose: &str) -> StagedMicrodib {
+        let stage = Stage::new(purpose);
+        StagedMicrodib {
+            builder: Builder::get(),
+            microdib: stage.copy(Path::new(env!("CARGO_BIN_EXE_microdib")), "microdib"),
+            kernel: stage.copy(&kernel(), "vmlinuz"),
+            agent: stage.copy(&guest_agent(), "microdib-agent"),
+            lib: stage.copy(&fixtures().join("lib"), "lib"),
+            elements: stage.copy(&fixtures().join("elements"), "elements"),
+            stage,
+        }
+    }
+
+    /// microdib's environment as the builder with `home`: a user's shell's, and the staged
+    /// kernel and agent.
+    pub fn env(&self, home: &Path) -> Vec<(String, OsString)> {
+        let mut env = vec![("HOME".to_owned(), home.into()), ("PATH".to_owned(), USER_PATH.into())];
+        env.extend(microdib_vars(&self.kernel, &self.agent).into_iter().map(|(k, v)| (k, v.into())));
+        env
     }
 }

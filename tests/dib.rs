@@ -1,15 +1,34 @@
 //! diskimage-builder's own elements from its PyPI package, unmodified: dib-run-parts,
 //! install-static, manifests and package-installs (with dpkg, base and what they pull in) on a
 //! Debian 12 root made by debootstrap on the host (hack/dib-rootfs), with `--extra-packages`
-//! through apt from the local repository inside that root.
+//! through apt from the local repository inside that root. microdib runs as a user without
+//! root or sudo rights (tests/common/unprivileged.rs), from copies in /tmp.
 
 mod common;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::unprivileged::{StagedMicrodib, USER_PATH};
 use common::*;
 
 #[test]
 fn real_diskimage_builder_elements_build_a_debian_image() {
     let [rootfs, dib, python] = dib_rootfs();
-    let build = FixtureBuild::new(&["debian-rootfs", "dib-run-parts", "install-static", "manifests"]);
+    let staged = StagedMicrodib::new("dib");
+    let who = staged.builder;
+    // The whole venv, so that its python finds its site-packages beside it (pyvenv.cfg).
+    let venv = Path::new(&python).parent().and_then(Path::parent).expect("the venv's python is VENV/bin/python");
+    let venv_copy = staged.stage.copy(venv, "venv");
+    let python = venv_copy.join(Path::new(&python).strip_prefix(venv).unwrap());
+    let dib = venv_copy.join(Path::new(&dib).strip_prefix(venv).unwrap());
+    // package-installs' host step imports yaml with this python: as the builder too.
+    let home = staged.stage.path("home");
+    let user_env = [("HOME", home.as_os_str()), ("PATH", USER_PATH.as_ref())];
+    let imports = who.command(&user_env, &python).args(["-c", "import yaml"]).output().unwrap();
+    let said = text(&imports.stderr);
+    assert!(imports.status.success(), "the builder cannot run the venv's python {}: {said}", python.display());
+
+    let build = FixtureBuild::as_user(&staged, &["debian-rootfs", "dib-run-parts", "install-static", "manifests"]);
     // The Debian root reaches the build through the image cache on a helper drive.
     let cache = build.path("helper/home/.cache/image-create");
     std::fs::create_dir_all(&cache).unwrap();
@@ -19,13 +38,15 @@ fn real_diskimage_builder_elements_build_a_debian_image() {
     // --skip-base: diskimage-builder's base wants open-iscsi and friends, which the local
     // repository does not carry.
     let r = build
-        .lib(format!("{dib}/lib"))
-        .element_dirs(&[format!("{dib}/elements").into(), fixtures().join("elements")])
+        .lib(dib.join("lib"))
+        .element_dirs(&[dib.join("elements"), staged.elements.clone()])
         .name("deb")
-        .options(&["--python", &python, "--size", "1536M", "--formats", "raw", "--skip-base"])
+        .options(&["--python", python.to_str().unwrap(), "--size", "1536M", "--formats", "raw", "--skip-base"])
         .options(&["--drive", helper.to_str().unwrap(), "--extra-packages", "less"])
         .run();
     r.succeeded();
+    let owner = std::fs::metadata(r.output("deb.raw")).unwrap().uid();
+    assert_eq!(owner, who.uid, "the image is not the builder's: microdib ran as someone else");
     let progress = r.progress();
     for m in [
         "Running: root.d/10-unpack-rootfs",

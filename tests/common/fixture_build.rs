@@ -3,11 +3,12 @@
 //! processes that outlived it. Each build has its own temporary directory.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::unprivileged::{Builder, StagedMicrodib};
 use super::{accel_kvm_wrapper, fixtures, microdib_env, run_where, text, BuildVm};
 
 /// A build of fixture elements: `-B tests/fixtures/lib -p tests/fixtures/elements`, the image
@@ -22,13 +23,41 @@ pub struct FixtureBuild {
     elements: Vec<String>,
     env: Vec<(String, String)>,
     signal: Option<(String, String)>,
+    user: Option<AsUser>,
+}
+
+/// microdib run as another user: who, its staged copy, and its whole environment but TMPDIR.
+struct AsUser {
+    builder: Builder,
+    microdib: PathBuf,
+    env: Vec<(String, OsString)>,
 }
 
 impl FixtureBuild {
     pub fn new(elements: &[&str]) -> FixtureBuild {
+        FixtureBuild::in_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), elements)
+    }
+
+    /// A build whose microdib runs as `staged`'s builder, from the staged copies (the fixtures'
+    /// library and elements too); tests/common/run-build stays the tests' user. The build's
+    /// directory is in /tmp, where the builder can reach it, and becomes the builder's when the
+    /// build starts.
+    pub fn as_user(staged: &StagedMicrodib, elements: &[&str]) -> FixtureBuild {
+        let mut build = FixtureBuild::in_dir(Path::new("/tmp"), elements);
+        build.lib = staged.lib.clone();
+        build.element_dirs = vec![staged.elements.clone()];
+        build.user = Some(AsUser {
+            builder: staged.builder,
+            microdib: staged.microdib.clone(),
+            env: staged.env(&build.path("home")),
+        });
+        build
+    }
+
+    fn in_dir(parent: &Path, elements: &[&str]) -> FixtureBuild {
         let dir = tempfile::Builder::new()
-            .prefix("build-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .prefix("microdib-build-")
+            .tempdir_in(parent)
             .expect("cannot make the build's directory");
         std::fs::create_dir_all(dir.path().join("out")).unwrap();
         FixtureBuild {
@@ -41,6 +70,7 @@ impl FixtureBuild {
             elements: elements.iter().map(|e| (*e).to_owned()).collect(),
             env: Vec::new(),
             signal: None,
+            user: None,
         }
     }
 
@@ -146,20 +176,36 @@ impl FixtureBuild {
     /// Runs the build: here in its turn, or nested for `BuildVm::OurKvm` where KVM cannot run
     /// the guest.
     pub fn run(self) -> BuildResult {
-        let microdib = match self.vm {
-            BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")),
-            BuildVm::OurKvm => accel_kvm_wrapper().clone(),
-        };
         let mut argv: Vec<OsString> =
             vec![super::workspace().join("tests/common/run-build").into(), self.dir.path().into()];
         if let Some((signal, text)) = &self.signal {
             argv.extend([signal.into(), text.into()]);
         }
         argv.push("--".into());
-        argv.push(microdib.into());
+        let env = match &self.user {
+            None => {
+                argv.push(match self.vm {
+                    BuildVm::Auto => PathBuf::from(env!("CARGO_BIN_EXE_microdib")).into(),
+                    BuildVm::OurKvm => accel_kvm_wrapper().into(),
+                });
+                let mut env = microdib_env();
+                env.extend(self.env.iter().cloned());
+                env
+            }
+            Some(user) => {
+                assert_eq!(self.vm, BuildVm::Auto, "a build as another user runs here, not nested");
+                std::fs::create_dir_all(self.path("home")).unwrap();
+                user.builder.take(self.dir.path());
+                // run-build's TMPDIR where it runs the build here.
+                let tmp = self.path("tmp");
+                let mut vars: Vec<(&str, &OsStr)> = user.env.iter().map(|(k, v)| (k.as_str(), v.as_os_str())).collect();
+                vars.push(("TMPDIR", tmp.as_os_str()));
+                vars.extend(self.env.iter().map(|(k, v)| (k.as_str(), OsStr::new(v))));
+                argv.extend(user.builder.argv(&vars, &user.microdib));
+                self.env.clone()
+            }
+        };
         argv.extend(self.args().into_iter().map(OsString::from));
-        let mut env = microdib_env();
-        env.extend(self.env.iter().cloned());
         eprintln!("--- build: {}", self.args().join(" "));
         for attempt in 1.. {
             let out = run_where(self.vm, &argv, &env);

@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 mod fixture_build;
 #[allow(unused_imports)]
 pub use fixture_build::*;
+pub mod installed;
+pub mod unprivileged;
 
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -219,10 +221,17 @@ pub fn build_output(script: &str) -> String {
 pub fn microdib_env() -> Vec<(String, String)> {
     let (kernel, agent) = (kernel(), guest_agent());
     let _ = appliance();
+    let mut env = microdib_vars(&kernel, &agent);
+    env.push(("MICRODIB_DEV".into(), env!("CARGO_BIN_EXE_microdib-dev").into()));
+    env
+}
+
+/// The variables microdib itself reads in a build test: its guest kernel and agent, and the
+/// log filter that shows the device watchdog's notes.
+pub fn microdib_vars(kernel: &Path, agent: &Path) -> Vec<(String, String)> {
     vec![
         ("MICRODIB_KERNEL".into(), kernel.display().to_string()),
         ("MICRODIB_AGENT".into(), agent.display().to_string()),
-        ("MICRODIB_DEV".into(), env!("CARGO_BIN_EXE_microdib-dev").into()),
         ("MICRODIB_LOG".into(), "vmm=info,warn".into()),
     ]
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use vmm::devices::virtio::block::{Block, DiskConfig};
-use vmm::{ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
+use vmm::{BootInputs, ConsoleOutput, GuestExit, KvmHost, Vm, VmConfig, DEFAULT_CMDLINE};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status: 0 the guest reset or powered off (its normal end); 1 the VM could not be set up
@@ -147,12 +147,14 @@ fn stop_on_signals(signals: vmm::child::BlockedSignals, latch: std::sync::Arc<vm
 }
 
 fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
-    let host = KvmHost::open()?;
     if args.check_kvm {
+        let host = KvmHost::open()?;
         println!("KVM usable: {} ({:?}, up to {} vCPUs)", host.path.display(), host.backend, host.max_vcpus());
         return Ok(0);
     }
     let kernel = args.kernel.context("--kernel is required")?;
+    BootInputs { kernel: &kernel, initramfs: args.initramfs.as_deref(), memory_mib: args.memory }.check()?;
+    let host = KvmHost::open()?;
     let mut cmdline = args.cmdline;
     if let Some(extra) = args.append {
         cmdline.push(' ');

@@ -18,4 +18,4 @@ pub mod vm;
 pub use error::{Error, Result};
 pub use exit::{ExitLatch, GuestExit};
 pub use host::{KvmBackend, KvmHost};
-pub use vm::{ConsoleOutput, Vm, VmConfig, DEFAULT_CMDLINE};
+pub use vm::{BootInputs, ConsoleOutput, Vm, VmConfig, DEFAULT_CMDLINE};

@@ -28,15 +28,21 @@ pub fn split(size: u64) -> (u64, u64) {
     (low, size - low)
 }
 
+/// Whether `mib` MiB is a guest memory size we can give.
+pub fn check_size(mib: u64) -> Result<()> {
+    if mib < MIN_MEMORY_MIB {
+        return Err(Error::MemoryTooSmall { given: mib, min: MIN_MEMORY_MIB });
+    }
+    if mib > MAX_MEMORY_MIB {
+        return Err(Error::MemoryTooLarge { given: mib, max: MAX_MEMORY_MIB });
+    }
+    Ok(())
+}
+
 impl GuestRam {
     /// Maps `mib` MiB of guest RAM.
     pub fn new(mib: u64) -> Result<Self> {
-        if mib < MIN_MEMORY_MIB {
-            return Err(Error::MemoryTooSmall { given: mib, min: MIN_MEMORY_MIB });
-        }
-        if mib > MAX_MEMORY_MIB {
-            return Err(Error::MemoryTooLarge { given: mib, max: MAX_MEMORY_MIB });
-        }
+        check_size(mib)?;
         let (low_end, high_size) = split(mib * MIB);
         let mut ranges = vec![(GuestAddress(0), low_end as usize)];
         if high_size > 0 {

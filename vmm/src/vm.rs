@@ -49,6 +49,25 @@ pub struct VmConfig {
     pub virtio_devices: Vec<Box<dyn VirtioDevice>>,
 }
 
+/// What a VM boots, checked before the host's KVM is opened or any device made: a wrong
+/// kernel or memory size is the user's mistake on every host, and says so on every host.
+pub struct BootInputs<'a> {
+    pub kernel: &'a std::path::Path,
+    pub initramfs: Option<&'a std::path::Path>,
+    pub memory_mib: u64,
+}
+
+impl BootInputs<'_> {
+    pub fn check(&self) -> Result<()> {
+        crate::memory::check_size(self.memory_mib)?;
+        crate::boot::loader::check_kernel(self.kernel)?;
+        if let Some(initrd) = self.initramfs {
+            std::fs::File::open(initrd).map_err(|source| Error::InitramfsRead { path: initrd.to_owned(), source })?;
+        }
+        Ok(())
+    }
+}
+
 /// First GSI for virtio devices (0-4 are the timer, keyboard, cascade and COM ports).
 const VIRTIO_FIRST_GSI: u32 = 5;
 /// GSIs the IOAPIC has.

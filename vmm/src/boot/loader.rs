@@ -48,14 +48,26 @@ pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
     None
 }
 
-/// Loads the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
+/// Opens the kernel at `path` and tells its format from its first bytes.
+fn open_kernel(path: &Path) -> Result<(File, KernelFormat)> {
     let read_err = |source| Error::KernelRead { path: path.to_owned(), source };
     let mut file = File::open(path).map_err(read_err)?;
     let mut head = vec![0u8; 0x400];
     let n = read_up_to(&mut file, &mut head).map_err(read_err)?;
     head.truncate(n);
     let format = detect_format(&head).ok_or_else(|| Error::KernelFormat { path: path.to_owned() })?;
+    Ok((file, format))
+}
+
+/// Whether `path` is a kernel this loader takes (readable, a bzImage or an ELF vmlinux),
+/// checked before any VM exists.
+pub fn check_kernel(path: &Path) -> Result<KernelFormat> {
+    open_kernel(path).map(|(_, format)| format)
+}
+
+/// Loads the kernel at `path` into `mem`.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
+    let (mut file, format) = open_kernel(path)?;
     let load_err =
         |e: linux_loader::loader::Error| Error::KernelLoad { path: path.to_owned(), reason: describe_loader_error(&e) };
     match format {

@@ -93,7 +93,8 @@ cat > "$d/els/magic/root.d/50-magic" <<'EOS'
 printf 'QFI\373' | dd of=/run/microdib/disk/microdib-helper bs=4 count=1 conv=notrunc,fsync status=none
 echo "magic: $(head -c 4 /run/microdib/disk/microdib-helper | od -An -c | tr -d ' ')"
 EOS
-printf '#!/bin/bash\necho sleeping\nsleep 30\n' > "$d/els/sleeper/install.d/10-sleep"
+# Long enough for the two refused builds below, which fail before any VM starts.
+printf '#!/bin/bash\necho sleeping\nsleep 12\n' > "$d/els/sleeper/install.d/10-sleep"
 chmod +x "$d/els/magic/root.d/50-magic" "$d/els/sleeper/install.d/10-sleep"
 run() {{
     name=$1; shift

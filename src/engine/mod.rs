@@ -13,6 +13,7 @@
 pub mod appliance;
 pub mod block_layer;
 pub mod build_vm;
+pub mod checkpoints;
 pub mod env;
 pub mod error;
 pub mod extra_data;

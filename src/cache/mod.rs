@@ -3,6 +3,7 @@
 //! bounded, self-checking store (`store`).
 
 pub mod key;
+pub mod sparse;
 pub mod store;
 
 pub use key::{tree_digest, Digest, Inputs, Key};

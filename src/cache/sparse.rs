@@ -36,6 +36,45 @@ pub fn copy_sparse(src: &Path, dest: &Path) -> io::Result<Copied> {
     Ok(copied)
 }
 
+/// Rewrites the existing file `dest` in place with `src`'s bytes, punching holes where `src` has
+/// them, and syncs it: a restore into the disk file a running VM holds open (its guest has
+/// unmounted the file system and dropped its buffers). Returns the bytes of data copied.
+pub fn restore_into(src: &Path, dest: &Path) -> io::Result<u64> {
+    let from = File::open(src)?;
+    let len = from.metadata()?.len();
+    let to = std::fs::OpenOptions::new().write(true).open(dest)?;
+    to.set_len(len)?;
+    let mut copied = 0;
+    let mut at = 0;
+    while at < len {
+        let data = seek(&from, at, libc::SEEK_DATA)?.unwrap_or(len).min(len);
+        punch_hole(&to, at, data - at)?;
+        if data == len {
+            break;
+        }
+        let hole = seek(&from, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        copy_range(&from, &to, data, hole - data)?;
+        copied += hole - data;
+        at = hole;
+    }
+    to.sync_all()?;
+    Ok(copied)
+}
+
+/// Deallocates `len` bytes at `offset` (they read as zeros), the file's size kept.
+fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (off, len) = (offset as libc::off_t, len as libc::off_t);
+    let how = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a descriptor we own; the result is checked.
+    if unsafe { libc::fallocate(f.as_raw_fd(), how, off, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn copy_open(from: &File, to: &File, len: u64) -> io::Result<Copied> {
     // SAFETY: FICLONE on two descriptors we own; the result is checked.
     if unsafe { libc::ioctl(to.as_raw_fd(), libc::FICLONE, from.as_raw_fd()) } == 0 {
@@ -137,6 +176,25 @@ mod tests {
         File::create(&empty).unwrap();
         assert!(matches!(copy_sparse(&empty, &copy).unwrap(), Copied::Shared | Copied::Data(0)));
         assert_eq!(std::fs::metadata(&copy).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_restore_rewrites_the_open_file_in_place_holes_and_all() {
+        let t = TempDir::new("sparse-restore");
+        let (checkpoint, disk) = (t.0.join("checkpoint"), t.0.join("disk"));
+        sparse_file(&checkpoint, &[(MIB, MIB, 5), (40 * MIB, 4096, 6)]);
+        // The disk a VM has open, written all over since the checkpoint.
+        sparse_file(&disk, &[(0, 64 * MIB, 9)]);
+        let held = File::open(&disk).unwrap();
+        let inode = std::fs::metadata(&disk).unwrap().ino();
+        let copied = restore_into(&checkpoint, &disk).unwrap();
+        assert_eq!(copied, MIB + 4096);
+        assert_eq!(std::fs::metadata(&disk).unwrap().ino(), inode, "not in place");
+        let mut seen = vec![0u8; 64 * MIB as usize];
+        held.read_exact_at(&mut seen, 0).unwrap();
+        assert!(seen == std::fs::read(&checkpoint).unwrap(), "the open file does not read as the checkpoint");
+        let allocated = std::fs::metadata(&disk).unwrap().blocks() * 512;
+        assert!(allocated < 4 * MIB, "{allocated} bytes still allocated: the holes were not punched");
     }
 
     #[test]

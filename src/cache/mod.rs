@@ -7,7 +7,7 @@ pub mod sparse;
 pub mod store;
 
 pub use key::{tree_digest, Digest, Inputs, Key};
-pub use store::{CacheError, Entry, EntryInfo, Limits, Lookup, Manifest, Pending, Store};
+pub use store::{CacheError, Entry, EntryInfo, Limits, Lookup, Manifest, NewEntry, Pending, Store};
 
 #[cfg(test)]
 mod tests;

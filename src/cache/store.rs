@@ -30,6 +30,8 @@ pub enum CacheError {
     NotADirectory(PathBuf),
     #[error("{0} is not a name a cache entry's file can have")]
     BadFileName(String),
+    #[error("{0} cannot be stored as a fact (a one-word name, a one-line value)")]
+    BadFact(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
@@ -64,6 +66,9 @@ pub struct Manifest {
     /// Seconds since the epoch.
     pub created: u64,
     pub inputs: Inputs,
+    /// What the build made up by then and later phases read (the root file system's UUID),
+    /// by name; names are single words.
+    pub facts: Vec<(String, String)>,
     pub files: Vec<FileSum>,
 }
 
@@ -78,6 +83,9 @@ impl Manifest {
         for (name, d) in self.inputs.iter() {
             t += &format!("input {name} {d}\n");
         }
+        for (name, value) in &self.facts {
+            t += &format!("fact {name} {value}\n");
+        }
         for f in &self.files {
             t += &format!("file {} {} {}\n", f.name, f.size, f.sha256);
         }
@@ -87,7 +95,7 @@ impl Manifest {
     /// The manifest in `text`, or None if it is not a whole one of ours.
     fn parse(text: &str) -> Option<Manifest> {
         let (mut key, mut parent, mut phase, mut created) = (None, None, None, None);
-        let (mut elements, mut inputs, mut files) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut elements, mut inputs, mut facts, mut files) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for line in text.lines() {
             let (tag, rest) = line.split_once(' ')?;
             match tag {
@@ -100,6 +108,10 @@ impl Manifest {
                 "input" => {
                     let (name, d) = rest.split_once(' ')?;
                     inputs.push((name.to_owned(), Digest::from_hex(d)?));
+                }
+                "fact" => {
+                    let (name, value) = rest.split_once(' ')?;
+                    facts.push((name.to_owned(), value.to_owned()));
                 }
                 "file" => {
                     let mut p = rest.split(' ');
@@ -119,6 +131,7 @@ impl Manifest {
             elements,
             created: created?,
             inputs: inputs.into_iter().collect(),
+            facts,
             files,
         })
     }
@@ -375,6 +388,17 @@ impl Store {
     }
 }
 
+/// What an entry is stored as, besides its files.
+#[derive(Debug, Clone)]
+pub struct NewEntry<'a> {
+    pub key: Key,
+    pub parent: Option<Key>,
+    pub phase: &'a str,
+    pub elements: &'a [String],
+    pub inputs: &'a Inputs,
+    pub facts: &'a [(String, String)],
+}
+
 /// An entry being written; dropped before `commit`, it is gone.
 pub struct Pending<'s> {
     store: &'s Store,
@@ -392,16 +416,15 @@ impl Pending<'_> {
         Ok(self.dir.join(name))
     }
 
-    /// Sums the files, writes the manifest, and moves the entry into place under `key`. If
+    /// Sums the files, writes the manifest, and moves the entry into place under its key. If
     /// another build stored the same key meanwhile, its entry is kept and returned.
-    pub fn commit(
-        mut self,
-        key: Key,
-        parent: Option<Key>,
-        phase: &str,
-        elements: &[String],
-        inputs: &Inputs,
-    ) -> Result<Entry, CacheError> {
+    pub fn commit(mut self, new: &NewEntry<'_>) -> Result<Entry, CacheError> {
+        let key = new.key;
+        let bad_fact =
+            new.facts.iter().find(|(n, v)| n.is_empty() || n.contains(char::is_whitespace) || v.contains('\n'));
+        if let Some((name, value)) = bad_fact {
+            return Err(CacheError::BadFact(format!("{name:?} = {value:?}")));
+        }
         let mut files = Vec::new();
         let mut names: Vec<String> = std::fs::read_dir(&self.dir)
             .map_err(io(format!("cannot read {}", self.dir.display())))?
@@ -421,11 +444,12 @@ impl Pending<'_> {
         }
         let manifest = Manifest {
             key,
-            parent,
-            phase: phase.to_owned(),
-            elements: elements.to_vec(),
+            parent: new.parent,
+            phase: new.phase.to_owned(),
+            elements: new.elements.to_vec(),
             created: now(),
-            inputs: inputs.clone(),
+            inputs: new.inputs.clone(),
+            facts: new.facts.to_vec(),
             files,
         };
         let manifest_path = self.dir.join("manifest");

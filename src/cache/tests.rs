@@ -28,7 +28,11 @@ fn put(s: &Store, key: Key, bytes: u64) -> Entry {
     let pending = s.begin().unwrap();
     let byte = key.0.hex().as_bytes()[0];
     std::fs::write(pending.path("disk").unwrap(), vec![byte; bytes as usize]).unwrap();
-    pending.commit(key, None, "install.d", &["base".to_owned()], &inputs("x")).unwrap()
+    let elements = ["base".to_owned()];
+    let facts = [("root-uuid".to_owned(), "1234-abcd".to_owned())];
+    let new =
+        NewEntry { key, parent: None, phase: "install.d", elements: &elements, inputs: &inputs("x"), facts: &facts };
+    pending.commit(&new).unwrap()
 }
 
 fn hit(s: &Store, key: &Key) -> Entry {
@@ -54,6 +58,7 @@ fn a_stored_entry_is_found_with_its_files_and_what_it_was_built_from() {
     assert_eq!(e.manifest.phase, "install.d");
     assert_eq!(e.manifest.elements, ["base"]);
     assert_eq!(e.manifest.inputs, inputs("x"));
+    assert_eq!(e.manifest.facts, [("root-uuid".to_owned(), "1234-abcd".to_owned())]);
     assert_eq!(s.nearest(None, "install.d").map(|m| m.key), Some(key(1)));
     assert_eq!(s.nearest(Some(&key(1)), "install.d"), None);
     let listed = s.list();
@@ -176,8 +181,23 @@ fn an_entry_being_written_by_another_build_is_left_alone() {
     std::fs::write(pending.path("disk").unwrap(), b"writing").unwrap();
     store(&t.0, 100 * MIB);
     assert_eq!(std::fs::read_dir(t.0.join("tmp")).unwrap().count(), 1);
-    drop(pending.commit(key(1), None, "root.d", &[], &inputs("x")).unwrap());
+    let new = NewEntry { key: key(1), parent: None, phase: "root.d", elements: &[], inputs: &inputs("x"), facts: &[] };
+    drop(pending.commit(&new).unwrap());
     hit(&s, &key(1));
+}
+
+#[test]
+fn a_fact_that_would_break_the_manifest_is_refused() {
+    let t = TempDir::new("cache-facts");
+    let s = store(&t.0, MIB);
+    for (name, value) in [("two words", "x"), ("", "x"), ("name", "two\nlines")] {
+        let facts = [(name.to_owned(), value.to_owned())];
+        let new =
+            NewEntry { key: key(1), parent: None, phase: "root.d", elements: &[], inputs: &inputs("x"), facts: &facts };
+        let refused = s.begin().unwrap().commit(&new);
+        assert!(matches!(refused, Err(CacheError::BadFact(_))), "{name:?} {value:?}: {:?}", refused.map(|_| ()));
+    }
+    assert!(s.list().is_empty());
 }
 
 #[test]

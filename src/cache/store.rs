@@ -168,7 +168,7 @@ impl Entry {
 /// What a lookup found.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Entry),
+    Hit(Box<Entry>),
     /// No entry has this key.
     Absent,
     /// The entry is older than the age bound.
@@ -277,7 +277,7 @@ impl Store {
         }
         let used = dir.join("used");
         let _ = File::create(&used);
-        Ok(Lookup::Hit(Entry { manifest, dir, _held: held }))
+        Ok(Lookup::Hit(Box::new(Entry { manifest, dir, _held: held })))
     }
 
     /// Removes an entry that failed its check (unless another build holds it still).
@@ -468,7 +468,7 @@ impl Pending<'_> {
             Err(_) if dest.exists() => {
                 drop(lock);
                 return match self.store.lookup(&key)? {
-                    Lookup::Hit(entry) => Ok(entry),
+                    Lookup::Hit(entry) => Ok(*entry),
                     other => Err(CacheError::Io {
                         what: format!("the entry another build stored under {} is not usable", key.0.short()),
                         source: std::io::Error::other(format!("{other:?}")),

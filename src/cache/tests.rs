@@ -37,7 +37,7 @@ fn put(s: &Store, key: Key, bytes: u64) -> Entry {
 
 fn hit(s: &Store, key: &Key) -> Entry {
     match s.lookup(key).unwrap() {
-        Lookup::Hit(e) => e,
+        Lookup::Hit(e) => *e,
         other => panic!("no hit: {other:?}"),
     }
 }

@@ -4,11 +4,15 @@
 //! root file system's random UUID, the log's time stamp), or no key would match twice: what a
 //! phase makes up and later phases read is a fact the checkpoint carries, not an input.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::env::{BuildVars, Context};
 use super::phases::Phase;
-use crate::cache::{tree_digest, Digest, Inputs, Key};
+use crate::cache::sparse::{copy_sparse, restore_into};
+use crate::cache::{tree_digest, CacheError, Digest, Entry, Inputs, Key, NewEntry, Store};
+use crate::guest::paths::AUX;
+use crate::guest::{scripts, Guest, GuestError, TreeTar};
 
 /// The phases after which a build can be checkpointed, in the order they run.
 pub const CHECKPOINTED: [Phase; 6] =
@@ -42,12 +46,82 @@ pub struct KeyChain<'a> {
     last: Option<Key>,
 }
 
-/// Why a key could not be made.
+/// Why a checkpoint could not be keyed, taken or restored. None of these fails a build: it
+/// goes on without the checkpoint, saying why.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path} for the phase cache's key: {source}")]
-pub struct KeyError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum CheckpointError {
+    #[error("cannot read {path} for the phase cache's key: {source}")]
+    Key { path: PathBuf, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the aux tree's archive is larger than {0} bytes")]
+    AuxTooLarge(u64),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let what = what.into();
+    move |source| CheckpointError::Io { what, source }
+}
+
+/// The entry's files: the disk and the aux tree's archive.
+const DISK: &str = "disk";
+const AUX_TAR: &str = "aux.tar";
+
+/// A checkpoint to take: what it is stored as, and where the build's disk is on the host.
+pub struct Take<'a> {
+    pub entry: NewEntry<'a>,
+    /// The disk the build writes (the target disk, or the block-device layer's scratch disk).
+    pub disk: &'a Path,
+    /// The most the aux tree's archive may hold (the appliance's memory holds the tree).
+    pub aux_max: u64,
+}
+
+/// Takes a checkpoint into `store`: the aux tree's archive (without the helper drive), then the
+/// disk, copied while the guest holds the root's file system still.
+pub fn take(guest: &mut dyn Guest, store: &Store, t: &Take<'_>) -> Result<Entry, CheckpointError> {
+    let pending = store.begin()?;
+    let aux_path = pending.path(AUX_TAR)?;
+    let mut aux = std::fs::File::create(&aux_path).map_err(io(format!("cannot write {}", aux_path.display())))?;
+    let mut written = 0u64;
+    let excludes = ["./perm/*".to_owned()];
+    let tree = TreeTar { root: AUX, excludes: &excludes, metadata: true };
+    let sent = guest.send_tree(&tree, &mut |data| {
+        written += data.len() as u64;
+        if written > t.aux_max {
+            return Err(std::io::Error::other("over its bound"));
+        }
+        aux.write_all(data)
+    });
+    if written > t.aux_max {
+        return Err(CheckpointError::AuxTooLarge(t.aux_max));
+    }
+    sent?;
+    aux.sync_all().map_err(io(format!("cannot write {}", aux_path.display())))?;
+    guest.script(&scripts::CHECKPOINT, &["freeze"])?;
+    let disk_path = pending.path(DISK)?;
+    let copied = copy_sparse(t.disk, &disk_path).map_err(io(format!("cannot copy {}", t.disk.display())));
+    // Thawed whatever the copy did: the build goes on either way.
+    guest.script(&scripts::CHECKPOINT, &["thaw"])?;
+    copied?;
+    Ok(pending.commit(&t.entry)?)
+}
+
+/// Restores an entry's disk into the build's disk file, in place (before the VM opens it, or
+/// while its guest has the file system unmounted).
+pub fn restore_disk(entry: &Entry, disk: &Path) -> Result<u64, CheckpointError> {
+    restore_into(&entry.file(DISK), disk).map_err(io(format!("cannot restore {}", disk.display())))
+}
+
+/// Restores an entry's aux tree in the guest (the archive goes back as it came: the host never
+/// unpacks it).
+pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry) -> Result<(), CheckpointError> {
+    let path = entry.file(AUX_TAR);
+    let mut archive = std::fs::File::open(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    Ok(guest.receive_tar(AUX, &mut archive)?)
 }
 
 impl<'a> KeyChain<'a> {
@@ -58,7 +132,7 @@ impl<'a> KeyChain<'a> {
     /// The key of the checkpoint after `phase`, chained on the one before, and its named
     /// inputs. `host_changes` is what extra-data.d wrote back into the image: after it runs,
     /// it decides whether what follows is reused.
-    pub fn next(&mut self, phase: Phase, host_changes: Option<Digest>) -> Result<(Key, Inputs), KeyError> {
+    pub fn next(&mut self, phase: Phase, host_changes: Option<Digest>) -> Result<(Key, Inputs), CheckpointError> {
         let mut inputs = Inputs::default();
         let later: Vec<&str> = Phase::ALL.iter().filter(|p| **p > phase).map(|p| p.dir()).collect();
         let aux = &self.build.aux;
@@ -68,7 +142,7 @@ impl<'a> KeyChain<'a> {
         };
         let read_err = |path: &Path| {
             let path = path.to_owned();
-            move |source| KeyError { path, source }
+            move |source| CheckpointError::Key { path, source }
         };
         inputs.add("aux", tree_digest(aux, &skip).map_err(read_err(aux))?);
         let lib = &self.build.lib;
@@ -270,5 +344,129 @@ mod tests {
         let mut chain = KeyChain::new(&f.build, &f.vars);
         let (_, after) = chain.next(Phase::Root, None).unwrap();
         assert_eq!(after.changed_from(&before), ["aux"]);
+    }
+
+    mod taking {
+        use super::super::*;
+        use crate::cache::{Inputs, Limits, Store};
+        use crate::guest::fake::{FakeFile, FakeVm, Op};
+        use crate::guest::paths;
+        use crate::testing::TempDir;
+        use std::time::Duration;
+
+        struct Setup {
+            dir: TempDir,
+            store: Store,
+            vm: FakeVm,
+            disk: PathBuf,
+        }
+
+        fn setup() -> Setup {
+            let dir = TempDir::new("checkpoint-take");
+            let store =
+                Store::open(&dir.0.join("phases"), Limits { max_bytes: 1 << 30, max_age: Duration::from_secs(3600) })
+                    .unwrap();
+            let vm = FakeVm::new();
+            for (rel, data) in
+                [("hooks/install.d/10-x", "x\n"), ("out/img.d/manifest", "m\n"), ("perm/home/cache", "big\n")]
+            {
+                vm.0.borrow_mut()
+                    .tree
+                    .insert(paths::aux(rel), FakeFile { data: data.as_bytes().to_vec(), mode: 0o644 });
+            }
+            let disk = dir.0.join("target.raw");
+            let f = std::fs::File::create(&disk).unwrap();
+            f.set_len(8 << 20).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&f, b"the root file system", 1 << 20).unwrap();
+            Setup { dir, store, vm, disk }
+        }
+
+        fn new_entry<'a>(inputs: &'a Inputs, facts: &'a [(String, String)]) -> NewEntry<'a> {
+            NewEntry {
+                key: Key::chain(None, "root.d", inputs),
+                parent: None,
+                phase: "root.d",
+                elements: &[],
+                inputs,
+                facts,
+            }
+        }
+
+        fn scripts_run(vm: &FakeVm) -> Vec<String> {
+            vm.ops()
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Script { name, args } if name == "checkpoint.sh" => Some(args.join(" ")),
+                    Op::SendTree { root } => Some(format!("tar of {root}")),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_checkpoint_holds_the_disk_and_the_aux_tree_without_the_helper_drive() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let facts = [("root-uuid".to_owned(), "0000-1111".to_owned())];
+            let mut guest = s.vm.guest();
+            let t = Take { entry: new_entry(&inputs, &facts), disk: &s.disk, aux_max: 1 << 20 };
+            let entry = take(&mut *guest, &s.store, &t).unwrap();
+            assert_eq!(std::fs::read(entry.file("disk")).unwrap(), std::fs::read(&s.disk).unwrap());
+            assert_eq!(entry.manifest.facts, facts);
+            let listing = std::process::Command::new("tar").arg("-tf").arg(entry.file("aux.tar")).output().unwrap();
+            let names = String::from_utf8_lossy(&listing.stdout).into_owned();
+            assert!(names.lines().any(|l| l.trim_start_matches("./") == "hooks/install.d/10-x"), "{names}");
+            assert!(names.lines().any(|l| l.trim_start_matches("./") == "out/img.d/manifest"), "{names}");
+            assert!(!names.contains("perm/home"), "the helper drive went into the checkpoint: {names}");
+            // The disk is copied between the freeze and the thaw.
+            assert_eq!(scripts_run(&s.vm), [format!("tar of {AUX}"), "freeze".into(), "thaw".into()]);
+        }
+
+        #[test]
+        fn a_failed_copy_still_thaws_the_guest_and_stores_nothing() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let missing = s.dir.0.join("no-such-disk");
+            let mut guest = s.vm.guest();
+            let t = Take { entry: new_entry(&inputs, &[]), disk: &missing, aux_max: 1 << 20 };
+            let err = take(&mut *guest, &s.store, &t).unwrap_err();
+            assert!(err.to_string().contains("no-such-disk"), "{err}");
+            assert_eq!(scripts_run(&s.vm).last().map(String::as_str), Some("thaw"));
+            assert!(s.store.list().is_empty());
+        }
+
+        #[test]
+        fn an_aux_tree_over_its_bound_is_refused_before_the_guest_is_frozen() {
+            let s = setup();
+            s.vm.0
+                .borrow_mut()
+                .tree
+                .insert(paths::aux("hooks/huge"), FakeFile { data: vec![7; 64 << 10], mode: 0o644 });
+            let inputs = Inputs::default();
+            let mut guest = s.vm.guest();
+            let t = Take { entry: new_entry(&inputs, &[]), disk: &s.disk, aux_max: 32 << 10 };
+            assert!(matches!(take(&mut *guest, &s.store, &t), Err(CheckpointError::AuxTooLarge(_))));
+            assert!(!scripts_run(&s.vm).contains(&"freeze".to_owned()));
+            assert!(s.store.list().is_empty());
+        }
+
+        #[test]
+        fn a_restore_puts_the_disk_and_the_aux_tree_back() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let mut guest = s.vm.guest();
+            let t = Take { entry: new_entry(&inputs, &[]), disk: &s.disk, aux_max: 1 << 20 };
+            let entry = take(&mut *guest, &s.store, &t).unwrap();
+            let taken = std::fs::read(&s.disk).unwrap();
+            // A later build: another disk, an empty aux tree.
+            std::fs::write(&s.disk, vec![9u8; 8 << 20]).unwrap();
+            s.vm.0.borrow_mut().tree.clear();
+            restore_disk(&entry, &s.disk).unwrap();
+            assert!(std::fs::read(&s.disk).unwrap() == taken, "the disk is not the checkpoint's");
+            restore_aux(&mut *guest, &entry).unwrap();
+            assert_eq!(s.vm.file(&paths::aux("hooks/install.d/10-x")).map(|f| f.data), Some(b"x\n".to_vec()));
+            assert_eq!(s.vm.file(&paths::aux("out/img.d/manifest")).map(|f| f.data), Some(b"m\n".to_vec()));
+            assert!(s.vm.ops().contains(&Op::ReceiveTar { dest: AUX.to_owned() }));
+        }
     }
 }

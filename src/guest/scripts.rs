@@ -23,6 +23,7 @@ scripts! {
     BLOCK_LAYER_ENTER = "block-layer-enter.sh";
     BLOCK_LAYER_PREPARE = "block-layer-prepare.sh";
     BLOCK_LAYER = "block-layer.sh";
+    CHECKPOINT = "checkpoint.sh";
     CLEAN_IMAGE = "clean-image.sh";
     FINISH_APPLIANCE = "finish-appliance.sh";
     HELPER_DRIVE = "helper-drive.sh";

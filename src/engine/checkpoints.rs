@@ -39,6 +39,47 @@ pub struct BuildInputs {
     pub tools: Digest,
 }
 
+/// The disk layout a checkpoint's disk was made with: size, file system, label, mkfs options
+/// (the block-device layer's configuration is a variable, in the environment). Not the name: a
+/// rebuild to another place reuses the same checkpoints.
+pub fn layout_digest(image: &crate::plan::ImagePlan) -> Digest {
+    let size = image.size.to_string();
+    let mkfs = image.mkfs_options.as_deref().unwrap_or("");
+    Digest::of_fields([
+        ("size", size.as_str()),
+        ("fs-type", &image.fs_type),
+        ("root-label", &image.root_label),
+        ("mkfs-options", mkfs),
+    ])
+}
+
+/// What runs the phases: microdib itself, the guest kernel, the agent, and the appliance
+/// (whose directory is named by the digest of its content).
+pub struct Tools<'a> {
+    pub microdib: &'a Path,
+    pub kernel: &'a Path,
+    pub agent: &'a Path,
+    pub appliance_root: &'a Path,
+}
+
+impl Tools<'_> {
+    pub fn digest(&self) -> Result<Digest, CheckpointError> {
+        let sum = |path: &Path| -> Result<String, CheckpointError> {
+            let bytes = std::fs::read(path).map_err(|source| CheckpointError::Key { path: path.to_owned(), source })?;
+            Ok(Digest::of(&bytes).hex())
+        };
+        let appliance = self.appliance_root.parent().and_then(Path::file_name).unwrap_or_default();
+        let (microdib, kernel, agent) = (sum(self.microdib)?, sum(self.kernel)?, sum(self.agent)?);
+        let appliance = appliance.to_string_lossy();
+        Ok(Digest::of_fields([
+            ("microdib", microdib.as_str()),
+            ("kernel", &kernel),
+            ("agent", &agent),
+            ("appliance", &appliance),
+        ]))
+    }
+}
+
 /// The keys of one build's checkpoints, made in phase order.
 pub struct KeyChain<'a> {
     build: &'a BuildInputs,
@@ -468,5 +509,53 @@ mod tests {
             assert_eq!(s.vm.file(&paths::aux("out/img.d/manifest")).map(|f| f.data), Some(b"m\n".to_vec()));
             assert!(s.vm.ops().contains(&Op::ReceiveTar { dest: AUX.to_owned() }));
         }
+    }
+
+    #[test]
+    fn the_layout_is_every_disk_option_but_the_name() {
+        let image = crate::plan::ImagePlan {
+            name: "out/img".into(),
+            size: 256 << 20,
+            fs_type: "ext4".into(),
+            root_label: "cloudimg-rootfs".into(),
+            mkfs_options: None,
+        };
+        let d = layout_digest(&image);
+        assert_eq!(layout_digest(&crate::plan::ImagePlan { name: "elsewhere/img".into(), ..image.clone() }), d);
+        let changed = [
+            crate::plan::ImagePlan { size: 512 << 20, ..image.clone() },
+            crate::plan::ImagePlan { fs_type: "xfs".into(), ..image.clone() },
+            crate::plan::ImagePlan { root_label: "root".into(), ..image.clone() },
+            crate::plan::ImagePlan { mkfs_options: Some("-m 0".into()), ..image.clone() },
+        ];
+        for other in changed {
+            assert_ne!(layout_digest(&other), d, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn the_tools_are_their_contents_and_the_appliances_name() {
+        let t = TempDir::new("tools");
+        let file = |name: &str, text: &str| {
+            let p = t.0.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (microdib, kernel, agent) = (file("microdib", "m"), file("vmlinuz", "k"), file("agent", "a"));
+        let root = file("appliance/0123abcd/root.squashfs", "r");
+        let tools = Tools { microdib: &microdib, kernel: &kernel, agent: &agent, appliance_root: &root };
+        let d = tools.digest().unwrap();
+        for path in [&microdib, &kernel, &agent] {
+            let before = std::fs::read(path).unwrap();
+            std::fs::write(path, "changed").unwrap();
+            assert_ne!(tools.digest().unwrap(), d, "{}", path.display());
+            std::fs::write(path, before).unwrap();
+        }
+        let other = file("appliance/4567ef01/root.squashfs", "r");
+        assert_ne!(Tools { appliance_root: &other, ..tools }.digest().unwrap(), d);
+        assert_eq!(tools.digest().unwrap(), d);
+        let missing = t.0.join("missing");
+        assert!(matches!(Tools { kernel: &missing, ..tools }.digest(), Err(CheckpointError::Key { .. })));
     }
 }

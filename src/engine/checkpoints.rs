@@ -4,6 +4,7 @@
 //! root file system's random UUID, the log's time stamp), or no key would match twice: what a
 //! phase makes up and later phases read is a fact the checkpoint carries, not an input.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,46 @@ const ROOT_FS_UUID: &str = "DIB_IMAGE_ROOT_FS_UUID";
 
 /// Where the aux tree's runtime directories are: the helper drive and NAME.d, the build's own.
 const AUX_RUNTIME: [&str; 2] = ["perm", "out"];
+
+/// The places in the aux tree a checkpoint's key leaves out: later phases' hook directories
+/// and, before pre-install.d, the extra packages' list and installer. Editing them reuses the
+/// checkpoint, so a restore gives them the host's current content.
+pub fn skipped_places(phase: Phase) -> Vec<PathBuf> {
+    let mut places: Vec<PathBuf> =
+        Phase::ALL.iter().filter(|p| **p > phase).map(|p| Path::new("hooks").join(p.dir())).collect();
+    if phase < Phase::PreInstall {
+        places.extend(["extra-packages", "install-packages.sh"].map(PathBuf::from));
+    }
+    places
+}
+
+/// The files the host's aux tree holds in `places` (relative paths, `/`-separated), with the
+/// digests of their contents (a link: of its target).
+pub fn host_files(aux: &Path, places: &[PathBuf]) -> Result<BTreeMap<String, Digest>, CheckpointError> {
+    let mut found = BTreeMap::new();
+    let mut pending: Vec<PathBuf> = places.to_vec();
+    while let Some(rel) = pending.pop() {
+        let path = aux.join(&rel);
+        let key_err = |source| CheckpointError::Key { path: path.clone(), source };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(key_err(e)),
+        };
+        let name = rel.to_string_lossy().into_owned();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(key_err)? {
+                pending.push(rel.join(entry.map_err(key_err)?.file_name()));
+            }
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(key_err)?;
+            found.insert(name, Digest::of_fields([("link", target.to_string_lossy().as_ref())]));
+        } else {
+            found.insert(name, Digest::of(&std::fs::read(&path).map_err(key_err)?));
+        }
+    }
+    Ok(found)
+}
 
 /// What every checkpoint of a build depends on besides the aux tree and the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,12 +216,9 @@ impl<'a> KeyChain<'a> {
     /// it decides whether what follows is reused.
     pub fn next(&mut self, phase: Phase, host_changes: Option<Digest>) -> Result<(Key, Inputs), CheckpointError> {
         let mut inputs = Inputs::default();
-        let later: Vec<&str> = Phase::ALL.iter().filter(|p| **p > phase).map(|p| p.dir()).collect();
+        let skipped = skipped_places(phase);
         let aux = &self.build.aux;
-        let skip = |rel: &Path| {
-            AUX_RUNTIME.iter().any(|d| rel == Path::new(d))
-                || later.iter().any(|dir| rel == Path::new("hooks").join(dir))
-        };
+        let skip = |rel: &Path| AUX_RUNTIME.iter().any(|d| rel == Path::new(d)) || skipped.iter().any(|p| rel == p);
         let read_err = |path: &Path| {
             let path = path.to_owned();
             move |source| CheckpointError::Key { path, source }
@@ -364,7 +402,10 @@ mod tests {
     fn extra_packages_invalidate_from_pre_install_d() {
         let mut f = Fixture::new();
         let before = f.keys();
+        // The list, and the installer the aux tree gets with it.
         f.build.extra_packages = vec!["less".into()];
+        std::fs::write(f.aux("extra-packages"), "less").unwrap();
+        std::fs::write(f.aux("install-packages.sh"), "installer\n").unwrap();
         assert_eq!(kept(&before, &f.keys()), phase_index(Phase::PreInstall));
     }
 

@@ -138,6 +138,10 @@ pub enum CheckpointError {
     Io { what: String, source: std::io::Error },
     #[error("the aux tree's archive is larger than {0} bytes")]
     AuxTooLarge(u64),
+    #[error("the entry's record of the host's files is damaged")]
+    BadRecord,
+    #[error("{0}, which the build changed, is not what it was when the checkpoint was taken")]
+    ChangedSinceTaken(String),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -152,18 +156,89 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckpointError
 /// The entry's files: the disk and the aux tree's archive.
 const DISK: &str = "disk";
 const AUX_TAR: &str = "aux.tar";
+const HOST_RECORD: &str = "host-files";
 
-/// A checkpoint to take: what it is stored as, and where the build's disk is on the host.
+/// A checkpoint to take: what it is stored as, and where the build's disk and the host's aux
+/// tree are.
 pub struct Take<'a> {
-    pub entry: NewEntry<'a>,
+    pub key: Key,
+    pub parent: Option<Key>,
+    pub phase: Phase,
+    pub elements: &'a [String],
+    pub inputs: &'a Inputs,
+    pub facts: &'a [(String, String)],
+    /// The host's aux tree, whose files in the key's skipped places the entry records.
+    pub host_aux: &'a Path,
     /// The disk the build writes (the target disk, or the block-device layer's scratch disk).
     pub disk: &'a Path,
     /// The most the aux tree's archive may hold (the appliance's memory holds the tree).
     pub aux_max: u64,
 }
 
-/// Takes a checkpoint into `store`: the aux tree's archive (without the helper drive), then the
-/// disk, copied while the guest holds the root's file system still.
+/// The entry's record of the host's files in the places its key skipped: `provided` ones the
+/// build left as they were (a restore gives the host's current ones), `pinned` ones the build
+/// changed (a restore is only valid while the host's are still what they were).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HostRecord {
+    provided: BTreeMap<String, Digest>,
+    pinned: BTreeMap<String, Digest>,
+}
+
+/// A host record longer than this is not one of ours.
+const HOST_RECORD_MAX: u64 = 16 << 20;
+
+impl HostRecord {
+    /// Splits the host's files by what the guest's sums say of them (a file the guest lacks,
+    /// or a link, which it does not sum, counts as changed: the safe side).
+    fn new(host: BTreeMap<String, Digest>, guest_sums: &str) -> HostRecord {
+        let guest: BTreeMap<&str, Option<Digest>> = guest_sums
+            .split('\0')
+            .filter_map(|rec| rec.split_once("  "))
+            .map(|(sum, path)| (path, Digest::from_hex(sum)))
+            .collect();
+        let mut r = HostRecord::default();
+        for (path, digest) in host {
+            match guest.get(path.as_str()) {
+                Some(Some(d)) if *d == digest => r.provided.insert(path, digest),
+                _ => r.pinned.insert(path, digest),
+            };
+        }
+        r
+    }
+
+    /// NUL-separated records: `provided` or `pinned`, the digest, the path.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (kind, files) in [("provided", &self.provided), ("pinned", &self.pinned)] {
+            for (path, d) in files {
+                out.extend_from_slice(format!("{kind}\0{d}\0{path}\0").as_bytes());
+            }
+        }
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Option<HostRecord> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split('\0');
+        let mut r = HostRecord::default();
+        loop {
+            let kind = fields.next()?;
+            if kind.is_empty() {
+                return fields.next().is_none().then_some(r);
+            }
+            let (d, path) = (Digest::from_hex(fields.next()?)?, fields.next()?.to_owned());
+            match kind {
+                "provided" => r.provided.insert(path, d),
+                "pinned" => r.pinned.insert(path, d),
+                _ => return None,
+            };
+        }
+    }
+}
+
+/// Takes a checkpoint into `store`: the aux tree's archive (without the helper drive) and the
+/// record of the host's files in the key's skipped places, then the disk, copied while the
+/// guest holds the root's file system still.
 pub fn take(guest: &mut dyn Guest, store: &Store, t: &Take<'_>) -> Result<Entry, CheckpointError> {
     let pending = store.begin()?;
     let aux_path = pending.path(AUX_TAR)?;
@@ -183,13 +258,31 @@ pub fn take(guest: &mut dyn Guest, store: &Store, t: &Take<'_>) -> Result<Entry,
     }
     sent?;
     aux.sync_all().map_err(io(format!("cannot write {}", aux_path.display())))?;
+
+    let places = skipped_places(t.phase);
+    let place_args: Vec<String> = places.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    let mut args = vec!["sums"];
+    args.extend(place_args.iter().map(String::as_str));
+    let sums = guest.script(&scripts::CHECKPOINT, &args)?;
+    let record = HostRecord::new(host_files(t.host_aux, &places)?, &sums);
+    let record_path = pending.path(HOST_RECORD)?;
+    std::fs::write(&record_path, record.to_bytes()).map_err(io(format!("cannot write {}", record_path.display())))?;
+
     guest.script(&scripts::CHECKPOINT, &["freeze"])?;
     let disk_path = pending.path(DISK)?;
     let copied = copy_sparse(t.disk, &disk_path).map_err(io(format!("cannot copy {}", t.disk.display())));
     // Thawed whatever the copy did: the build goes on either way.
     guest.script(&scripts::CHECKPOINT, &["thaw"])?;
     copied?;
-    Ok(pending.commit(&t.entry)?)
+    let entry = NewEntry {
+        key: t.key,
+        parent: t.parent,
+        phase: t.phase.dir(),
+        elements: t.elements,
+        inputs: t.inputs,
+        facts: t.facts,
+    };
+    Ok(pending.commit(&entry)?)
 }
 
 /// Restores an entry's disk into the build's disk file, in place (before the VM opens it, or
@@ -198,12 +291,39 @@ pub fn restore_disk(entry: &Entry, disk: &Path) -> Result<u64, CheckpointError> 
     restore_into(&entry.file(DISK), disk).map_err(io(format!("cannot restore {}", disk.display())))
 }
 
-/// Restores an entry's aux tree in the guest (the archive goes back as it came: the host never
-/// unpacks it).
-pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry) -> Result<(), CheckpointError> {
-    let path = entry.file(AUX_TAR);
-    let mut archive = std::fs::File::open(&path).map_err(io(format!("cannot read {}", path.display())))?;
-    Ok(guest.receive_tar(AUX, &mut archive)?)
+/// Restores an entry's aux tree in the guest (its archive goes back unopened: the host never
+/// unpacks it), then gives the key's skipped places the host's current files: a file the build
+/// left as the host gave it is replaced (or removed, if the host has it no more), one a script
+/// added stays, one the build changed must still be what the host gave, or nothing is restored.
+pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry, host_aux: &Path, phase: Phase) -> Result<(), CheckpointError> {
+    let record_path = entry.file(HOST_RECORD);
+    let mut bytes = Vec::new();
+    std::fs::File::open(&record_path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, HOST_RECORD_MAX + 1), &mut bytes))
+        .map_err(io(format!("cannot read {}", record_path.display())))?;
+    let record = HostRecord::parse(&bytes).ok_or(CheckpointError::BadRecord)?;
+    let now = host_files(host_aux, &skipped_places(phase))?;
+    if let Some(path) = record.pinned.iter().find(|(p, d)| now.get(*p) != Some(*d)).map(|(p, _)| p) {
+        return Err(CheckpointError::ChangedSinceTaken(path.clone()));
+    }
+    let archive_path = entry.file(AUX_TAR);
+    let mut archive =
+        std::fs::File::open(&archive_path).map_err(io(format!("cannot read {}", archive_path.display())))?;
+    guest.receive_tar(AUX, &mut archive)?;
+    let gone: Vec<String> =
+        record.provided.keys().filter(|p| !now.contains_key(*p)).map(|p| crate::guest::paths::aux(p)).collect();
+    if !gone.is_empty() {
+        guest.remove(&gone)?;
+    }
+    let current: Vec<&String> = now.keys().filter(|p| !record.pinned.contains_key(*p)).collect();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    for rel in current {
+        tar.append_path_with_name(host_aux.join(rel), rel).map_err(io(format!("cannot pack {rel}")))?;
+    }
+    let tar = tar.into_inner().map_err(io("cannot pack the host's hooks"))?;
+    guest.receive_tar(AUX, &mut &tar[..])?;
+    Ok(())
 }
 
 impl<'a> KeyChain<'a> {
@@ -436,41 +556,75 @@ mod tests {
         use crate::testing::TempDir;
         use std::time::Duration;
 
+        /// A build at the root.d checkpoint: the host's aux tree and the guest's copy of it (as
+        /// the host sent it, plus what the build did), a disk, a store.
         struct Setup {
             dir: TempDir,
             store: Store,
             vm: FakeVm,
             disk: PathBuf,
+            host_aux: PathBuf,
         }
+
+        const HOST_FILES: [(&str, &str); 4] = [
+            ("hooks/install.d/10-x", "x\n"),
+            ("hooks/finalise.d/50-edit-me", "old\n"),
+            ("hooks/finalise.d/60-gone-later", "gone\n"),
+            ("hooks/finalise.d/70-changed-by-root-d", "host's\n"),
+        ];
 
         fn setup() -> Setup {
             let dir = TempDir::new("checkpoint-take");
-            let store =
-                Store::open(&dir.0.join("phases"), Limits { max_bytes: 1 << 30, max_age: Duration::from_secs(3600) })
-                    .unwrap();
+            let limits = Limits { max_bytes: 1 << 30, max_age: Duration::from_secs(3600) };
+            let store = Store::open(&dir.0.join("phases"), limits).unwrap();
+            let host_aux = dir.0.join("aux");
             let vm = FakeVm::new();
-            for (rel, data) in
-                [("hooks/install.d/10-x", "x\n"), ("out/img.d/manifest", "m\n"), ("perm/home/cache", "big\n")]
-            {
-                vm.0.borrow_mut()
-                    .tree
-                    .insert(paths::aux(rel), FakeFile { data: data.as_bytes().to_vec(), mode: 0o644 });
+            for (rel, text) in HOST_FILES {
+                host_file(&host_aux, rel, text);
+                guest_file(&vm, rel, text);
             }
+            // What the build did by then: NAME.d, the helper drive, a finalise.d script a root.d
+            // script added, one it changed.
+            guest_file(&vm, "out/img.d/manifest", "m\n");
+            guest_file(&vm, "perm/home/cache", "big\n");
+            guest_file(&vm, "hooks/finalise.d/80-added-by-root-d", "added\n");
+            guest_file(&vm, "hooks/finalise.d/70-changed-by-root-d", "changed by root.d\n");
             let disk = dir.0.join("target.raw");
             let f = std::fs::File::create(&disk).unwrap();
             f.set_len(8 << 20).unwrap();
             std::os::unix::fs::FileExt::write_all_at(&f, b"the root file system", 1 << 20).unwrap();
-            Setup { dir, store, vm, disk }
+            Setup { dir, store, vm, disk, host_aux }
         }
 
-        fn new_entry<'a>(inputs: &'a Inputs, facts: &'a [(String, String)]) -> NewEntry<'a> {
-            NewEntry {
+        fn host_file(aux: &Path, rel: &str, text: &str) {
+            std::fs::create_dir_all(aux.join(rel).parent().unwrap()).unwrap();
+            std::fs::write(aux.join(rel), text).unwrap();
+        }
+
+        fn guest_file(vm: &FakeVm, rel: &str, text: &str) {
+            vm.0.borrow_mut().tree.insert(paths::aux(rel), FakeFile { data: text.as_bytes().to_vec(), mode: 0o755 });
+        }
+
+        fn guest_text(vm: &FakeVm, rel: &str) -> Option<String> {
+            vm.file(&paths::aux(rel)).map(|f| String::from_utf8(f.data).unwrap())
+        }
+
+        fn take_root_d<'a>(
+            s: &'a Setup,
+            disk: &'a Path,
+            inputs: &'a Inputs,
+            facts: &'a [(String, String)],
+        ) -> Take<'a> {
+            Take {
                 key: Key::chain(None, "root.d", inputs),
                 parent: None,
-                phase: "root.d",
+                phase: Phase::Root,
                 elements: &[],
                 inputs,
                 facts,
+                host_aux: &s.host_aux,
+                disk,
+                aux_max: 1 << 20,
             }
         }
 
@@ -478,7 +632,7 @@ mod tests {
             vm.ops()
                 .into_iter()
                 .filter_map(|op| match op {
-                    Op::Script { name, args } if name == "checkpoint.sh" => Some(args.join(" ")),
+                    Op::Script { name, args } if name == "checkpoint.sh" => Some(args[0].clone()),
                     Op::SendTree { root } => Some(format!("tar of {root}")),
                     _ => None,
                 })
@@ -490,18 +644,20 @@ mod tests {
             let s = setup();
             let inputs = Inputs::default();
             let facts = [("root-uuid".to_owned(), "0000-1111".to_owned())];
-            let mut guest = s.vm.guest();
-            let t = Take { entry: new_entry(&inputs, &facts), disk: &s.disk, aux_max: 1 << 20 };
-            let entry = take(&mut *guest, &s.store, &t).unwrap();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &facts)).unwrap();
             assert_eq!(std::fs::read(entry.file("disk")).unwrap(), std::fs::read(&s.disk).unwrap());
             assert_eq!(entry.manifest.facts, facts);
+            assert_eq!(entry.manifest.phase, "root.d");
             let listing = std::process::Command::new("tar").arg("-tf").arg(entry.file("aux.tar")).output().unwrap();
-            let names = String::from_utf8_lossy(&listing.stdout).into_owned();
-            assert!(names.lines().any(|l| l.trim_start_matches("./") == "hooks/install.d/10-x"), "{names}");
-            assert!(names.lines().any(|l| l.trim_start_matches("./") == "out/img.d/manifest"), "{names}");
-            assert!(!names.contains("perm/home"), "the helper drive went into the checkpoint: {names}");
+            let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+                .lines()
+                .map(|l| l.trim_start_matches("./").to_owned())
+                .collect();
+            assert!(names.contains(&"hooks/install.d/10-x".to_owned()), "{names:?}");
+            assert!(names.contains(&"out/img.d/manifest".to_owned()), "{names:?}");
+            assert!(!names.iter().any(|n| n.contains("perm/home")), "the helper drive is in the checkpoint: {names:?}");
             // The disk is copied between the freeze and the thaw.
-            assert_eq!(scripts_run(&s.vm), [format!("tar of {AUX}"), "freeze".into(), "thaw".into()]);
+            assert_eq!(scripts_run(&s.vm), [format!("tar of {AUX}"), "sums".into(), "freeze".into(), "thaw".into()]);
         }
 
         #[test]
@@ -509,9 +665,7 @@ mod tests {
             let s = setup();
             let inputs = Inputs::default();
             let missing = s.dir.0.join("no-such-disk");
-            let mut guest = s.vm.guest();
-            let t = Take { entry: new_entry(&inputs, &[]), disk: &missing, aux_max: 1 << 20 };
-            let err = take(&mut *guest, &s.store, &t).unwrap_err();
+            let err = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &missing, &inputs, &[])).unwrap_err();
             assert!(err.to_string().contains("no-such-disk"), "{err}");
             assert_eq!(scripts_run(&s.vm).last().map(String::as_str), Some("thaw"));
             assert!(s.store.list().is_empty());
@@ -525,30 +679,83 @@ mod tests {
                 .tree
                 .insert(paths::aux("hooks/huge"), FakeFile { data: vec![7; 64 << 10], mode: 0o644 });
             let inputs = Inputs::default();
-            let mut guest = s.vm.guest();
-            let t = Take { entry: new_entry(&inputs, &[]), disk: &s.disk, aux_max: 32 << 10 };
-            assert!(matches!(take(&mut *guest, &s.store, &t), Err(CheckpointError::AuxTooLarge(_))));
+            let t = Take { aux_max: 32 << 10, ..take_root_d(&s, &s.disk, &inputs, &[]) };
+            assert!(matches!(take(&mut *s.vm.guest(), &s.store, &t), Err(CheckpointError::AuxTooLarge(_))));
             assert!(!scripts_run(&s.vm).contains(&"freeze".to_owned()));
             assert!(s.store.list().is_empty());
         }
 
         #[test]
-        fn a_restore_puts_the_disk_and_the_aux_tree_back() {
+        fn a_restore_brings_back_the_disk_and_the_build_and_takes_the_hosts_later_scripts() {
             let s = setup();
             let inputs = Inputs::default();
-            let mut guest = s.vm.guest();
-            let t = Take { entry: new_entry(&inputs, &[]), disk: &s.disk, aux_max: 1 << 20 };
-            let entry = take(&mut *guest, &s.store, &t).unwrap();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
             let taken = std::fs::read(&s.disk).unwrap();
-            // A later build: another disk, an empty aux tree.
+            // The next build: a finalise.d script edited, another gone, a new one; a fresh VM
+            // that has the host's aux tree as sent and a new disk.
+            host_file(&s.host_aux, "hooks/finalise.d/50-edit-me", "new\n");
+            std::fs::remove_file(s.host_aux.join("hooks/finalise.d/60-gone-later")).unwrap();
+            host_file(&s.host_aux, "hooks/finalise.d/90-new", "new script\n");
+            let vm = FakeVm::new();
             std::fs::write(&s.disk, vec![9u8; 8 << 20]).unwrap();
-            s.vm.0.borrow_mut().tree.clear();
+
             restore_disk(&entry, &s.disk).unwrap();
             assert!(std::fs::read(&s.disk).unwrap() == taken, "the disk is not the checkpoint's");
-            restore_aux(&mut *guest, &entry).unwrap();
-            assert_eq!(s.vm.file(&paths::aux("hooks/install.d/10-x")).map(|f| f.data), Some(b"x\n".to_vec()));
-            assert_eq!(s.vm.file(&paths::aux("out/img.d/manifest")).map(|f| f.data), Some(b"m\n".to_vec()));
-            assert!(s.vm.ops().contains(&Op::ReceiveTar { dest: AUX.to_owned() }));
+            restore_aux(&mut *vm.guest(), &entry, &s.host_aux, Phase::Root).unwrap();
+            for (rel, want) in [
+                ("hooks/install.d/10-x", Some("x\n")),
+                ("out/img.d/manifest", Some("m\n")),
+                // The host's current later scripts, not the checkpoint's.
+                ("hooks/finalise.d/50-edit-me", Some("new\n")),
+                ("hooks/finalise.d/60-gone-later", None),
+                ("hooks/finalise.d/90-new", Some("new script\n")),
+                // What the build did to them stays.
+                ("hooks/finalise.d/80-added-by-root-d", Some("added\n")),
+                ("hooks/finalise.d/70-changed-by-root-d", Some("changed by root.d\n")),
+            ] {
+                assert_eq!(guest_text(&vm, rel).as_deref(), want, "{rel}");
+            }
+        }
+
+        #[test]
+        fn a_later_script_the_build_changed_and_the_host_changed_since_restores_nothing() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            host_file(&s.host_aux, "hooks/finalise.d/70-changed-by-root-d", "host's, edited\n");
+            let vm = FakeVm::new();
+            let refused = restore_aux(&mut *vm.guest(), &entry, &s.host_aux, Phase::Root);
+            assert!(
+                matches!(&refused, Err(CheckpointError::ChangedSinceTaken(p)) if p.ends_with("70-changed-by-root-d")),
+                "{refused:?}"
+            );
+            assert!(vm.ops().is_empty(), "the guest was touched: {:?}", vm.ops());
+        }
+
+        #[test]
+        fn a_guest_that_lies_about_its_sums_can_only_make_the_restore_stricter() {
+            let s = setup();
+            // Every sum wrong: every host file counts as changed by the build.
+            s.vm.answer(&crate::guest::scripts::CHECKPOINT, |args| match args[0] {
+                "sums" => Ok(format!("{}  hooks/finalise.d/50-edit-me\0", "0".repeat(64))),
+                _ => Ok(String::new()),
+            });
+            let inputs = Inputs::default();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            host_file(&s.host_aux, "hooks/finalise.d/50-edit-me", "new\n");
+            let refused = restore_aux(&mut *FakeVm::new().guest(), &entry, &s.host_aux, Phase::Root);
+            assert!(matches!(refused, Err(CheckpointError::ChangedSinceTaken(_))), "{refused:?}");
+        }
+
+        #[test]
+        fn the_host_record_reads_back_what_was_written_and_nothing_else() {
+            let mut r = HostRecord::default();
+            r.provided.insert("hooks/finalise.d/with space".into(), Digest::of(b"a"));
+            r.pinned.insert("hooks/finalise.d/new\nline".into(), Digest::of(b"b"));
+            assert_eq!(HostRecord::parse(&r.to_bytes()), Some(r));
+            for bad in [&b"provided\0zz\0x\0"[..], b"other\0", b"provided\0", b"\xff\0"] {
+                assert_eq!(HostRecord::parse(bad), None, "{bad:?}");
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use super::env::{BuildVars, Context};
 use super::phases::Phase;
 use crate::cache::sparse::{copy_sparse, restore_into};
-use crate::cache::{tree_digest, CacheError, Digest, Entry, Inputs, Key, NewEntry, Store};
+use crate::cache::{tree_digest, CacheError, Digest, Entry, Inputs, Key, Lookup, NewEntry, Store};
 use crate::guest::paths::AUX;
 use crate::guest::{scripts, Guest, GuestError, TreeTar};
 
@@ -283,6 +283,81 @@ pub fn take(guest: &mut dyn Guest, store: &Store, t: &Take<'_>) -> Result<Entry,
         facts: t.facts,
     };
     Ok(pending.commit(&entry)?)
+}
+
+/// What the store said of one checkpoint, as the build reports it.
+#[derive(Debug)]
+pub enum Consulted {
+    Hit(Box<Entry>),
+    Miss(MissReason),
+}
+
+/// Why a checkpoint was not reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissReason {
+    /// No entry has ever been stored after the previous checkpoint.
+    NeverBuilt,
+    /// The newest entry after the previous checkpoint was made from other inputs.
+    Changed(Vec<String>),
+    /// The entry is older than `--cache-max-age`.
+    Expired(std::time::Duration),
+    /// The entry failed its check and was dropped.
+    Dropped(String),
+}
+
+impl std::fmt::Display for MissReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MissReason::NeverBuilt => f.write_str("not in the cache"),
+            MissReason::Changed(inputs) => write!(f, "changed since the last build: {}", inputs.join(", ")),
+            MissReason::Expired(age) => write!(f, "built {} ago, older than --cache-max-age", human_age(*age)),
+            MissReason::Dropped(why) => write!(f, "the cached one was damaged and dropped ({why})"),
+        }
+    }
+}
+
+/// Looks the checkpoint after `phase` up; on a miss, says why (against the newest entry after
+/// the same previous checkpoint, which names the inputs that changed).
+pub fn consult(
+    store: &Store,
+    key: &Key,
+    parent: Option<&Key>,
+    phase: Phase,
+    inputs: &Inputs,
+) -> Result<Consulted, CheckpointError> {
+    let reason = match store.lookup(key)? {
+        Lookup::Hit(entry) => return Ok(Consulted::Hit(entry)),
+        Lookup::Expired { age } => MissReason::Expired(age),
+        Lookup::Dropped(why) => MissReason::Dropped(why),
+        Lookup::Absent => match store.nearest(parent, phase.dir()) {
+            Some(m) => MissReason::Changed(inputs.changed_from(&m.inputs)),
+            None => MissReason::NeverBuilt,
+        },
+    };
+    Ok(Consulted::Miss(reason))
+}
+
+/// The line a reused phase gets: `install.d: reused from the cache (3f2a91c0, built 2 h ago;
+/// --no-cache rebuilds)`.
+pub fn reused_line(phase: Phase, entry: &Entry, now: std::time::SystemTime) -> String {
+    let built = std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.manifest.created);
+    let age = now.duration_since(built).unwrap_or_default();
+    format!(
+        "{phase}: reused from the cache ({}, built {} ago; --no-cache rebuilds)",
+        entry.manifest.key.0.short(),
+        human_age(age)
+    )
+}
+
+/// An age as people say it: `40 s`, `12 min`, `3 h`, `2 days`.
+pub fn human_age(age: std::time::Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..=89 => format!("{s} s"),
+        90..=5399 => format!("{} min", (s + 30) / 60),
+        5400..=129_599 => format!("{} h", (s + 1800) / 3600),
+        _ => format!("{} days", (s + 43_200) / 86_400),
+    }
 }
 
 /// Restores an entry's disk into the build's disk file, in place (before the VM opens it, or
@@ -755,6 +830,41 @@ mod tests {
             assert_eq!(HostRecord::parse(&r.to_bytes()), Some(r));
             for bad in [&b"provided\0zz\0x\0"[..], b"other\0", b"provided\0", b"\xff\0"] {
                 assert_eq!(HostRecord::parse(bad), None, "{bad:?}");
+            }
+        }
+
+        #[test]
+        fn a_lookup_says_hit_or_why_not() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let t = take_root_d(&s, &s.disk, &inputs, &[]);
+            let never = consult(&s.store, &t.key, None, Phase::Root, &inputs).unwrap();
+            assert!(matches!(never, Consulted::Miss(MissReason::NeverBuilt)), "{never:?}");
+            take(&mut *s.vm.guest(), &s.store, &t).unwrap();
+            let hit = consult(&s.store, &t.key, None, Phase::Root, &inputs).unwrap();
+            let Consulted::Hit(entry) = hit else { panic!("{hit:?}") };
+            let line = reused_line(Phase::Root, &entry, std::time::SystemTime::now() + Duration::from_secs(7200));
+            assert_eq!(
+                line,
+                format!("root.d: reused from the cache ({}, built 2 h ago; --no-cache rebuilds)", t.key.0.short())
+            );
+            drop(entry);
+            // Another environment: the miss names it.
+            let mut other = Inputs::default();
+            other.add("env", Digest::of(b"DIB_RELEASE=trixie"));
+            let key = Key::chain(None, "root.d", &other);
+            let miss = consult(&s.store, &key, None, Phase::Root, &other).unwrap();
+            assert!(matches!(&miss, Consulted::Miss(MissReason::Changed(c)) if c == &["env"]), "{miss:?}");
+            let Consulted::Miss(reason) = miss else { unreachable!() };
+            assert_eq!(reason.to_string(), "changed since the last build: env");
+        }
+
+        #[test]
+        fn ages_read_as_people_say_them() {
+            for (secs, text) in
+                [(0, "0 s"), (89, "89 s"), (90, "2 min"), (3000, "50 min"), (7200, "2 h"), (200_000, "2 days")]
+            {
+                assert_eq!(human_age(Duration::from_secs(secs)), text, "{secs}");
             }
         }
     }

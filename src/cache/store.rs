@@ -147,6 +147,14 @@ fn is_file_name(name: &str) -> bool {
         && name != "used"
 }
 
+/// A name part no other directory of this process or another has.
+fn unique_suffix() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{t}-{n}", std::process::id())
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -183,6 +191,8 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct EntryInfo {
     pub manifest: Manifest,
+    /// Where it is.
+    pub dir: PathBuf,
     /// Bytes on disk (sparse files count what they hold).
     pub bytes: u64,
     pub last_used: SystemTime,
@@ -225,7 +235,9 @@ impl Store {
                 .map_err(io(format!("cannot make {}", p.display())))?;
         }
         let store = Store { dir: dir.to_owned(), limits };
+        let lock = store.bookkeeping()?;
         store.remove_abandoned();
+        drop(lock);
         Ok(store)
     }
 
@@ -254,34 +266,36 @@ impl Store {
     pub fn lookup(&self, key: &Key) -> Result<Lookup, CacheError> {
         let dir = self.entries().join(key.to_string());
         let manifest_path = dir.join("manifest");
-        let held = match File::open(&manifest_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Absent),
-            Err(e) => return Err(io(format!("cannot open {}", manifest_path.display()))(e)),
-        };
-        held.lock_shared().map_err(io(format!("cannot lock {}", manifest_path.display())))?;
-        // Evicted between the open and the lock: as good as absent.
-        if !manifest_path.exists() {
-            return Ok(Lookup::Absent);
+        // Evicted, or evicted and stored again, between the open and the lock: look again.
+        for _ in 0..3 {
+            let held = match open_manifest(&manifest_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Absent),
+                Err(_) => return Ok(self.drop_entry(None, &dir, "its manifest is not a plain file")),
+            };
+            held.lock_shared().map_err(io(format!("cannot lock {}", manifest_path.display())))?;
+            if !still_at(&held, &manifest_path) {
+                continue;
+            }
+            let manifest = match read_manifest(&held) {
+                Some(m) if m.key == *key => m,
+                _ => return Ok(self.drop_entry(Some(held), &dir, "its manifest is not a valid one")),
+            };
+            let age = Duration::from_secs(now().saturating_sub(manifest.created));
+            if age > self.limits.max_age {
+                return Ok(Lookup::Expired { age });
+            }
+            if let Err(why) = verify_files(&dir, &manifest) {
+                return Ok(self.drop_entry(Some(held), &dir, &why));
+            }
+            touch_used(&dir.join("used"));
+            return Ok(Lookup::Hit(Box::new(Entry { manifest, dir, _held: held })));
         }
-        let manifest = match read_manifest(&held) {
-            Some(m) if m.key == *key => m,
-            _ => return Ok(self.drop_entry(held, &dir, "its manifest is not a valid one")),
-        };
-        let age = Duration::from_secs(now().saturating_sub(manifest.created));
-        if age > self.limits.max_age {
-            return Ok(Lookup::Expired { age });
-        }
-        if let Err(why) = verify_files(&dir, &manifest) {
-            return Ok(self.drop_entry(held, &dir, &why));
-        }
-        let used = dir.join("used");
-        let _ = File::create(&used);
-        Ok(Lookup::Hit(Box::new(Entry { manifest, dir, _held: held })))
+        Ok(Lookup::Absent)
     }
 
     /// Removes an entry that failed its check (unless another build holds it still).
-    fn drop_entry(&self, held: File, dir: &Path, why: &str) -> Lookup {
+    fn drop_entry(&self, held: Option<File>, dir: &Path, why: &str) -> Lookup {
         drop(held);
         if let Ok(_lock) = self.bookkeeping() {
             let _ = self.remove_entry_if_unused(dir);
@@ -300,9 +314,10 @@ impl Store {
 
     /// Starts a new entry: its files are written into the returned place, then committed.
     pub fn begin(&self) -> Result<Pending<'_>, CacheError> {
-        let name =
-            format!("{}.{}", std::process::id(), Digest::of(format!("{:?}", SystemTime::now()).as_bytes()).short());
-        let dir = self.tmp().join(name);
+        let dir = self.tmp().join(format!("{}.{}", std::process::id(), unique_suffix()));
+        // Made and locked under the bookkeeping lock, so that no store being opened takes it
+        // for a killed build's.
+        let _lock = self.bookkeeping()?;
         DirBuilder::new().mode(0o700).create(&dir).map_err(io(format!("cannot make {}", dir.display())))?;
         let held = File::open(&dir).map_err(io(format!("cannot open {}", dir.display())))?;
         held.lock().map_err(io(format!("cannot lock {}", dir.display())))?;
@@ -315,11 +330,12 @@ impl Store {
         let mut out = Vec::new();
         for e in rd.flatten() {
             let dir = e.path();
-            let Some(manifest) = File::open(dir.join("manifest")).ok().as_ref().and_then(read_manifest) else {
+            let Some(manifest) = open_manifest(&dir.join("manifest")).ok().as_ref().and_then(read_manifest) else {
                 continue;
             };
-            let last_used = std::fs::metadata(dir.join("used")).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
-            out.push(EntryInfo { bytes: disk_usage(&dir), manifest, last_used });
+            let last_used =
+                std::fs::symlink_metadata(dir.join("used")).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
+            out.push(EntryInfo { bytes: disk_usage(&dir), manifest, last_used, dir });
         }
         out.sort_by_key(|i| std::cmp::Reverse(i.last_used));
         out
@@ -341,15 +357,23 @@ impl Store {
     /// until the rest fits. Entries in use stay, past the bound if need be (the next commit
     /// evicts them). Called with the bookkeeping lock held.
     fn evict(&self) -> Result<(), CacheError> {
+        // Only whole entries reach entries/: one whose manifest does not read is damage, and goes.
+        if let Ok(rd) = std::fs::read_dir(self.entries()) {
+            for e in rd.flatten() {
+                let readable =
+                    open_manifest(&e.path().join("manifest")).ok().as_ref().and_then(read_manifest).is_some();
+                if !readable {
+                    self.remove_entry_if_unused(&e.path())?;
+                }
+            }
+        }
         let mut entries = self.list();
         let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
         // Oldest use first.
         entries.reverse();
         for e in entries {
             let expired = now().saturating_sub(e.manifest.created) > self.limits.max_age.as_secs();
-            if (expired || total > self.limits.max_bytes)
-                && self.remove_entry_if_unused(&self.entries().join(e.manifest.key.to_string()))?
-            {
+            if (expired || total > self.limits.max_bytes) && self.remove_entry_if_unused(&e.dir)? {
                 total -= e.bytes;
             }
         }
@@ -359,15 +383,17 @@ impl Store {
     /// Moves an entry out (atomically: into tmp/) and deletes it, unless a build holds it.
     fn remove_entry_if_unused(&self, dir: &Path) -> Result<bool, CacheError> {
         let manifest = dir.join("manifest");
-        if let Ok(f) = File::open(&manifest) {
-            match f.try_lock() {
-                Ok(()) => {}
+        // Held (exclusively) until the entry has left entries/: no lookup can take it meanwhile.
+        let _held = match open_manifest(&manifest) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => Some(f),
                 Err(TryLockError::WouldBlock) => return Ok(false),
                 Err(TryLockError::Error(e)) => return Err(io(format!("cannot lock {}", manifest.display()))(e)),
-            }
-        }
+            },
+            Err(_) => None,
+        };
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let gone = self.tmp().join(format!("gone.{name}.{}", std::process::id()));
+        let gone = self.tmp().join(format!("gone.{name}.{}", unique_suffix()));
         std::fs::rename(dir, &gone).map_err(io(format!("cannot remove {}", dir.display())))?;
         // Out of entries/ it is gone for every build; what a failed or raced delete leaves in
         // tmp/ goes when a store is next opened.
@@ -462,6 +488,15 @@ impl Pending<'_> {
 
         let lock = self.store.bookkeeping()?;
         let dest = self.store.entries().join(key.to_string());
+        // An entry already there that is no use (expired, damaged) makes way for this one.
+        if dest.exists() {
+            let usable = open_manifest(&dest.join("manifest")).ok().as_ref().and_then(read_manifest).is_some_and(|m| {
+                m.key == key && now().saturating_sub(m.created) <= self.store.limits.max_age.as_secs()
+            });
+            if !usable {
+                self.store.remove_entry_if_unused(&dest)?;
+            }
+        }
         match std::fs::rename(&self.dir, &dest) {
             Ok(()) => self.committed = true,
             // Stored by another build meanwhile: ours goes (on drop), theirs is used, checked.
@@ -480,9 +515,10 @@ impl Pending<'_> {
         File::open(self.store.entries()).and_then(|d| d.sync_all()).map_err(io("cannot sync the phase cache"))?;
         // Held before the eviction, which passes over entries in use.
         let manifest_path = dest.join("manifest");
-        let held = File::open(&manifest_path).map_err(io(format!("cannot open {}", manifest_path.display())))?;
+        let held = open_manifest(&manifest_path).map_err(io(format!("cannot open {}", manifest_path.display())))?;
         held.lock_shared().map_err(io(format!("cannot lock {}", manifest_path.display())))?;
-        self.store.evict()?;
+        // The entry is stored: a failed eviction only leaves the store past its bound for now.
+        let _ = self.store.evict();
         drop(lock);
         Ok(Entry { manifest, dir: dest, _held: held })
     }
@@ -496,6 +532,38 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// Opens an entry's manifest as a plain file: never through a link, never blocking on a FIFO.
+fn open_manifest(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a plain file"));
+    }
+    Ok(f)
+}
+
+/// Whether `held` is still the file at `path` (not evicted, not replaced by a new entry).
+fn still_at(held: &File, path: &Path) -> bool {
+    match (held.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Marks an entry used now, without following a link there.
+fn touch_used(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    if let Ok(f) = opened {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
 fn read_manifest(f: &File) -> Option<Manifest> {
     let mut text = String::new();
     f.take(MANIFEST_MAX + 1).read_to_string(&mut text).ok()?;
@@ -505,7 +573,7 @@ fn read_manifest(f: &File) -> Option<Manifest> {
     Manifest::parse(&text)
 }
 
-/// Checks each file of the entry against its size and sum, and that no other file is there.
+/// Checks each file of the entry against its size and sum.
 fn verify_files(dir: &Path, m: &Manifest) -> Result<(), String> {
     for f in &m.files {
         let path = dir.join(&f.name);

@@ -146,15 +146,69 @@ fn an_entry_older_than_the_age_bound_is_not_used() {
     let t = TempDir::new("cache-age");
     let s = store(&t.0, 100 * MIB);
     drop(put(&s, key(1), 100));
-    let manifest = entry_dir(&t.0, &key(1)).join("manifest");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let created: u64 = text.lines().find_map(|l| l.strip_prefix("created ")).unwrap().parse().unwrap();
-    let aged = text.replace(&format!("created {created}"), &format!("created {}", created - 2 * 86400));
-    std::fs::write(&manifest, aged).unwrap();
+    age_entry(&t.0, &key(1), 2 * 86400);
     match s.lookup(&key(1)).unwrap() {
         Lookup::Expired { age } => assert!(age >= 2 * DAY, "{age:?}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Sets an entry's creation time `secs` into the past.
+fn age_entry(dir: &Path, key: &Key, secs: u64) {
+    let manifest = entry_dir(dir, key).join("manifest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let created: u64 = text.lines().find_map(|l| l.strip_prefix("created ")).unwrap().parse().unwrap();
+    std::fs::write(&manifest, text.replace(&format!("created {created}"), &format!("created {}", created - secs)))
+        .unwrap();
+}
+
+#[test]
+fn an_expired_entry_makes_way_for_the_same_key_built_again() {
+    let t = TempDir::new("cache-rebuilt");
+    let s = store(&t.0, 100 * MIB);
+    drop(put(&s, key(1), 100));
+    age_entry(&t.0, &key(1), 2 * 86400);
+    assert!(matches!(s.lookup(&key(1)).unwrap(), Lookup::Expired { .. }));
+    drop(put(&s, key(1), 200));
+    assert_eq!(std::fs::read(hit(&s, &key(1)).file("disk")).unwrap().len(), 200);
+}
+
+#[test]
+fn a_manifest_that_is_a_fifo_or_a_link_is_dropped_without_waiting_or_following() {
+    let t = TempDir::new("cache-fifo");
+    let s = store(&t.0, 100 * MIB);
+    let outside = t.0.join("outside");
+    std::fs::write(&outside, "keep").unwrap();
+    for (n, plant) in [(1u8, "fifo"), (2, "link")] {
+        drop(put(&s, key(n), 100));
+        let manifest = entry_dir(&t.0, &key(n)).join("manifest");
+        std::fs::remove_file(&manifest).unwrap();
+        match plant {
+            "fifo" => assert!(std::process::Command::new("mkfifo").arg(&manifest).status().unwrap().success()),
+            _ => std::os::unix::fs::symlink(&outside, &manifest).unwrap(),
+        }
+        let started = std::time::Instant::now();
+        assert!(matches!(s.lookup(&key(n)).unwrap(), Lookup::Dropped(_)), "{plant}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{plant}: the lookup waited");
+        assert!(!entry_dir(&t.0, &key(n)).exists(), "{plant}: the entry stayed");
+    }
+    // A use stamp that is a link is not written through.
+    drop(put(&s, key(3), 100));
+    let used = entry_dir(&t.0, &key(3)).join("used");
+    std::fs::remove_file(&used).unwrap();
+    std::os::unix::fs::symlink(&outside, &used).unwrap();
+    drop(hit(&s, &key(3)));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+}
+
+#[test]
+fn a_damaged_entry_goes_at_the_next_commit_even_unlooked_at() {
+    let t = TempDir::new("cache-damaged-evicted");
+    let s = store(&t.0, 100 * MIB);
+    drop(put(&s, key(1), 100));
+    std::fs::write(entry_dir(&t.0, &key(1)).join("manifest"), "not a manifest").unwrap();
+    drop(put(&s, key(2), 100));
+    assert!(!entry_dir(&t.0, &key(1)).exists());
 }
 
 #[test]

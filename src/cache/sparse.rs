@@ -84,7 +84,7 @@ fn copy_open(from: &File, to: &File, len: u64) -> io::Result<Copied> {
     let mut copied = 0;
     let mut at = 0;
     while at < len {
-        let Some(data) = seek(from, at, libc::SEEK_DATA)? else { break };
+        let Some(data) = seek(from, at, libc::SEEK_DATA)?.filter(|d| *d < len) else { break };
         let hole = seek(from, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
         copy_range(from, to, data, hole - data)?;
         copied += hole - data;
@@ -119,10 +119,36 @@ fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
         // result is checked.
         let n = unsafe { libc::copy_file_range(from.as_raw_fd(), &mut off_in, to.as_raw_fd(), &mut off_out, chunk, 0) };
         match n {
-            n if n < 0 => return Err(io::Error::last_os_error()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                // Between file systems (tmpfs to ext4) or where the kernel has no such copy.
+                return match e.raw_os_error() {
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        copy_range_by_reading(from, to, offset + done, len - done)
+                    }
+                    _ => Err(e),
+                };
+            }
             0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source ended early")),
             n => done += n as u64,
         }
+    }
+    Ok(())
+}
+
+/// `copy_range` through a buffer, where copy_file_range cannot.
+fn copy_range_by_reading(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = from.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source ended early"));
+        }
+        to.write_all_at(&buf[..n], offset + done)?;
+        done += n as u64;
     }
     Ok(())
 }
@@ -195,6 +221,24 @@ mod tests {
         assert!(seen == std::fs::read(&checkpoint).unwrap(), "the open file does not read as the checkpoint");
         let allocated = std::fs::metadata(&disk).unwrap().blocks() * 512;
         assert!(allocated < 4 * MIB, "{allocated} bytes still allocated: the holes were not punched");
+    }
+
+    #[test]
+    fn a_copy_between_file_systems_falls_back_to_reading() {
+        let shm = Path::new("/dev/shm");
+        assert!(shm.is_dir(), "no /dev/shm (a tmpfs) to copy from");
+        let t = TempDir::new("sparse-cross");
+        let src = shm.join(format!("microdib-sparse-{}", std::process::id()));
+        sparse_file(&src, &[(MIB, 5000, 4), (30 * MIB, MIB + 3, 5)]);
+        let (copy, restored) = (t.0.join("copy"), t.0.join("restored"));
+        let copied = copy_sparse(&src, &copy);
+        sparse_file(&restored, &[(0, 64 * MIB, 9)]);
+        let back = restore_into(&src, &restored);
+        let want = std::fs::read(&src).unwrap();
+        std::fs::remove_file(&src).unwrap();
+        copied.unwrap();
+        back.unwrap();
+        assert!(std::fs::read(&copy).unwrap() == want && std::fs::read(&restored).unwrap() == want);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::env::{BuildVars, Context};
@@ -19,8 +20,9 @@ use crate::guest::{scripts, Guest, GuestError, TreeTar};
 pub const CHECKPOINTED: [Phase; 6] =
     [Phase::Root, Phase::ExtraData, Phase::PreInstall, Phase::Install, Phase::PostInstall, Phase::PostRoot];
 
-/// The variable holding a fact, not an input: made at random for each build's file system.
-const ROOT_FS_UUID: &str = "DIB_IMAGE_ROOT_FS_UUID";
+/// Variables holding facts, not inputs: the file system's UUID (made at random for each build)
+/// and the devices block-device.d or the block-device layer named.
+const FACT_VARIABLES: [&str; 3] = ["DIB_IMAGE_ROOT_FS_UUID", "IMAGE_BLOCK_DEVICE", "IMAGE_BLOCK_DEVICE_WITHOUT_PART"];
 
 /// Where the aux tree's runtime directories are: the helper drive and NAME.d, the build's own.
 const AUX_RUNTIME: [&str; 2] = ["perm", "out"];
@@ -59,10 +61,17 @@ pub fn host_files(aux: &Path, places: &[PathBuf]) -> Result<BTreeMap<String, Dig
             let target = std::fs::read_link(&path).map_err(key_err)?;
             found.insert(name, Digest::of_fields([("link", target.to_string_lossy().as_ref())]));
         } else {
-            found.insert(name, Digest::of(&std::fs::read(&path).map_err(key_err)?));
+            let content = Digest::of(&std::fs::read(&path).map_err(key_err)?);
+            found.insert(name, file_digest(meta.permissions().mode() & 0o7777, &content.hex()));
         }
     }
     Ok(found)
+}
+
+/// A file as both sides describe it: its permission bits (octal, as `stat -c %a` prints them)
+/// and the sha256 of its content.
+fn file_digest(mode: u32, sha256_hex: &str) -> Digest {
+    Digest::of_fields([("mode", format!("{mode:o}").as_str()), ("sha256", sha256_hex)])
 }
 
 /// What every checkpoint of a build depends on besides the aux tree and the environment.
@@ -128,8 +137,8 @@ pub struct KeyChain<'a> {
     last: Option<Key>,
 }
 
-/// Why a checkpoint could not be keyed, taken or restored. None of these fails a build: it
-/// goes on without the checkpoint, saying why.
+/// Why a checkpoint could not be keyed, taken or restored. But for `StillFrozen`, none of these
+/// fails a build: it goes on without the checkpoint, saying why.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read {path} for the phase cache's key: {source}")]
@@ -142,6 +151,12 @@ pub enum CheckpointError {
     BadRecord,
     #[error("{0}, which the build changed, is not what it was when the checkpoint was taken")]
     ChangedSinceTaken(String),
+    #[error("{0} is on the host now, where the build had made its own")]
+    AddedByBoth(String),
+    /// The one that must end the build: its file system stays frozen, and the next write to
+    /// it would wait for ever.
+    #[error("the build VM's file system could not be thawed after a checkpoint: {0}")]
+    StillFrozen(GuestError),
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
@@ -177,39 +192,54 @@ pub struct Take<'a> {
 
 /// The entry's record of the host's files in the places its key skipped: `provided` ones the
 /// build left as they were (a restore gives the host's current ones), `pinned` ones the build
-/// changed (a restore is only valid while the host's are still what they were).
+/// changed (a restore is only valid while the host's are still what they were), and `added`
+/// ones the build made there (a restore is not valid if the host has one of those now: in a
+/// build without the cache, the script would have written over the host's).
 #[derive(Debug, Default, PartialEq, Eq)]
-struct HostRecord {
+pub struct HostRecord {
     provided: BTreeMap<String, Digest>,
     pinned: BTreeMap<String, Digest>,
+    added: BTreeMap<String, Digest>,
 }
 
 /// A host record longer than this is not one of ours.
 const HOST_RECORD_MAX: u64 = 16 << 20;
 
 impl HostRecord {
-    /// Splits the host's files by what the guest's sums say of them (a file the guest lacks,
-    /// or a link, which it does not sum, counts as changed: the safe side).
+    /// Splits the host's files by what the guest's sums (`MODE SHA256 PATH`, NUL-ended) say of
+    /// them: a file the guest lacks, or a link, which it does not sum, counts as changed. The
+    /// sums are the guest's word: a guest that lies can only spoil the checkpoints of its own
+    /// element set, whose scripts run in it anyway.
     fn new(host: BTreeMap<String, Digest>, guest_sums: &str) -> HostRecord {
-        let guest: BTreeMap<&str, Option<Digest>> = guest_sums
+        let guest: BTreeMap<&str, Digest> = guest_sums
             .split('\0')
-            .filter_map(|rec| rec.split_once("  "))
-            .map(|(sum, path)| (path, Digest::from_hex(sum)))
+            .filter_map(|rec| {
+                let mut f = rec.splitn(3, ' ');
+                let (mode, sum, path) = (f.next()?, f.next()?, f.next()?);
+                let mode = u32::from_str_radix(mode, 8).ok()?;
+                Digest::from_hex(sum)?;
+                Some((path, file_digest(mode, sum)))
+            })
             .collect();
         let mut r = HostRecord::default();
+        for (path, d) in &guest {
+            if !host.contains_key(*path) {
+                r.added.insert((*path).to_owned(), *d);
+            }
+        }
         for (path, digest) in host {
             match guest.get(path.as_str()) {
-                Some(Some(d)) if *d == digest => r.provided.insert(path, digest),
+                Some(d) if *d == digest => r.provided.insert(path, digest),
                 _ => r.pinned.insert(path, digest),
             };
         }
         r
     }
 
-    /// NUL-separated records: `provided` or `pinned`, the digest, the path.
+    /// NUL-separated records: `provided`, `pinned` or `added`, the digest, the path.
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (kind, files) in [("provided", &self.provided), ("pinned", &self.pinned)] {
+        for (kind, files) in [("provided", &self.provided), ("pinned", &self.pinned), ("added", &self.added)] {
             for (path, d) in files {
                 out.extend_from_slice(format!("{kind}\0{d}\0{path}\0").as_bytes());
             }
@@ -217,7 +247,12 @@ impl HostRecord {
         out
     }
 
+    /// The record in `bytes`, or None if it is not a whole one of ours (paths only relative,
+    /// downwards).
     fn parse(bytes: &[u8]) -> Option<HostRecord> {
+        if bytes.len() as u64 > HOST_RECORD_MAX {
+            return None;
+        }
         let text = std::str::from_utf8(bytes).ok()?;
         let mut fields = text.split('\0');
         let mut r = HostRecord::default();
@@ -227,12 +262,28 @@ impl HostRecord {
                 return fields.next().is_none().then_some(r);
             }
             let (d, path) = (Digest::from_hex(fields.next()?)?, fields.next()?.to_owned());
+            let downwards = Path::new(&path).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if path.is_empty() || !downwards {
+                return None;
+            }
             match kind {
                 "provided" => r.provided.insert(path, d),
                 "pinned" => r.pinned.insert(path, d),
+                "added" => r.added.insert(path, d),
                 _ => return None,
             };
         }
+    }
+
+    /// Whether the host's files now still allow the restore (see the kinds).
+    fn allows(&self, now: &BTreeMap<String, Digest>) -> Result<(), CheckpointError> {
+        if let Some(path) = self.pinned.iter().find(|(p, d)| now.get(*p) != Some(*d)).map(|(p, _)| p) {
+            return Err(CheckpointError::ChangedSinceTaken(path.clone()));
+        }
+        if let Some(path) = self.added.keys().find(|p| now.contains_key(*p)) {
+            return Err(CheckpointError::AddedByBoth(path.clone()));
+        }
+        Ok(())
     }
 }
 
@@ -272,7 +323,7 @@ pub fn take(guest: &mut dyn Guest, store: &Store, t: &Take<'_>) -> Result<Entry,
     let disk_path = pending.path(DISK)?;
     let copied = copy_sparse(t.disk, &disk_path).map_err(io(format!("cannot copy {}", t.disk.display())));
     // Thawed whatever the copy did: the build goes on either way.
-    guest.script(&scripts::CHECKPOINT, &["thaw"])?;
+    guest.script(&scripts::CHECKPOINT, &["thaw"]).map_err(CheckpointError::StillFrozen)?;
     copied?;
     let entry = NewEntry {
         key: t.key,
@@ -371,16 +422,7 @@ pub fn restore_disk(entry: &Entry, disk: &Path) -> Result<u64, CheckpointError> 
 /// left as the host gave it is replaced (or removed, if the host has it no more), one a script
 /// added stays, one the build changed must still be what the host gave, or nothing is restored.
 pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry, host_aux: &Path, phase: Phase) -> Result<(), CheckpointError> {
-    let record_path = entry.file(HOST_RECORD);
-    let mut bytes = Vec::new();
-    std::fs::File::open(&record_path)
-        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, HOST_RECORD_MAX + 1), &mut bytes))
-        .map_err(io(format!("cannot read {}", record_path.display())))?;
-    let record = HostRecord::parse(&bytes).ok_or(CheckpointError::BadRecord)?;
-    let now = host_files(host_aux, &skipped_places(phase))?;
-    if let Some(path) = record.pinned.iter().find(|(p, d)| now.get(*p) != Some(*d)).map(|(p, _)| p) {
-        return Err(CheckpointError::ChangedSinceTaken(path.clone()));
-    }
+    let (record, now) = restorable(entry, host_aux, phase)?;
     let archive_path = entry.file(AUX_TAR);
     let mut archive =
         std::fs::File::open(&archive_path).map_err(io(format!("cannot read {}", archive_path.display())))?;
@@ -391,14 +433,50 @@ pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry, host_aux: &Path, phase:
         guest.remove(&gone)?;
     }
     let current: Vec<&String> = now.keys().filter(|p| !record.pinned.contains_key(*p)).collect();
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    for rel in current {
-        tar.append_path_with_name(host_aux.join(rel), rel).map_err(io(format!("cannot pack {rel}")))?;
-    }
-    let tar = tar.into_inner().map_err(io("cannot pack the host's hooks"))?;
+    let tar = host_tar(host_aux, &current)?;
     guest.receive_tar(AUX, &mut &tar[..])?;
     Ok(())
+}
+
+/// Whether the entry can be restored with the host's files as they are now (call it before
+/// restoring the disk): the entry's record, and the host's files in the key's skipped places.
+pub fn restorable(
+    entry: &Entry,
+    host_aux: &Path,
+    phase: Phase,
+) -> Result<(HostRecord, BTreeMap<String, Digest>), CheckpointError> {
+    let record_path = entry.file(HOST_RECORD);
+    let mut bytes = Vec::new();
+    std::fs::File::open(&record_path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, HOST_RECORD_MAX + 1), &mut bytes))
+        .map_err(io(format!("cannot read {}", record_path.display())))?;
+    let record = HostRecord::parse(&bytes).ok_or(CheckpointError::BadRecord)?;
+    let now = host_files(host_aux, &skipped_places(phase))?;
+    record.allows(&now)?;
+    Ok((record, now))
+}
+
+/// The host's files at `rels` as an archive the guest unpacks, owned by root as a build
+/// without the cache sends them (`send_dir`'s `--owner=root`), modes kept.
+fn host_tar(host_aux: &Path, rels: &[&String]) -> Result<Vec<u8>, CheckpointError> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for rel in rels {
+        let path = host_aux.join(rel);
+        let packing = || format!("cannot pack {rel}");
+        let meta = std::fs::symlink_metadata(&path).map_err(io(packing()))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_uid(0);
+        header.set_gid(0);
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io(packing()))?;
+            tar.append_link(&mut header, rel, target).map_err(io(packing()))?;
+        } else {
+            let file = std::fs::File::open(&path).map_err(io(packing()))?;
+            tar.append_data(&mut header, rel, file).map_err(io(packing()))?;
+        }
+    }
+    tar.into_inner().map_err(io("cannot pack the host's hooks"))
 }
 
 impl<'a> KeyChain<'a> {
@@ -441,7 +519,9 @@ impl<'a> KeyChain<'a> {
 /// only in fixed paths), without the facts a build makes up.
 fn env_digest(vars: &BuildVars) -> Digest {
     let mut env = vars.script_env(&Context::Chroot);
-    env.remove(ROOT_FS_UUID);
+    for fact in FACT_VARIABLES.iter().copied().chain(vars.layer_vars.iter().map(|(k, _)| k.as_str())) {
+        env.remove(fact);
+    }
     Digest::of_fields(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
@@ -537,6 +617,16 @@ mod tests {
         // Every checkpoint has its own key.
         let distinct: std::collections::BTreeSet<_> = before.iter().collect();
         assert_eq!(distinct.len(), before.len());
+    }
+
+    #[test]
+    fn the_devices_a_build_was_given_are_facts_not_inputs() {
+        let f = Fixture::new();
+        let before = f.keys();
+        let mut again = Fixture::new();
+        again.vars.block_device = "/dev/loop0p1".into();
+        again.vars.layer_vars = vec![("IMAGE_BLOCK_DEVICE".into(), "/dev/mapper/loop0p1".into())];
+        assert_eq!(again.keys(), before);
     }
 
     #[test]
@@ -677,7 +767,8 @@ mod tests {
         }
 
         fn guest_file(vm: &FakeVm, rel: &str, text: &str) {
-            vm.0.borrow_mut().tree.insert(paths::aux(rel), FakeFile { data: text.as_bytes().to_vec(), mode: 0o755 });
+            // As the host's: written with the default umask.
+            vm.0.borrow_mut().tree.insert(paths::aux(rel), FakeFile { data: text.as_bytes().to_vec(), mode: 0o644 });
         }
 
         fn guest_text(vm: &FakeVm, rel: &str) -> Option<String> {
@@ -808,11 +899,11 @@ mod tests {
         }
 
         #[test]
-        fn a_guest_that_lies_about_its_sums_can_only_make_the_restore_stricter() {
+        fn sums_that_do_not_match_the_hosts_pin_the_files() {
             let s = setup();
-            // Every sum wrong: every host file counts as changed by the build.
+            // Every sum wrong, or missing: every host file counts as changed by the build.
             s.vm.answer(&crate::guest::scripts::CHECKPOINT, |args| match args[0] {
-                "sums" => Ok(format!("{}  hooks/finalise.d/50-edit-me\0", "0".repeat(64))),
+                "sums" => Ok(format!("644 {} hooks/finalise.d/50-edit-me\0", "0".repeat(64))),
                 _ => Ok(String::new()),
             });
             let inputs = Inputs::default();
@@ -828,9 +919,83 @@ mod tests {
             r.provided.insert("hooks/finalise.d/with space".into(), Digest::of(b"a"));
             r.pinned.insert("hooks/finalise.d/new\nline".into(), Digest::of(b"b"));
             assert_eq!(HostRecord::parse(&r.to_bytes()), Some(r));
-            for bad in [&b"provided\0zz\0x\0"[..], b"other\0", b"provided\0", b"\xff\0"] {
+            let d = Digest::of(b"x").hex();
+            let climbing = format!("provided\0{d}\0../x\0");
+            let absolute = format!("added\0{d}\0/etc/passwd\0");
+            for bad in [
+                &b"provided\0zz\0x\0"[..],
+                b"other\0",
+                b"provided\0",
+                b"\xff\0",
+                climbing.as_bytes(),
+                absolute.as_bytes(),
+            ] {
                 assert_eq!(HostRecord::parse(bad), None, "{bad:?}");
             }
+        }
+
+        #[test]
+        fn a_failed_thaw_is_the_one_failure_that_ends_the_build() {
+            let s = setup();
+            s.vm.before_each(|op| match op {
+                Op::Script { name, args } if name == "checkpoint.sh" && args[0] == "thaw" => {
+                    Some(crate::guest::fake::lost_vm())
+                }
+                _ => None,
+            });
+            let inputs = Inputs::default();
+            let err = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap_err();
+            assert!(matches!(err, CheckpointError::StillFrozen(_)), "{err:?}");
+            assert!(s.store.list().is_empty());
+        }
+
+        #[test]
+        fn a_host_file_where_the_build_had_made_its_own_refuses_the_restore_before_anything_is_touched() {
+            let s = setup();
+            let inputs = Inputs::default();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            host_file(&s.host_aux, "hooks/finalise.d/80-added-by-root-d", "the host's own\n");
+            let refused = restorable(&entry, &s.host_aux, Phase::Root);
+            assert!(
+                matches!(&refused, Err(CheckpointError::AddedByBoth(p)) if p.ends_with("80-added-by-root-d")),
+                "{:?}",
+                refused.err()
+            );
+            let vm = FakeVm::new();
+            assert!(restore_aux(&mut *vm.guest(), &entry, &s.host_aux, Phase::Root).is_err());
+            assert!(vm.ops().is_empty(), "the guest was touched: {:?}", vm.ops());
+        }
+
+        #[test]
+        fn a_changed_mode_counts_as_a_change() {
+            use std::os::unix::fs::PermissionsExt;
+            let s = setup();
+            let inputs = Inputs::default();
+            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            // Left alone by the build: the host's new mode is restored.
+            let edit_me = s.host_aux.join("hooks/finalise.d/50-edit-me");
+            std::fs::set_permissions(&edit_me, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let vm = FakeVm::new();
+            restore_aux(&mut *vm.guest(), &entry, &s.host_aux, Phase::Root).unwrap();
+            assert_eq!(vm.file(&paths::aux("hooks/finalise.d/50-edit-me")).map(|f| f.mode & 0o777), Some(0o755));
+            // Changed by the build: a new mode on the host refuses the restore.
+            let changed = s.host_aux.join("hooks/finalise.d/70-changed-by-root-d");
+            std::fs::set_permissions(&changed, std::fs::Permissions::from_mode(0o700)).unwrap();
+            assert!(matches!(restorable(&entry, &s.host_aux, Phase::Root), Err(CheckpointError::ChangedSinceTaken(_))));
+        }
+
+        #[test]
+        fn the_hosts_files_go_to_the_guest_owned_by_root_with_their_modes() {
+            use std::os::unix::fs::PermissionsExt;
+            let s = setup();
+            let script = s.host_aux.join("hooks/install.d/10-x");
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o750)).unwrap();
+            let rel = "hooks/install.d/10-x".to_owned();
+            let tar = host_tar(&s.host_aux, &[&rel]).unwrap();
+            let mut archive = tar::Archive::new(&tar[..]);
+            let entry = archive.entries().unwrap().next().unwrap().unwrap();
+            let h = entry.header();
+            assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap() & 0o777), (0, 0, 0o750));
         }
 
         #[test]

@@ -246,14 +246,14 @@ impl Guest for FakeGuest {
             return Ok(runnable.map(|n| n + "\n").collect());
         }
         if script.name == scripts::CHECKPOINT.name && args.first() == Some(&"sums") {
-            // sha256sum -z's records for the regular files under each place.
+            // checkpoint.sh's records for the regular files under each place.
             use sha2::Digest as _;
             let mut out = String::new();
             for place in &args[1..] {
                 let prefix = paths::aux(place);
                 for (path, file) in tree.iter().filter(|(p, _)| **p == prefix || p.starts_with(&format!("{prefix}/"))) {
                     let sum: String = sha2::Sha256::digest(&file.data).iter().map(|b| format!("{b:02x}")).collect();
-                    out += &format!("{sum}  {}\0", &path[AUX.len() + 1..]);
+                    out += &format!("{:o} {sum} {}\0", file.mode & 0o7777, &path[AUX.len() + 1..]);
                 }
             }
             return Ok(out);

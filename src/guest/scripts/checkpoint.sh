@@ -1,8 +1,8 @@
 # A phase checkpoint's guest side. `freeze`: everything the root's file system holds is written
 # to its disk, which then stays still while the host copies it. `thaw`: the build goes on.
-# `sums PLACE...`: the sha256 of every regular file under those places of the aux tree, as
-# `sha256sum -z` prints them (each record ends in a NUL), for the host to see which of its
-# files the build changed.
+# `sums PLACE...`: for every regular file under those places of the aux tree, `MODE SHA256
+# PATH` and a NUL (MODE as `stat -c %a` prints it), for the host to see which of its files
+# the build changed or added.
 set -e
 case "$1" in
     freeze)
@@ -17,7 +17,12 @@ case "$1" in
         cd "$MICRODIB_AUX"
         for place in "$@"; do
             [ -e "$place" ] || continue
-            find "$place" -type f -print0 | xargs -0 -r sha256sum -z
+            # (sh, not bash: no `read -d`; each file named once, whatever its name holds.)
+            find "$place" -type f -exec sh -c '
+                for f; do
+                    sum=$(sha256sum < "$f")
+                    printf "%s %s %s\0" "$(stat -c %a -- "$f")" "${sum%% *}" "$f"
+                done' sums {} +
         done
         ;;
     *)

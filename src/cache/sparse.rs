@@ -82,15 +82,25 @@ fn copy_open(from: &File, to: &File, len: u64) -> io::Result<Copied> {
     }
     to.set_len(len)?;
     let mut copied = 0;
-    let mut at = 0;
-    while at < len {
-        let Some(data) = seek(from, at, libc::SEEK_DATA)?.filter(|d| *d < len) else { break };
-        let hole = seek(from, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        copy_range(from, to, data, hole - data)?;
-        copied += hole - data;
-        at = hole;
+    for (offset, length) in data_extents(from, len)? {
+        copy_range(from, to, offset, length)?;
+        copied += length;
     }
     Ok(Copied::Data(copied))
+}
+
+/// The (offset, length) of each run of `f`'s first `len` bytes that holds data; the rest are
+/// holes.
+pub fn data_extents(f: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let Some(data) = seek(f, at, libc::SEEK_DATA)?.filter(|d| *d < len) else { break };
+        let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        extents.push((data, hole - data));
+        at = hole;
+    }
+    Ok(extents)
 }
 
 /// `lseek(fd, at, whence)`; None when SEEK_DATA finds no data after `at`.

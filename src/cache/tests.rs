@@ -133,6 +133,27 @@ fn a_damaged_entry_is_dropped_never_used() {
 }
 
 #[test]
+fn a_sparse_disk_is_summed_by_its_data_and_a_byte_in_a_hole_is_damage() {
+    use std::os::unix::fs::FileExt;
+    let t = TempDir::new("cache-sparse-sum");
+    let s = store(&t.0, 100 * MIB);
+    let pending = s.begin().unwrap();
+    let disk = std::fs::File::create(pending.path("disk").unwrap()).unwrap();
+    // 16 GiB of which 1 MiB is data: summing the holes as zeros would take many seconds.
+    disk.set_len(16 << 30).unwrap();
+    disk.write_all_at(&vec![3u8; MIB as usize], 5 << 30).unwrap();
+    drop(disk);
+    let started = std::time::Instant::now();
+    let new = NewEntry { key: key(1), parent: None, phase: "root.d", elements: &[], inputs: &inputs("x"), facts: &[] };
+    drop(pending.commit(&new).unwrap());
+    drop(hit(&s, &key(1)));
+    assert!(started.elapsed() < Duration::from_secs(5), "summing took {:?}", started.elapsed());
+    let stored = std::fs::OpenOptions::new().write(true).open(entry_dir(&t.0, &key(1)).join("disk")).unwrap();
+    stored.write_all_at(&[7], 9 << 30).unwrap();
+    assert!(matches!(s.lookup(&key(1)).unwrap(), Lookup::Dropped(_)), "a byte written into a hole went unseen");
+}
+
+#[test]
 fn an_entry_filed_under_another_key_is_dropped() {
     let t = TempDir::new("cache-moved");
     let s = store(&t.0, 100 * MIB);

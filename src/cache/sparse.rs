@@ -46,17 +46,13 @@ pub fn restore_into(src: &Path, dest: &Path) -> io::Result<u64> {
     to.set_len(len)?;
     let mut copied = 0;
     let mut at = 0;
-    while at < len {
-        let data = seek(&from, at, libc::SEEK_DATA)?.unwrap_or(len).min(len);
-        punch_hole(&to, at, data - at)?;
-        if data == len {
-            break;
-        }
-        let hole = seek(&from, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
-        copy_range(&from, &to, data, hole - data)?;
-        copied += hole - data;
-        at = hole;
+    for (offset, length) in data_extents(&from, len)? {
+        punch_hole(&to, at, offset - at)?;
+        copy_range(&from, &to, offset, length)?;
+        copied += length;
+        at = offset + length;
     }
+    punch_hole(&to, at, len - at)?;
     to.sync_all()?;
     Ok(copied)
 }
@@ -149,15 +145,26 @@ fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
 /// `copy_range` through a buffer, where copy_file_range cannot.
 fn copy_range_by_reading(from: &File, to: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut at = offset;
+    read_range(from, offset, len, &mut |chunk| {
+        to.write_all_at(chunk, at)?;
+        at += chunk.len() as u64;
+        Ok(())
+    })
+}
+
+/// Reads `len` bytes of `f` at `offset`, a chunk at a time, each given to `each`.
+pub fn read_range(f: &File, offset: u64, len: u64, each: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (1 << 20).min(len) as usize];
     let mut done = 0u64;
     while done < len {
         let want = (len - done).min(buf.len() as u64) as usize;
-        let n = from.read_at(&mut buf[..want], offset + done)?;
+        let n = f.read_at(&mut buf[..want], offset + done)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source ended early"));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early"));
         }
-        to.write_all_at(&buf[..n], offset + done)?;
+        each(&buf[..n])?;
         done += n as u64;
     }
     Ok(())

@@ -597,24 +597,16 @@ fn verify_files(dir: &Path, m: &Manifest) -> Result<(), String> {
 /// copy made by `sparse::copy_sparse` has the same runs.
 fn sum_file(path: &Path) -> std::io::Result<(u64, Digest)> {
     use sha2::Digest as _;
-    use std::os::unix::fs::FileExt;
     let f = File::open(path)?;
     let size = f.metadata()?.len();
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
     for (offset, length) in super::sparse::data_extents(&f, size)? {
         h.update(offset.to_le_bytes());
         h.update(length.to_le_bytes());
-        let mut done = 0u64;
-        while done < length {
-            let want = (length - done).min(buf.len() as u64) as usize;
-            let n = f.read_at(&mut buf[..want], offset + done)?;
-            if n == 0 {
-                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file shrank while summed"));
-            }
-            h.update(&buf[..n]);
-            done += n as u64;
-        }
+        super::sparse::read_range(&f, offset, length, &mut |chunk| {
+            h.update(chunk);
+            Ok(())
+        })?;
     }
     h.update(size.to_le_bytes());
     Ok((size, Digest::from(<[u8; 32]>::from(h.finalize()))))

@@ -5,7 +5,7 @@
 //! phase makes up and later phases read is a fact the checkpoint carries, not an input.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -448,7 +448,7 @@ pub fn restorable(
     let record_path = entry.file(HOST_RECORD);
     let mut bytes = Vec::new();
     std::fs::File::open(&record_path)
-        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, HOST_RECORD_MAX + 1), &mut bytes))
+        .and_then(|f| f.take(HOST_RECORD_MAX + 1).read_to_end(&mut bytes))
         .map_err(io(format!("cannot read {}", record_path.display())))?;
     let record = HostRecord::parse(&bytes).ok_or(CheckpointError::BadRecord)?;
     let now = host_files(host_aux, &skipped_places(phase))?;

@@ -376,7 +376,7 @@ impl BuildResult {
         Processes::read(&self.path("ps-after"))
             .0
             .into_iter()
-            .filter(|p| p.pid != runner)
+            .filter(|p| p.pid != runner && !p.has_exited())
             .filter(|p| announced.contains(&p.pid) || dirs.iter().any(|d| !d.is_empty() && p.args.contains(d.as_str())))
             .map(|p| format!("{} {}", p.pid, p.args))
             .collect()
@@ -391,13 +391,23 @@ impl BuildResult {
     }
 }
 
-/// A process list (`ps -eo pid=,ppid=,args=`).
+/// A process list (`ps -eo pid=,ppid=,stat=,args=`).
 pub struct Processes(pub Vec<Process>);
 
 pub struct Process {
     pub pid: u32,
     pub ppid: u32,
+    /// ps's STAT: `Z` first for a process that has exited and waits to be reaped.
+    pub state: String,
     pub args: String,
+}
+
+impl Process {
+    /// A zombie has exited and holds nothing; once microdib is killed its children's reaper is
+    /// pid 1, which may take its time.
+    pub fn has_exited(&self) -> bool {
+        self.state.starts_with('Z')
+    }
 }
 
 impl Processes {
@@ -409,7 +419,8 @@ impl Processes {
                     let mut f = l.split_whitespace();
                     let pid = f.next()?.parse().ok()?;
                     let ppid = f.next()?.parse().ok()?;
-                    Some(Process { pid, ppid, args: f.collect::<Vec<_>>().join(" ") })
+                    let state = f.next()?.to_owned();
+                    Some(Process { pid, ppid, state, args: f.collect::<Vec<_>>().join(" ") })
                 })
                 .collect(),
         )

@@ -76,6 +76,9 @@ fn main() -> ExitCode {
         .init();
     let opts = ReporterOptions { quiet: c.quiet, color: c.color, wrap: c.wrap, verbose: c.verbose, trace: c.trace };
     let reporter = Reporter::new(&prog, start, &opts, machine);
+    if let Some(command) = c.cache.command {
+        return ExitCode::from(cli::cache_command::run(command, &c.cache, &reporter));
+    }
     // Capabilities: --machine-readable alone (before the -B check, as virt-dib does).
     if c.machine_readable.is_some() && c.elements.is_empty() {
         let mut lines = vec![prog.clone()];

@@ -31,6 +31,18 @@ pub struct BuildPlan {
     pub debug: i64,
     /// `-x`: trace the guest commands.
     pub trace: bool,
+    pub cache: CachePlan,
+}
+
+/// The phase cache.
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    /// Where it is (`--cache-dir`); None with `--no-cache`: nothing used, nothing stored.
+    pub dir: Option<PathBuf>,
+    /// `--cache-max-size`: the most its entries take together, in bytes.
+    pub max_bytes: u64,
+    /// `--cache-max-age`: older entries are not used.
+    pub max_age: std::time::Duration,
 }
 
 /// Which elements, from where.

@@ -1,6 +1,9 @@
 complete -c microdib -l accel -d 'How to run the build VM (default: auto)' -r
 complete -c microdib -l arch -d 'Output architecture' -r
 complete -c microdib -s B -d 'Base path of diskimage-builder library' -r
+complete -c microdib -l cache-dir -d 'Location of the phase cache' -r
+complete -c microdib -l cache-max-age -d 'Reuse phases built less long ago (default: 1d)' -r
+complete -c microdib -l cache-max-size -d 'Bound of the phase cache (default: 20G)' -r
 complete -c microdib -l debug -d 'Set debug level' -r
 complete -c microdib -l docker-target -d 'Repo and tag for docker' -r
 complete -c microdib -l drive -d 'Optional drive for caches' -r
@@ -25,11 +28,14 @@ complete -c microdib -l root-label -d 'Label for the root fs' -r
 complete -c microdib -l size -d 'Set output disk size' -r
 complete -c microdib -l smp -d 'Set number of vCPUs' -r
 complete -c microdib -l squashfs-compression -d 'Compression of the squashfs output (default: xz)' -r
+complete -c microdib -l cache-clear -d 'Remove the phase cache’s entries and exit'
+complete -c microdib -l cache-list -d 'List the phase cache’s entries and exit'
 complete -c microdib -l checksum -d 'Generate MD5 and SHA256 checksum files'
 complete -c microdib -l color -l colors -l colour -l colours -d 'Use ANSI colour sequences even if not tty'
 complete -c microdib -l debug-gc -d ''
 complete -c microdib -l help -d 'Display brief help'
 complete -c microdib -l network -d 'Enable appliance network (default)'
+complete -c microdib -l no-cache -d 'Build every phase, keep no checkpoint'
 complete -c microdib -l no-delete-on-failure -d 'Don’t delete output file on failure'
 complete -c microdib -l no-network -d 'Disable appliance network'
 complete -c microdib -s q -l quiet -d 'Don’t print progress messages'

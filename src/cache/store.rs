@@ -294,6 +294,16 @@ impl Store {
         Ok(Lookup::Absent)
     }
 
+    /// Whether a young enough entry with `key` is stored (its files unchecked: a build that
+    /// would store the same key again does not, and a lookup checks them before any use).
+    pub fn has(&self, key: &Key) -> bool {
+        let manifest_path = self.entries().join(key.to_string()).join("manifest");
+        let Ok(f) = open_manifest(&manifest_path) else { return false };
+        read_manifest(&f).is_some_and(|m| {
+            m.key == *key && Duration::from_secs(now().saturating_sub(m.created)) <= self.limits.max_age
+        })
+    }
+
     /// Removes an entry that failed its check (unless another build holds it still).
     fn drop_entry(&self, held: Option<File>, dir: &Path, why: &str) -> Lookup {
         drop(held);

@@ -2,6 +2,7 @@
 //! validation and messages. `options` is the table, `getopt` the parser; this module turns the
 //! parsed options into a `Cmdline`, checking values in command-line order as virt-dib does.
 
+pub mod cache_command;
 pub mod docs;
 pub mod getopt;
 pub mod options;
@@ -64,6 +65,41 @@ pub struct Cmdline {
     pub trace: bool,
     /// Element names, in command-line order.
     pub elements: Vec<String>,
+    pub cache: CacheOptions,
+}
+
+/// The phase cache's options (microdib's own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheOptions {
+    /// False with `--no-cache`.
+    pub enabled: bool,
+    /// `--cache-dir`.
+    pub dir: Option<String>,
+    /// `--cache-max-age`.
+    pub max_age: std::time::Duration,
+    /// `--cache-max-size`, in bytes.
+    pub max_bytes: u64,
+    /// `--cache-list` or `--cache-clear`: no build.
+    pub command: Option<CacheCommand>,
+}
+
+/// What `--cache-list` and `--cache-clear` do instead of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheCommand {
+    List,
+    Clear,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            enabled: true,
+            dir: None,
+            max_age: std::time::Duration::from_secs(86_400),
+            max_bytes: 20 << 30,
+            command: None,
+        }
+    }
 }
 
 impl Default for Cmdline {
@@ -108,6 +144,7 @@ impl Default for Cmdline {
             wrap: false,
             trace: false,
             elements: Vec::new(),
+            cache: CacheOptions::default(),
         }
     }
 }
@@ -180,6 +217,15 @@ fn apply(c: &mut Cmdline, id: Opt, value: Option<String>) -> Result<Option<Actio
             }
             Opt::Arch => c.arch = Some(v),
             Opt::BasePath => c.basepath = Some(v),
+            Opt::CacheClear => c.cache.command = Some(CacheCommand::Clear),
+            Opt::CacheList => c.cache.command = Some(CacheCommand::List),
+            Opt::CacheDir => c.cache.dir = Some(v),
+            Opt::CacheMaxAge => c.cache.max_age = parse_age(&v)?,
+            Opt::CacheMaxSize => {
+                c.cache.max_bytes = parse_size(&v)
+                    .map_err(|_| CliError::Error(format!("--cache-max-size: cannot parse ‘{v}’ (e.g. 20G)")))?
+            }
+            Opt::NoCache => c.cache.enabled = false,
             Opt::Checksum => c.checksum = true,
             Opt::Color => c.color = true,
             Opt::Debug => {
@@ -256,6 +302,29 @@ pub fn parse_size(s: &str) -> Result<u64, CliError> {
         return Err(bad());
     }
     Ok(bytes as u64)
+}
+
+/// `--cache-max-age`: a whole number with its unit, `s`, `m`, `h` or `d` (`0` alone: reuse
+/// nothing).
+pub fn parse_age(s: &str) -> Result<std::time::Duration, CliError> {
+    let bad = || CliError::Error(format!("--cache-max-age: cannot parse ‘{s}’ (a number and s, m, h or d: 12h)"));
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let number = &s[..s.len() - unit.len_utf8()];
+    let scale: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    n.checked_mul(scale).map(std::time::Duration::from_secs).ok_or_else(bad)
 }
 
 /// `--formats`: a comma list of known names; the whole set is replaced.

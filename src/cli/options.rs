@@ -8,6 +8,12 @@ use super::getopt::{ArgKind, OptSpec};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Opt {
     Accel,
+    CacheClear,
+    CacheDir,
+    CacheList,
+    CacheMaxAge,
+    CacheMaxSize,
+    NoCache,
     SquashfsCompression,
     Arch,
     BasePath,
@@ -86,6 +92,11 @@ pub const OPTIONS: &[OptionDoc] = &[
     opt(Opt::Accel, &[], &["accel"], Arg, "<auto|kvm|tcg>", "How to run the build VM (default: auto)"),
     opt(Opt::Arch, &[], &["arch"], Arg, "<arch>", "Output architecture"),
     opt(Opt::BasePath, &['B'], &[], Arg, "<path>", "Base path of diskimage-builder library"),
+    opt(Opt::CacheClear, &[], &["cache-clear"], Flag, "", "Remove the phase cache’s entries and exit"),
+    opt(Opt::CacheDir, &[], &["cache-dir"], Arg, "<directory>", "Location of the phase cache"),
+    opt(Opt::CacheList, &[], &["cache-list"], Flag, "", "List the phase cache’s entries and exit"),
+    opt(Opt::CacheMaxAge, &[], &["cache-max-age"], Arg, "<age>", "Reuse phases built less long ago (default: 1d)"),
+    opt(Opt::CacheMaxSize, &[], &["cache-max-size"], Arg, "<size>", "Bound of the phase cache (default: 20G)"),
     opt(Opt::Checksum, &[], &["checksum"], Flag, "", "Generate MD5 and SHA256 checksum files"),
     opt(
         Opt::Color,
@@ -115,6 +126,7 @@ pub const OPTIONS: &[OptionDoc] = &[
     opt(Opt::MkfsOptions, &[], &["mkfs-options"], Arg, "<option>", "Add mkfs options"),
     opt(Opt::Name, &[], &["name"], Arg, "<name>", "Name of the image"),
     opt(Opt::Network, &[], &["network"], Flag, "", "Enable appliance network (default)"),
+    opt(Opt::NoCache, &[], &["no-cache"], Flag, "", "Build every phase, keep no checkpoint"),
     opt(Opt::NoDeleteOnFailure, &[], &["no-delete-on-failure"], Flag, "", "Don’t delete output file on failure"),
     opt(Opt::NoNetwork, &[], &["no-network"], Flag, "", "Disable appliance network"),
     opt(Opt::Python, &[], &["python"], Arg, "<python>", "Set Python interpreter"),

@@ -8,7 +8,7 @@ use super::Cmdline;
 use crate::formats::qcow2::Qcow2Options;
 use crate::formats::Format;
 use crate::host::which;
-use crate::plan::{BuildPlan, ElementsPlan, HelperDrive, ImagePlan, OutputsPlan, VmPlan};
+use crate::plan::{BuildPlan, CachePlan, ElementsPlan, HelperDrive, ImagePlan, OutputsPlan, VmPlan};
 
 /// Build VM defaults when -m / --smp are not given.
 const DEFAULT_MEMORY_MIB: u64 = 1024;
@@ -126,7 +126,20 @@ pub fn plan(c: &Cmdline) -> Result<BuildPlan, PlanError> {
         python,
         debug: c.debug,
         trace: c.trace,
+        cache: CachePlan {
+            dir: c.cache.enabled.then(|| cache_dir(&c.cache)),
+            max_bytes: c.cache.max_bytes,
+            max_age: c.cache.max_age,
+        },
     })
+}
+
+/// `--cache-dir`, or `${XDG_CACHE_HOME:-~/.cache}/microdib/phases`.
+pub fn cache_dir(o: &super::CacheOptions) -> PathBuf {
+    match &o.dir {
+        Some(dir) => PathBuf::from(dir),
+        None => crate::host::cache_root().join("phases"),
+    }
 }
 
 /// `--image-cache`, or `$HOME/.cache/image-create`.

@@ -95,14 +95,18 @@ impl BlockLayer {
         Ok(out)
     }
 
-    /// Copies the layer's code into the appliance and formats and mounts the scratch disk at
-    /// the sysroot for root.d to post-install.d.
-    pub fn prepare(&self, guest: &mut dyn Guest) -> Result<(), EngineError> {
+    /// Copies the layer's code into the appliance and mounts the scratch disk at the sysroot
+    /// for root.d to post-install.d (formatted first, unless a checkpoint filled it).
+    pub fn prepare(&self, guest: &mut dyn Guest, scratch: Scratch) -> Result<(), EngineError> {
         for (src, name) in self.python_tree()? {
             guest.send_dir(&src, &format!("{BLOCK_PYTHON}/{name}"))?;
         }
         let (build, target) = (paths::disk(paths::BUILD_SERIAL), paths::disk(paths::TARGET_SERIAL));
-        guest.script(&scripts::BLOCK_LAYER_PREPARE, &[&build, &target])?;
+        let state = match scratch {
+            Scratch::Fresh => "fresh",
+            Scratch::Restored => "restored",
+        };
+        guest.script(&scripts::BLOCK_LAYER_PREPARE, &[&build, &target, state])?;
         Ok(())
     }
 
@@ -158,6 +162,15 @@ impl BlockLayer {
             .script(&scripts::BLOCK_LAYER, args)
             .map_err(EngineError::step(format!("block-device layer `{}` failed", args.join(" "))))
     }
+}
+
+/// The scratch disk as the build finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scratch {
+    /// Empty: formatted for root.d.
+    Fresh,
+    /// A phase checkpoint's file system, restored into it.
+    Restored,
 }
 
 /// What params.yaml says besides the layer's own paths.

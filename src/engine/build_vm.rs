@@ -1,14 +1,16 @@
 //! The build VM of one build: its disks (the target, the helper drive, the scratch disk for
 //! the block-device layer), the kernel and appliance it boots, started and waited for.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use super::checkpoints::Tools;
 use super::outputs::OutputPlan;
 use super::signals::Stop;
 use super::workspace::Workspace;
 use super::{appliance, helper_drive, EngineError};
+use crate::cache::Digest;
 use crate::guest::paths::{BUILD_SERIAL, HELPER_SERIAL, TARGET_SERIAL};
-use crate::guest::GuestOps;
+use crate::guest::{BuildGuest, GuestOps};
 use crate::plan::BuildPlan;
 use crate::report::Reporter;
 use crate::vmbackend::{self, Backend, BuildVm, DiskFormat, VmDisk, VmSpec};
@@ -23,16 +25,92 @@ pub struct VmRequest<'a> {
     pub reporter: &'a Reporter,
     pub workspace: &'a Workspace,
     pub outputs: &'a OutputPlan,
-    /// The block-device layer's scratch disk is wanted.
-    pub scratch: bool,
+    /// The block-device layer's scratch disk, made by the engine (a checkpoint may fill it).
+    pub scratch: Option<&'a Path>,
+}
+
+/// Starts a build's VM: this module's, or in the engine's tests a fake guest.
+pub trait VmStarter {
+    /// What runs the phases, by content (microdib, the guest kernel, the agent, the appliance):
+    /// an input of every phase checkpoint. Found once, before the VM starts.
+    fn tools(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<Digest, EngineError>;
+    fn start(&mut self, req: &VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError>;
+}
+
+/// The real build VM, booting what `BootFiles::find` found.
+#[derive(Default)]
+pub struct RealVm {
+    boot: Option<BootFiles>,
+}
+
+impl RealVm {
+    fn boot(&mut self, c: &BuildPlan, r: &Reporter) -> Result<&BootFiles, EngineError> {
+        let boot = match self.boot.take() {
+            Some(b) => b,
+            None => BootFiles::find(c, r)?,
+        };
+        Ok(self.boot.insert(boot))
+    }
+}
+
+impl VmStarter for RealVm {
+    fn tools(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<Digest, EngineError> {
+        let boot = self.boot(plan, r)?;
+        let microdib = std::env::current_exe().map_err(EngineError::host("cannot find my own executable"))?;
+        let tools =
+            Tools { microdib: &microdib, kernel: &boot.kernel, agent: &boot.agent, appliance_root: &boot.files.root };
+        tools.digest().map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    fn start(&mut self, req: &VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError> {
+        let boot = self.boot(req.plan, req.reporter)?.clone();
+        Ok(Box::new(start(req, &boot)?))
+    }
+}
+
+/// The kernel, agent and appliance a build VM boots.
+#[derive(Clone)]
+pub struct BootFiles {
+    kernel: PathBuf,
+    agent: PathBuf,
+    files: initramfs::appliance::ApplianceFiles,
+}
+
+impl BootFiles {
+    /// Finds the kernel and agent, and builds the appliance (or finds it cached).
+    fn find(c: &BuildPlan, r: &Reporter) -> Result<BootFiles, EngineError> {
+        let (kernel, kernel_origin) = appliance::find_kernel()?;
+        let (agent, agent_origin) = appliance::find_agent()?;
+        if c.debug >= 1 {
+            r.debug(&appliance::found_line("guest kernel", &kernel, kernel_origin));
+            r.debug(&appliance::found_line("guest agent", &agent, agent_origin));
+        }
+        let cache = crate::host::cache_root().join("appliance");
+        let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;
+        if c.debug >= 1 {
+            let how = if files.built { "built now" } else { "cached" };
+            r.debug(&format!("appliance: {} ({how})", files.root.parent().unwrap_or(&cache).display()));
+            for (path, why) in &files.withheld {
+                r.debug(&format!("appliance: left out {} ({})", path.display(), why.describe()));
+            }
+        }
+        if !files.missing.is_empty() {
+            // Elements that call these in the build VM will fail: say how to add them.
+            let names = files.missing.join(" ");
+            r.warning(&format!(
+                "the build VM lacks {names} (not installed on this host); add them with: apt install {names}"
+            ));
+        }
+        Ok(BootFiles { kernel, agent, files })
+    }
 }
 
 /// Starts the build VM and waits for its agent; a stop signal stops it from then on.
-pub fn start(req: &VmRequest<'_>) -> Result<GuestOps, EngineError> {
+pub fn start(req: &VmRequest<'_>, boot: &BootFiles) -> Result<GuestOps, EngineError> {
     let VmRequest { plan: c, stop, reporter: r, workspace: ws, outputs, scratch } = *req;
     // Where the build VM runs: this host's KVM, or qemu's software emulation.
     let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
-    let spec = spec(c, r, ws, outputs, scratch)?;
+    let spec = spec(c, boot, ws, outputs, scratch)?;
     stop.check()?;
     let mut vm = BuildVm::start(&backend, spec)?;
     // A signal while it boots stops it too.
@@ -56,10 +134,10 @@ pub fn start(req: &VmRequest<'_>) -> Result<GuestOps, EngineError> {
 /// The VM's disks, kernel, appliance and resources.
 fn spec(
     c: &BuildPlan,
-    r: &Reporter,
+    boot: &BootFiles,
     ws: &Workspace,
     outputs: &OutputPlan,
-    scratch: bool,
+    scratch: Option<&Path>,
 ) -> Result<VmSpec, EngineError> {
     let helper = match &c.vm.drive {
         Some(d) => VmDisk {
@@ -80,36 +158,20 @@ fn spec(
         scratch: false,
     };
     let mut disks = vec![target, helper];
-    if scratch {
+    if let Some(path) = scratch {
         // The tree is built here until the block-device layer has made the image's file systems.
-        disks.push(throwaway_disk(ws.dir.join("build.raw"), c.image.size, BUILD_SERIAL)?);
-    }
-    let (kernel, kernel_origin) = appliance::find_kernel()?;
-    let (agent, agent_origin) = appliance::find_agent()?;
-    if c.debug >= 1 {
-        r.debug(&appliance::found_line("guest kernel", &kernel, kernel_origin));
-        r.debug(&appliance::found_line("guest agent", &agent, agent_origin));
-    }
-    let cache = crate::host::cache_root().join("appliance");
-    let files = initramfs::appliance::build_or_cached(&agent, &cache, |m| r.info(m))?;
-    if c.debug >= 1 {
-        let how = if files.built { "built now" } else { "cached" };
-        r.debug(&format!("appliance: {} ({how})", files.root.parent().unwrap_or(&cache).display()));
-        for (path, why) in &files.withheld {
-            r.debug(&format!("appliance: left out {} ({})", path.display(), why.describe()));
-        }
-    }
-    if !files.missing.is_empty() {
-        // Elements that call these in the build VM will fail: say how to add them.
-        let names = files.missing.join(" ");
-        r.warning(&format!(
-            "the build VM lacks {names} (not installed on this host); add them with: apt install {names}"
-        ));
+        disks.push(VmDisk {
+            path: path.to_owned(),
+            format: DiskFormat::Raw,
+            read_only: false,
+            serial: BUILD_SERIAL.into(),
+            scratch: true,
+        });
     }
     Ok(VmSpec {
-        kernel,
-        initrd: files.initrd,
-        root: files.root,
+        kernel: boot.kernel.clone(),
+        initrd: boot.files.initrd.clone(),
+        root: boot.files.root.clone(),
         disks,
         memory_mib: c.vm.memory_mib,
         vcpus: c.vm.vcpus,
@@ -122,7 +184,12 @@ fn spec(
 
 /// A sparse raw disk of `size` bytes in the workspace (gone with it), with serial `id`.
 fn throwaway_disk(path: PathBuf, size: u64, serial: &str) -> Result<VmDisk, EngineError> {
-    let f = std::fs::File::create(&path).map_err(EngineError::host(format!("cannot create {}", path.display())))?;
-    f.set_len(size).map_err(EngineError::host(format!("cannot size {}", path.display())))?;
+    sparse_file(&path, size)?;
     Ok(VmDisk { path, format: DiskFormat::Raw, read_only: false, serial: serial.into(), scratch: true })
+}
+
+/// Makes `path` an empty sparse file of `size` bytes.
+pub fn sparse_file(path: &Path, size: u64) -> Result<(), EngineError> {
+    let f = std::fs::File::create(path).map_err(EngineError::host(format!("cannot create {}", path.display())))?;
+    f.set_len(size).map_err(EngineError::host(format!("cannot size {}", path.display())))
 }

@@ -423,6 +423,14 @@ pub fn restore_disk(entry: &Entry, disk: &Path) -> Result<u64, CheckpointError> 
 /// added stays, one the build changed must still be what the host gave, or nothing is restored.
 pub fn restore_aux(guest: &mut dyn Guest, entry: &Entry, host_aux: &Path, phase: Phase) -> Result<(), CheckpointError> {
     let (record, now) = restorable(entry, host_aux, phase)?;
+    // What the appliance's aux tree holds now goes first (root.d's scripts may have removed
+    // what the host sent), all but the helper drive.
+    let listing = guest.sh(r#"ls -A "$1""#, &[AUX])?;
+    let present: Vec<String> =
+        listing.lines().filter(|n| !n.is_empty() && *n != "perm").map(|n| format!("{AUX}/{n}")).collect();
+    if !present.is_empty() {
+        guest.remove(&present)?;
+    }
     let archive_path = entry.file(AUX_TAR);
     let mut archive =
         std::fs::File::open(&archive_path).map_err(io(format!("cannot read {}", archive_path.display())))?;

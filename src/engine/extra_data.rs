@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use crate::cache::Digest;
 use crate::guest::ExitStatus;
 
 use super::host_view::{self, make_removable, HostView};
@@ -39,10 +40,11 @@ pub struct ExtraData {
 }
 
 impl ExtraData {
-    /// Unpacks the image, runs the scripts, writes their changes back.
-    pub fn run(&self, guest: &mut dyn Guest, runner: &PhaseRunner<'_>) -> Result<(), EngineError> {
+    /// Unpacks the image, runs the scripts, writes their changes back. Returns the digest of
+    /// what they changed in the image (the phase cache's input for what follows).
+    pub fn run(&self, guest: &mut dyn Guest, runner: &PhaseRunner<'_>) -> Result<Digest, EngineError> {
         if self.scripts.is_empty() {
-            return Ok(());
+            return Ok(Digest::of(b""));
         }
         let r = runner.reporter;
         r.info("Preparing the image's root for extra-data.d on the host");
@@ -152,16 +154,19 @@ impl ExtraData {
     }
 }
 
-/// Removes what the scripts deleted from the image, then unpacks what they wrote.
-fn write_back(guest: &mut dyn Guest, view: &HostView) -> Result<(), EngineError> {
-    let changes = view.changes().map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
+/// Removes what the scripts deleted from the image, then unpacks what they wrote; the digest
+/// of those changes.
+fn write_back(guest: &mut dyn Guest, view: &HostView) -> Result<Digest, EngineError> {
+    let extra = |e| EngineError::Invalid(format!("extra-data.d: {e}"));
+    let changes = view.changes().map_err(extra)?;
+    let digest = view.changes_digest(&changes).map_err(extra)?;
     if changes.is_empty() {
-        return Ok(());
+        return Ok(digest);
     }
     let removed: Vec<String> = changes.removed.iter().map(|p| format!("{SYSROOT}/{}", p.display())).collect();
     guest.remove(&removed).map_err(EngineError::step("cannot update the image after extra-data.d"))?;
     if changes.written.is_empty() {
-        return Ok(());
+        return Ok(digest);
     }
     let (reader, writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
     std::thread::scope(|s| {
@@ -171,7 +176,8 @@ fn write_back(guest: &mut dyn Guest, view: &HostView) -> Result<(), EngineError>
         let packed = packer.join().map_err(|_| EngineError::Invalid("the extra-data.d packer panicked".into()))?;
         packed.map_err(|e| EngineError::Invalid(format!("extra-data.d: {e}")))?;
         status.map_err(EngineError::step("cannot write the image after extra-data.d"))
-    })
+    })?;
+    Ok(digest)
 }
 
 /// Hands what `from` gives to `to` in chunks until it ends (nothing kept: a script may print

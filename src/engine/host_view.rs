@@ -410,6 +410,25 @@ impl HostView {
     /// Writes `changes.written` as a tar stream the guest unpacks over the target root: owners
     /// from the image (root for new files), modes as the scripts left them.
     pub fn write_changes(&self, changes: &Changes, out: impl Write) -> Result<(), HostViewError> {
+        self.pack(changes, out, Stamps::AsWritten)
+    }
+
+    /// What the changes do to the image, by content: the paths removed, then the stream
+    /// written without its times (a script that writes the same bytes again changes nothing
+    /// a later phase could see but a time stamp).
+    pub fn changes_digest(&self, changes: &Changes) -> Result<crate::cache::Digest, HostViewError> {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for p in &changes.removed {
+            hasher.update(p.as_os_str().as_encoded_bytes());
+            hasher.update([0]);
+        }
+        hasher.update([0]);
+        self.pack(changes, HashWriter(&mut hasher), Stamps::Zero)?;
+        Ok(crate::cache::Digest::from(<[u8; 32]>::from(hasher.finalize())))
+    }
+
+    fn pack(&self, changes: &Changes, out: impl Write, stamps: Stamps) -> Result<(), HostViewError> {
         let mut b = tar::Builder::new(out);
         b.follow_symlinks(false);
         for rel in &changes.written {
@@ -426,7 +445,10 @@ impl HostView {
             h.set_uid(rec.map_or(0, |r| r.uid));
             h.set_gid(rec.map_or(0, |r| r.gid));
             h.set_mode(mode);
-            h.set_mtime(u64::try_from(m.mtime()).unwrap_or(0));
+            h.set_mtime(match stamps {
+                Stamps::AsWritten => u64::try_from(m.mtime()).unwrap_or(0),
+                Stamps::Zero => 0,
+            });
             let ft = m.file_type();
             if ft.is_dir() {
                 h.set_entry_type(tar::EntryType::Directory);
@@ -452,6 +474,26 @@ impl HostView {
             }
         }
         b.into_inner().map_err(HostViewError::Stream)?.flush().map_err(HostViewError::Stream)
+    }
+}
+
+/// The modification times a packed stream carries.
+#[derive(Clone, Copy)]
+enum Stamps {
+    AsWritten,
+    Zero,
+}
+
+/// A `Write` into a running sha256.
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::block_layer::{self, BlockLayer};
+use super::block_layer::{self, BlockLayer, Scratch};
 use super::env::Context;
 use super::phases::{block_device_from_output, Phase, PhaseRun, PhaseRunner};
 use super::EngineError;
@@ -30,6 +30,23 @@ impl RootMount {
             RootMount::Layer => vec!["layer"],
         }
     }
+
+    /// Until the image is entered, the device whose file system is at the sysroot (the one
+    /// phase checkpoints copy): virt-dib's root device, or the layer's scratch disk.
+    fn building_on(&self) -> String {
+        match self {
+            RootMount::Plain(dev) => dev.clone(),
+            RootMount::Layer => paths::disk(paths::BUILD_SERIAL),
+        }
+    }
+}
+
+/// The root as the cold path made it, and whether a phase checkpoint can hold it: a restore
+/// mounts the whole target disk's loop device, so a root block-device.d put elsewhere (a
+/// partition it made) cannot be brought back.
+pub struct MadeRoot {
+    pub mount: RootMount,
+    pub on_whole_disk: bool,
 }
 
 /// Names the disks, fills the appliance's aux tree (the host's aux tree and the library) and
@@ -60,21 +77,22 @@ pub fn make_root(
     runner: &mut PhaseRunner<'_>,
     hooks_dir: &Path,
     layer: Option<&BlockLayer>,
-) -> Result<RootMount, EngineError> {
+) -> Result<MadeRoot, EngineError> {
     let r = runner.reporter;
     if let Some(layer) = layer {
         // diskimage-builder's block-device layer makes the disk later; the tree starts on the
         // scratch disk.
         r.message("Setting up the destination root");
-        layer.prepare(guest)?;
+        layer.prepare(guest, Scratch::Fresh)?;
         mount_aux(guest)?;
-        return Ok(RootMount::Layer);
+        return Ok(MadeRoot { mount: RootMount::Layer, on_whole_disk: true });
     }
     guest.script(&scripts::SYSROOT_TMPFS, &[])?;
     mount_aux(guest)?;
     let target = paths::disk(paths::TARGET_SERIAL);
     let loop_dev = guest.sh(r#"losetup --show -f "$1""#, &[&target])?;
-    let mut device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
+    let whole = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
+    let mut device = whole.clone();
     runner.vars.block_device = device.clone();
     let scripts = phase_scripts(&hooks_dir.join(Phase::BlockDevice.dir()));
     let run = PhaseRun { capture_answer: true, ..PhaseRun::new(Phase::BlockDevice, &scripts) };
@@ -89,7 +107,51 @@ pub fn make_root(
     make_filesystem(guest, image, &runner.vars.root_uuid, &device)?;
     guest.script(&scripts::MOUNT_ROOT, &[&device])?;
     mount_aux(guest)?;
+    Ok(MadeRoot { on_whole_disk: device == whole, mount: RootMount::Plain(device) })
+}
+
+/// The root a phase checkpoint restored into the disk, mounted as `root_d` leaves it: on the
+/// layer's scratch disk, or virt-dib's file system on the target disk's loop device.
+pub fn mount_restored_root(
+    guest: &mut dyn Guest,
+    runner: &mut PhaseRunner<'_>,
+    layer: Option<&BlockLayer>,
+) -> Result<RootMount, EngineError> {
+    runner.reporter.message("Setting up the destination root (from the phase cache)");
+    if let Some(layer) = layer {
+        layer.prepare(guest, Scratch::Restored)?;
+        mount_aux(guest)?;
+        return Ok(RootMount::Layer);
+    }
+    let target = paths::disk(paths::TARGET_SERIAL);
+    let loop_dev = guest.sh(r#"losetup --show -f "$1""#, &[&target])?;
+    let device = loop_dev.lines().next().filter(|l| !l.is_empty()).unwrap_or(&target).to_owned();
+    runner.vars.block_device = device.clone();
+    guest.script(&scripts::MOUNT_ROOT, &[&device])?;
+    mount_aux(guest)?;
     Ok(RootMount::Plain(device))
+}
+
+/// Before the host rewrites the disk under the root (a later checkpoint restored in place):
+/// the root unmounted and every cached block of its disk dropped.
+pub fn release_root(guest: &mut dyn Guest, root: &RootMount) -> Result<(), EngineError> {
+    let device = root.building_on();
+    let mut devices = vec![device.as_str()];
+    let target = paths::disk(paths::TARGET_SERIAL);
+    if matches!(root, RootMount::Plain(_)) {
+        // The loop device's own cache, and the disk's under it.
+        devices.push(&target);
+    }
+    let mut args = vec!["release"];
+    args.extend(devices);
+    guest.script(&scripts::CHECKPOINT, &args)?;
+    Ok(())
+}
+
+/// After `release_root` and the host's restore: the root mounted again, the aux tree bound in.
+pub fn mount_root_again(guest: &mut dyn Guest, root: &RootMount) -> Result<(), EngineError> {
+    guest.script(&scripts::MOUNT_ROOT, &[&root.building_on()])?;
+    mount_aux(guest)
 }
 
 /// mkfs with virt-dib's options, then the label and (for ext*) the UUID.

@@ -23,6 +23,7 @@ pub mod image;
 pub mod name_lock;
 pub mod named_dir;
 pub mod outputs;
+pub mod phase_cache;
 pub mod phases;
 pub mod prepare;
 pub mod run;

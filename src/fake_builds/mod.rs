@@ -12,11 +12,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::cache::Digest;
 use crate::cli::{self, Action};
+use crate::engine::build_vm::{VmRequest, VmStarter};
 use crate::engine::run::run_with;
 use crate::engine::signals::Stop;
 use crate::engine::EngineError;
 use crate::guest::fake::FakeVm;
+use crate::guest::BuildGuest;
+use crate::plan::BuildPlan;
 use crate::report::{Reporter, ReporterOptions};
 use crate::testing::TempDir;
 
@@ -28,6 +32,27 @@ pub struct FakeBuild {
     pub dir: TempDir,
     options: Vec<String>,
     elements: Vec<String>,
+    /// What the fake VM says runs the phases (the kernel, agent and appliance of a real one).
+    pub tools: String,
+}
+
+/// Starts the fake VM for the engine: a new boot of it on the build's disks.
+struct FakeStarter {
+    vm: FakeVm,
+    tools: String,
+    workspace: Option<PathBuf>,
+}
+
+impl VmStarter for FakeStarter {
+    fn tools(&mut self, _: &BuildPlan, _: &Reporter) -> Result<Digest, EngineError> {
+        Ok(Digest::of(self.tools.as_bytes()))
+    }
+
+    fn start(&mut self, req: &VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError> {
+        self.workspace = Some(req.workspace.dir.clone());
+        self.vm.boot(req.scratch.unwrap_or(&req.outputs.target_disk));
+        Ok(self.vm.guest())
+    }
 }
 
 /// How a build ended and what it said.
@@ -90,7 +115,14 @@ impl FakeBuild {
         std::fs::create_dir_all(dir.0.join("out")).unwrap();
         let mut all = vec![os.to_owned()];
         all.extend(elements.iter().map(|e| (*e).to_owned()));
-        FakeBuild { vm: FakeVm::new(), stop: Stop::new(), dir, options: Vec::new(), elements: all }
+        FakeBuild {
+            vm: FakeVm::new(),
+            stop: Stop::new(),
+            dir,
+            options: Vec::new(),
+            elements: all,
+            tools: "fake kernel, agent and appliance".into(),
+        }
     }
 
     /// Adds an element of this build's own with `files` (`phase.d/NN-name` files are made
@@ -110,6 +142,11 @@ impl FakeBuild {
     pub fn option(&mut self, args: &[&str]) -> &mut Self {
         self.options.extend(args.iter().map(|a| (*a).to_owned()));
         self
+    }
+
+    /// The build's phase cache (its own unless `--cache-dir` says otherwise).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.0.join("phases")
     }
 
     /// The image's name: outputs are `NAME.FORMAT`.
@@ -150,6 +187,8 @@ impl FakeBuild {
             "raw".into(),
             "--image-cache".into(),
             self.dir.0.join("cache").display().to_string(),
+            "--cache-dir".into(),
+            self.cache_dir().display().to_string(),
         ];
         args.extend(self.options.iter().cloned());
         args.extend(self.elements.iter().cloned());
@@ -161,12 +200,9 @@ impl FakeBuild {
         let plan = cli::plan::plan(&c).unwrap_or_else(|e| panic!("cannot plan: {e}"));
         let records = Records::default();
         let (reporter, transcript) = Reporter::capturing("microdib", reporting, Some(Box::new(records.clone())));
-        let vm = self.vm.clone();
-        let mut workspace = None;
-        let result = run_with(&plan, &reporter, &self.stop, &mut |req| {
-            workspace = Some(req.workspace.dir.clone());
-            Ok(vm.guest())
-        });
+        let mut starter = FakeStarter { vm: self.vm.clone(), tools: self.tools.clone(), workspace: None };
+        let result = run_with(&plan, &reporter, &self.stop, &mut starter);
+        let workspace = starter.workspace;
         let exit_status = cli::outcome::conclude(&reporter, &result);
         let records = String::from_utf8_lossy(&records.0.lock().unwrap()).lines().map(String::from).collect();
         Outcome { result, exit_status, said: transcript.text(), records, workspace }

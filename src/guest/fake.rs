@@ -2,7 +2,10 @@
 //! and what element scripts wrote), a record of every operation, element scripts whose output,
 //! status and effects a test decides, and failures, VM deaths and hostile answers on demand.
 //! It knows the guest's mounts only as far as the engine relies on them: the aux tree seen in
-//! the sysroot, root.d's tree moving up, NAME.d's listing.
+//! the sysroot, root.d's tree moving up, NAME.d's listing. The root's file system is the
+//! sysroot's part of the tree; a checkpoint's freeze writes it to the disk the root is on (a tar
+//! stream at its start), and mounting that disk reads it back, so the host's copies of the disk
+//! carry the image as a real one's do.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -106,6 +109,8 @@ pub struct FakeState {
     answers: BTreeMap<String, Answer>,
     /// The VM "ended by itself" (a crash): every operation from then on loses the VM.
     pub ended: Option<String>,
+    /// The host file of the disk the root is built on.
+    disk: Option<std::path::PathBuf>,
 }
 
 /// A handle on a fake build VM; `start` gives the engine one guest on it.
@@ -140,6 +145,16 @@ impl FakeVm {
     /// The guest the engine drives.
     pub fn guest(&self) -> Box<dyn BuildGuest> {
         Box::new(FakeGuest(self.clone()))
+    }
+
+    /// A new boot: nothing in memory, the root to be built on `disk`. What scripts do, the
+    /// hooks and the answers stay.
+    pub fn boot(&self, disk: &std::path::Path) {
+        let mut st = self.0.borrow_mut();
+        st.tree.clear();
+        st.ops.clear();
+        st.ended = None;
+        st.disk = Some(disk.to_owned());
     }
 
     pub fn ops(&self) -> Vec<Op> {
@@ -215,6 +230,35 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The sysroot's files as a tar stream at the start of `disk` (what a frozen file system holds).
+fn write_root(tree: &BTreeMap<String, FakeFile>, disk: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, file) in tree.iter().filter(|(k, _)| k.starts_with(&format!("{SYSROOT}/"))) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(file.data.len() as u64);
+        header.set_mode(file.mode);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, &path[SYSROOT.len() + 1..], &file.data[..])?;
+    }
+    let stream = builder.into_inner()?;
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk)?;
+    std::io::Write::write_all(&mut f, &stream)
+}
+
+/// Mounting `disk`: the files `write_root` left there appear under the sysroot.
+fn read_root(tree: &mut BTreeMap<String, FakeFile>, disk: &std::path::Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(std::fs::File::open(disk)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let rel = entry.path()?.to_string_lossy().into_owned();
+        let mode = entry.header().mode()?;
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data)?;
+        tree.insert(format!("{SYSROOT}/{rel}"), FakeFile { data, mode });
+    }
+    Ok(())
+}
+
 /// The names directly under `dir` in `tree`, once each.
 fn listing(tree: &BTreeMap<String, FakeFile>, dir: &str) -> Vec<String> {
     let prefix = format!("{}/", dir.trim_end_matches('/'));
@@ -236,6 +280,7 @@ impl Guest for FakeGuest {
             self.0 .0.borrow_mut().answers.insert(script.name.to_owned(), answer);
             return said;
         }
+        let disk = self.0 .0.borrow().disk.clone();
         let mut tree = self.tree();
         if script.name == scripts::LIST_SCRIPTS.name {
             let dir = paths::aux(&format!("hooks/{}", args.first().copied().unwrap_or_default()));
@@ -257,6 +302,28 @@ impl Guest for FakeGuest {
                 }
             }
             return Ok(out);
+        }
+        let state = args.get(2).copied();
+        match (script.name, args.first().copied()) {
+            // Unbooted (a test of the host's side alone), the fake has no disk of its own.
+            (n, Some("freeze")) if n == scripts::CHECKPOINT.name => {
+                if let Some(disk) = disk {
+                    write_root(&tree, &disk).map_err(|e| GuestError::Host { what: "fake freeze".into(), source: e })?;
+                }
+            }
+            (n, Some("release")) if n == scripts::CHECKPOINT.name => {
+                tree.retain(|k, _| !k.starts_with(&format!("{SYSROOT}/")));
+            }
+            (n, _)
+                if n == scripts::MOUNT_ROOT.name
+                    || (n == scripts::BLOCK_LAYER_PREPARE.name && state == Some("restored")) =>
+            {
+                if let Some(disk) = disk {
+                    read_root(&mut tree, &disk)
+                        .map_err(|e| GuestError::Host { what: "fake mount".into(), source: e })?;
+                }
+            }
+            _ => {}
         }
         if script.name == scripts::ROOT_D_FINISH.name {
             let moved: Vec<String> = tree.keys().filter(|k| k.starts_with(&format!("{SUBROOT}/"))).cloned().collect();

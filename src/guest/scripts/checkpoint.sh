@@ -1,5 +1,6 @@
 # A phase checkpoint's guest side. `freeze`: everything the root's file system holds is written
 # to its disk, which then stays still while the host copies it. `thaw`: the build goes on.
+# `release DEV...`: the root unmounted and its devices' caches dropped, for a restore in place.
 # `sums PLACE...`: for every regular file under those places of the aux tree, `MODE SHA256
 # PATH` and a NUL (MODE as `stat -c %a` prints it), for the host to see which of its files
 # the build changed or added.
@@ -11,6 +12,14 @@ case "$1" in
         ;;
     thaw)
         fsfreeze --unfreeze "$MICRODIB_SYSROOT"
+        ;;
+    release)
+        # The host is about to rewrite DEV's disk: nothing of it may stay mounted or cached.
+        shift
+        sync
+        umount -R "$MICRODIB_SYSROOT"
+        blockdev --flushbufs "$@"
+        echo 3 > /proc/sys/vm/drop_caches
         ;;
     sums)
         shift
@@ -26,7 +35,7 @@ case "$1" in
         done
         ;;
     *)
-        echo "checkpoint.sh: freeze, thaw or sums, not '$1'" >&2
+        echo "checkpoint.sh: freeze, thaw, release or sums, not '$1'" >&2
         exit 2
         ;;
 esac

@@ -91,7 +91,7 @@ fn bad_inputs_get_virt_dibs_messages() {
     let els = els.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--bogus"], "microdib: unrecognized option '--bogus'"),
-        (&["--n"], "microdib: option '--n' is ambiguous; possibilities: '--name' '--network' '--no-delete-on-failure' '--no-network'"),
+        (&["--n"], "microdib: option '--n' is ambiguous; possibilities: '--name' '--network' '--no-cache' '--no-delete-on-failure' '--no-network'"),
         (&["--name"], "microdib: option '--name' requires an argument"),
         (&["--smp", "abc"], "microdib: ‘abc’ is not a numeric value."),
         (&["-m", "9999999999"], "microdib: 9999999999: integer out of range"),

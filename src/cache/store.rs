@@ -282,7 +282,7 @@ impl Store {
                 _ => return Ok(self.drop_entry(Some(held), &dir, "its manifest is not a valid one")),
             };
             let age = Duration::from_secs(now().saturating_sub(manifest.created));
-            if age > self.limits.max_age {
+            if age >= self.limits.max_age {
                 return Ok(Lookup::Expired { age });
             }
             if let Err(why) = verify_files(&dir, &manifest) {
@@ -300,7 +300,7 @@ impl Store {
         let manifest_path = self.entries().join(key.to_string()).join("manifest");
         let Ok(f) = open_manifest(&manifest_path) else { return false };
         read_manifest(&f).is_some_and(|m| {
-            m.key == *key && Duration::from_secs(now().saturating_sub(m.created)) <= self.limits.max_age
+            m.key == *key && Duration::from_secs(now().saturating_sub(m.created)) < self.limits.max_age
         })
     }
 
@@ -382,7 +382,7 @@ impl Store {
         // Oldest use first.
         entries.reverse();
         for e in entries {
-            let expired = now().saturating_sub(e.manifest.created) > self.limits.max_age.as_secs();
+            let expired = now().saturating_sub(e.manifest.created) >= self.limits.max_age.as_secs();
             if (expired || total > self.limits.max_bytes) && self.remove_entry_if_unused(&e.dir)? {
                 total -= e.bytes;
             }

@@ -31,31 +31,48 @@ pub struct VmRequest<'a> {
 
 /// Starts a build's VM: this module's, or in the engine's tests a fake guest.
 pub trait VmStarter {
+    /// Finds where the VM runs and what it boots (building the appliance if need be).
+    fn prepare(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<(), EngineError>;
     /// What runs the phases, by content (microdib, the guest kernel, the agent, the appliance):
-    /// an input of every phase checkpoint. Found once, before the VM starts.
+    /// an input of every phase checkpoint.
     fn tools(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<Digest, EngineError>;
     fn start(&mut self, req: &VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError>;
 }
 
-/// The real build VM, booting what `BootFiles::find` found.
+/// The real build VM: its backend chosen first (a host that cannot run it is told so before
+/// anything is built), then what it boots.
 #[derive(Default)]
 pub struct RealVm {
-    boot: Option<BootFiles>,
+    ready: Option<Ready>,
+}
+
+/// Where the build VM runs and what it boots, found once per build.
+pub struct Ready {
+    backend: Backend,
+    boot: BootFiles,
 }
 
 impl RealVm {
-    fn boot(&mut self, c: &BuildPlan, r: &Reporter) -> Result<&BootFiles, EngineError> {
-        let boot = match self.boot.take() {
-            Some(b) => b,
-            None => BootFiles::find(c, r)?,
+    fn ready(&mut self, c: &BuildPlan, r: &Reporter) -> Result<&Ready, EngineError> {
+        let ready = match self.ready.take() {
+            Some(ready) => ready,
+            None => {
+                // Where the build VM runs: this host's KVM, or qemu's software emulation.
+                let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
+                Ready { backend, boot: BootFiles::find(c, r)? }
+            }
         };
-        Ok(self.boot.insert(boot))
+        Ok(self.ready.insert(ready))
     }
 }
 
 impl VmStarter for RealVm {
+    fn prepare(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<(), EngineError> {
+        self.ready(plan, r).map(|_| ())
+    }
+
     fn tools(&mut self, plan: &BuildPlan, r: &Reporter) -> Result<Digest, EngineError> {
-        let boot = self.boot(plan, r)?;
+        let boot = &self.ready(plan, r)?.boot;
         let microdib = std::env::current_exe().map_err(EngineError::host("cannot find my own executable"))?;
         let tools =
             Tools { microdib: &microdib, kernel: &boot.kernel, agent: &boot.agent, appliance_root: &boot.files.root };
@@ -63,8 +80,8 @@ impl VmStarter for RealVm {
     }
 
     fn start(&mut self, req: &VmRequest<'_>) -> Result<Box<dyn BuildGuest>, EngineError> {
-        let boot = self.boot(req.plan, req.reporter)?.clone();
-        Ok(Box::new(start(req, &boot)?))
+        let ready = self.ready(req.plan, req.reporter)?;
+        Ok(Box::new(start(req, ready)?))
     }
 }
 
@@ -106,13 +123,11 @@ impl BootFiles {
 }
 
 /// Starts the build VM and waits for its agent; a stop signal stops it from then on.
-pub fn start(req: &VmRequest<'_>, boot: &BootFiles) -> Result<GuestOps, EngineError> {
+pub fn start(req: &VmRequest<'_>, ready: &Ready) -> Result<GuestOps, EngineError> {
     let VmRequest { plan: c, stop, reporter: r, workspace: ws, outputs, scratch } = *req;
-    // Where the build VM runs: this host's KVM, or qemu's software emulation.
-    let backend = Backend::choose(c.vm.accel, |why| r.info(why))?;
-    let spec = spec(c, boot, ws, outputs, scratch)?;
+    let spec = spec(c, &ready.boot, ws, outputs, scratch)?;
     stop.check()?;
-    let mut vm = BuildVm::start(&backend, spec)?;
+    let mut vm = BuildVm::start(&ready.backend, spec)?;
     // A signal while it boots stops it too.
     stop.watch_vm(Some(vm.stop_switch()));
     vm.wait_for_agent()?;

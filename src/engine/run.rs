@@ -52,15 +52,21 @@ fn build(c: &BuildPlan, r: &Reporter, stop: &Stop, vms: &mut dyn VmStarter) -> R
     if let Some(path) = &scratch {
         build_vm::sparse_file(path, c.image.size)?;
     }
+    vms.prepare(c, r)?;
+    let keying = Instant::now();
     let cache_inputs = match &c.cache.dir {
         Some(_) => Some(cache_inputs(c, r, &ws, vms)?),
         None => None,
     };
+    let keying = keying.elapsed().as_secs_f64();
     let mut cache = match (&c.cache.dir, &cache_inputs) {
         (Some(dir), Some(inputs)) => {
             let limits = Limits { max_bytes: c.cache.max_bytes, max_age: c.cache.max_age };
             let disk = scratch.clone().unwrap_or_else(|| outputs.target_disk.clone());
-            PhaseCache::open(CacheSetup { dir, limits, inputs, disk }, &host.vars, r)
+            PhaseCache::open(CacheSetup { dir, limits, inputs, disk }, &host.vars, r).map(|mut pc| {
+                pc.overhead_secs += keying;
+                pc
+            })
         }
         _ => None,
     };
@@ -210,9 +216,7 @@ fn in_the_vm(
         }
     }
     if let Some(pc) = cache.as_deref() {
-        if pc.storing_secs > 0.0 {
-            runner.summary.borrow_mut().step("storing checkpoints", pc.storing_secs);
-        }
+        runner.summary.borrow_mut().step("phase checkpoints", pc.overhead_secs);
     }
     // disk-image-create's block-device layer makes the image now, or virt-dib remounts.
     image::enter_image(guest, &c.image, runner, host.block_layer.as_mut(), &root)?;

@@ -3,6 +3,7 @@
 //! outputs, clean-up), while the guest's side is scripted. Engine behaviour that needs no
 //! kernel is tested here in milliseconds; `tests/` keeps what needs a real VM.
 
+mod cache;
 mod failures;
 mod phases;
 mod reporting;
@@ -44,6 +45,10 @@ struct FakeStarter {
 }
 
 impl VmStarter for FakeStarter {
+    fn prepare(&mut self, _: &BuildPlan, _: &Reporter) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     fn tools(&mut self, _: &BuildPlan, _: &Reporter) -> Result<Digest, EngineError> {
         Ok(Digest::of(self.tools.as_bytes()))
     }
@@ -137,6 +142,12 @@ impl FakeBuild {
             }
         }
         self
+    }
+
+    /// The build's options are `args` from now on.
+    pub fn options(&mut self, args: &[&str]) -> &mut Self {
+        self.options.clear();
+        self.option(args)
     }
 
     pub fn option(&mut self, args: &[&str]) -> &mut Self {

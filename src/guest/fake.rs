@@ -83,9 +83,10 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Writes a file at `path` under the script's TARGET_ROOT (the image, or root.d's tree).
+    /// Writes a file at `path` under the script's TARGET_ROOT (the image, or root.d's tree; in
+    /// the chroot, where TARGET_ROOT is empty, `/` is the image).
     pub fn write_in_target(&mut self, path: &str, data: &[u8]) {
-        let root = self.env.get("TARGET_ROOT").cloned().unwrap_or_else(|| SYSROOT.to_owned());
+        let root = self.env.get("TARGET_ROOT").filter(|r| !r.is_empty()).cloned().unwrap_or_else(|| SYSROOT.to_owned());
         self.tree.insert(format!("{root}{path}"), FakeFile { data: data.to_vec(), mode: 0o644 });
     }
 

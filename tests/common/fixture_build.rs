@@ -60,6 +60,10 @@ impl FixtureBuild {
             .tempdir_in(parent)
             .expect("cannot make the build's directory");
         std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        FixtureBuild::with_dir(dir, elements)
+    }
+
+    fn with_dir(dir: tempfile::TempDir, elements: &[&str]) -> FixtureBuild {
         FixtureBuild {
             vm: BuildVm::Auto,
             dir,
@@ -244,6 +248,12 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
+    /// A build again in this one's directory: the same paths, so the same command line, as a
+    /// user's rebuild has (its elements and options given anew).
+    pub fn rebuild(self, elements: &[&str]) -> FixtureBuild {
+        FixtureBuild::with_dir(self.dir, elements)
+    }
+
     fn read(dir: tempfile::TempDir, name: String) -> BuildResult {
         let read = |f: &str| std::fs::read(dir.path().join(f)).map(|b| text(&b)).unwrap_or_default();
         let report: BTreeMap<String, String> = read("report")

@@ -210,3 +210,51 @@ fn invoked_as_virt_dib_it_speaks_as_virt_dib() {
     let v = text(&Command::new(&link).arg("-V").output().unwrap().stdout);
     assert!(v.starts_with("virt-dib ") && v.lines().count() == 1, "{v}");
 }
+
+/// `--cache-list` shows the phase cache's entries (key, age, size, the phase each was taken
+/// after, the elements) and `--cache-clear` empties it; neither needs -B or elements.
+#[test]
+fn the_phase_cache_is_listed_and_cleared_without_a_build() {
+    use microdib::cache::{Inputs, Key, Limits, NewEntry, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("phases");
+    let cache_arg = cache.to_str().unwrap();
+    let out = microdib(&["--cache-list", "--cache-dir", cache_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "The phase cache is empty.\n");
+
+    let limits = Limits { max_bytes: 1 << 30, max_age: std::time::Duration::from_secs(3600) };
+    let store = Store::open(&cache, limits).unwrap();
+    let pending = store.begin().unwrap();
+    std::fs::write(pending.path("disk").unwrap(), vec![7u8; 64 << 10]).unwrap();
+    let key = Key::chain(None, "root.d", &Inputs::default());
+    let elements = ["fixture-os".to_owned(), "base".to_owned()];
+    let entry =
+        NewEntry { key, parent: None, phase: "root.d", elements: &elements, inputs: &Inputs::default(), facts: &[] };
+    drop(pending.commit(&entry).unwrap());
+
+    let out = microdib(&["--cache-dir", cache_arg, "--cache-list"]);
+    let listing = text(&out.stdout);
+    let row = listing.lines().find(|l| l.starts_with(&key.0.short())).unwrap_or_else(|| panic!("{listing}"));
+    for word in ["0 s", "root.d", "fixture-os base"] {
+        assert!(row.contains(word), "{word} not in {row:?}");
+    }
+    assert!(listing.lines().last().is_some_and(|l| l.starts_with("1 entry, ")), "{listing}");
+    let out = microdib(&["--cache-dir", cache_arg, "--cache-list", "--machine-readable"]);
+    let record = text(&out.stdout);
+    assert!(record.contains("\"type\": \"cache-entry\"") && record.contains("\"phase\": \"root.d\""), "{record}");
+
+    let out = microdib(&["--cache-clear", "--cache-dir", cache_arg]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("removed 1 entry from the phase cache"), "{}", text(&out.stdout));
+    assert_eq!(text(&microdib(&["--cache-list", "--cache-dir", cache_arg]).stdout), "The phase cache is empty.\n");
+
+    let out = microdib(&["--cache-max-age", "3 days", "--cache-list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("microdib: error: --cache-max-age: cannot parse ‘3 days’ (a number and s, m, h or d: 12h)"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -500,9 +500,10 @@ impl Pending<'_> {
         let dest = self.store.entries().join(key.to_string());
         // An entry already there that is no use (expired, damaged) makes way for this one.
         if dest.exists() {
-            let usable = open_manifest(&dest.join("manifest")).ok().as_ref().and_then(read_manifest).is_some_and(|m| {
-                m.key == key && now().saturating_sub(m.created) <= self.store.limits.max_age.as_secs()
-            });
+            let usable =
+                open_manifest(&dest.join("manifest")).ok().as_ref().and_then(read_manifest).is_some_and(|m| {
+                    m.key == key && now().saturating_sub(m.created) < self.store.limits.max_age.as_secs()
+                });
             if !usable {
                 self.store.remove_entry_if_unused(&dest)?;
             }

@@ -41,7 +41,8 @@ pub fn run(command: CacheCommand, o: &CacheOptions, r: &Reporter) -> u8 {
         CacheCommand::Clear => match store.clear() {
             Ok(n) => {
                 let left = store.list().len();
-                let mut line = format!("removed {n} entries from the phase cache {}", dir.display());
+                let noun = if n == 1 { "entry" } else { "entries" };
+                let mut line = format!("removed {n} {noun} from the phase cache {}", dir.display());
                 if left > 0 {
                     line += &format!(" ({left} in use by a running build stay)");
                 }
@@ -76,6 +77,10 @@ fn listing(entries: &[EntryInfo], now: SystemTime) -> String {
             e.manifest.elements.join(" ")
         );
     }
-    s += &format!("{} entries, {}\n", entries.len(), human(total as f64));
+    let count = match entries.len() {
+        1 => "1 entry".to_owned(),
+        n => format!("{n} entries"),
+    };
+    s += &format!("{count}, {}\n", human(total as f64));
     s
 }

@@ -88,7 +88,7 @@ fn build(c: &BuildPlan, r: &Reporter, stop: &Stop, vms: &mut dyn VmStarter) -> R
     let vars = host.vars.clone();
     let mut summary = TimeSummary::default();
     if restored_root.is_some() {
-        summary.step("restoring checkpoints", restoring);
+        summary.step("restoring (before the VM)", restoring);
     }
     summary.step("build VM start", vm_start);
     let mut runner = PhaseRunner {
@@ -195,7 +195,7 @@ fn in_the_vm(
                 pc.restore_in_place(&restore)?;
                 image::mount_root_again(guest, &root)?;
                 restore_facts(guest, runner, Some(pc), &restore)?;
-                runner.summary.borrow_mut().step("restoring checkpoints", restoring.elapsed().as_secs_f64());
+                runner.summary.borrow_mut().step("restoring (in place)", restoring.elapsed().as_secs_f64());
                 reused_up_to = Some(restore.phase);
             }
             None => pc.checkpoint(guest, Phase::ExtraData, &facts(runner))?,

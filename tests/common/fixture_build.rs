@@ -12,7 +12,8 @@ use super::unprivileged::{Builder, StagedMicrodib};
 use super::{accel_kvm_wrapper, fixtures, microdib_env, run_where, text, BuildVm};
 
 /// A build of fixture elements: `-B tests/fixtures/lib -p tests/fixtures/elements`, the image
-/// `img` in the build's `out/`, a 256M disk, the image cache in the build's directory.
+/// `img` in the build's `out/`, a 256M disk, the image cache and the phase cache in the build's
+/// directory.
 pub struct FixtureBuild {
     vm: BuildVm,
     dir: tempfile::TempDir,
@@ -171,6 +172,10 @@ impl FixtureBuild {
         a.extend(["--image-cache".to_owned(), self.path("cache").display().to_string()]);
         if !self.options.iter().any(|o| o == "--size") {
             a.extend(["--size".to_owned(), "256M".to_owned()]);
+        }
+        // A phase cache of the build's own: no build reuses another test's checkpoints.
+        if !self.options.iter().any(|o| o == "--cache-dir" || o == "--no-cache") {
+            a.extend(["--cache-dir".to_owned(), self.path("phases").display().to_string()]);
         }
         a.extend(self.options.iter().cloned());
         a.extend(self.elements.iter().cloned());

@@ -96,10 +96,19 @@ pub struct VmPlan {
     pub accel: Accel,
     pub memory_mib: u64,
     pub vcpus: u8,
-    /// The guest network's backend; None with --no-network.
-    pub passt: Option<PathBuf>,
+    /// The guest network; None with --no-network.
+    pub network: Option<NetworkPlan>,
     /// `--drive`: the helper drive the user keeps, and `--drive-format` if given.
     pub drive: Option<HelperDrive>,
+}
+
+/// The guest network through passt.
+#[derive(Debug, Clone)]
+pub struct NetworkPlan {
+    pub passt: PathBuf,
+    /// `--network-host-loopback`: the guest's gateway address is the host's loopback (local
+    /// mirrors and proxies); otherwise the host's own services are out of the guest's reach.
+    pub host_loopback: bool,
 }
 
 /// A `--drive` the user named; its format is decided when the build opens it (`helper_drive`).

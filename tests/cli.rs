@@ -91,7 +91,7 @@ fn bad_inputs_get_virt_dibs_messages() {
     let els = els.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["--bogus"], "microdib: unrecognized option '--bogus'"),
-        (&["--n"], "microdib: option '--n' is ambiguous; possibilities: '--name' '--network' '--no-cache' '--no-delete-on-failure' '--no-network'"),
+        (&["--n"], "microdib: option '--n' is ambiguous; possibilities: '--name' '--network' '--network-host-loopback' '--no-cache' '--no-delete-on-failure' '--no-network'"),
         (&["--name"], "microdib: option '--name' requires an argument"),
         (&["--smp", "abc"], "microdib: ‘abc’ is not a numeric value."),
         (&["-m", "9999999999"], "microdib: 9999999999: integer out of range"),
@@ -105,6 +105,10 @@ fn bad_inputs_get_virt_dibs_messages() {
         (&["-B", lib, "--python", "no-such-python", "x"], "microdib: error: no-such-python needed but not found"),
         (&["-B", lib, "-p", els, "no-such-element"], "microdib: error: element no-such-element not found"),
         (&["-B", lib, "-p", els, "--skip-base", "dumper"], "microdib: error: please include an operating system element"),
+        (
+            &["-B", lib, "-p", els, "--no-network", "--network-host-loopback", "fixture-os"],
+            "microdib: error: --network-host-loopback needs the network, which --no-network turns off",
+        ),
     ];
     for (args, first_line) in cases {
         let (code, line) = fails(args);

@@ -1,7 +1,8 @@
-//! The appliance network (passt): a root.d script (in the appliance) and an install.d script
-//! (in the chroot, through bash's /dev/tcp) fetch a file from an HTTP server on the host's
-//! loopback through the gateway address; the chroot sees the appliance's resolv.conf while it
-//! runs and the target keeps its own. With --no-network the same fetch fails at once and
+//! The appliance network (passt): with --network-host-loopback a root.d script (in the
+//! appliance) and an install.d script (in the chroot, through bash's /dev/tcp) fetch a file from
+//! an HTTP server on the host's loopback through the gateway address; the chroot sees the
+//! appliance's resolv.conf while it runs and the target keeps its own. Without that option the
+//! host's loopback is out of reach. With --no-network the same fetch fails at once and
 //! DIB_OFFLINE=1. passt is gone after a success and a failure (after SIGTERM: tests/signals.rs).
 //! Our VMM runs the fetch too (its network device); the rest is the engine's and passt's
 //! handling, which both backends share.
@@ -16,7 +17,7 @@ on_each_backend!(
 const ROOT_D: &str = r#"#!/bin/bash
 echo "root.d: DIB_OFFLINE=[$DIB_OFFLINE]"
 start=$(date +%s%N)
-if curl -fsS --max-time 60 -o "$TARGET_ROOT/fetched" "http://10.0.2.2:$FETCH_PORT/blob"; then
+if curl -fsS --max-time "${FETCH_MAX_TIME:-60}" -o "$TARGET_ROOT/fetched" "http://10.0.2.2:$FETCH_PORT/blob"; then
   echo "root.d: fetched $(sha256sum < "$TARGET_ROOT/fetched" | cut -c1-64)"
 else
   echo "root.d: fetch failed after $(( ($(date +%s%N) - start) / 1000000 )) ms"
@@ -26,7 +27,8 @@ echo 'nameserver 192.0.2.53' > "$TARGET_ROOT/etc/resolv.conf"
 
 const INSTALL_D: &str = r#"#!/bin/bash
 echo "install.d: resolv.conf=$(cat /etc/resolv.conf)"
-if exec 3<>/dev/tcp/10.0.2.2/$FETCH_PORT; then
+# (Only where root.d reached the server: the chroot has no `timeout` to bound a connect.)
+if [ -e /fetched ] && exec 3<>/dev/tcp/10.0.2.2/$FETCH_PORT; then
   printf 'GET /blob HTTP/1.0\r\n\r\n' >&3
   echo "install.d: $(head -1 <&3 | tr -d '\r')"
 fi
@@ -57,6 +59,7 @@ fn fetcher(vm: BuildVm, options: &[&str]) -> (FixtureBuild, String) {
         .alongside(&server)
         .env("FETCH_PORT", &port)
         .options(&["--formats", "tar", "--debug", "1", "--envvar", "FETCH_PORT", "--envvar", "FAIL"])
+        .options(&["--envvar", "FETCH_MAX_TIME"])
         .options(options);
     (build, sum)
 }
@@ -66,7 +69,7 @@ fn fetcher(vm: BuildVm, options: &[&str]) -> (FixtureBuild, String) {
 /// same way whichever way the build ends, and the resolv.conf swap is the engine's.
 fn reaching_the_host(vm: BuildVm) {
     let fails = vm == BuildVm::Auto;
-    let (build, sum) = fetcher(vm, &[]);
+    let (build, sum) = fetcher(vm, &["--network-host-loopback"]);
     let net = build.env("FAIL", if fails { "1" } else { "" }).run();
     net.said("root.d: DIB_OFFLINE=[]")
         .said(&format!("root.d: fetched {sum}"))
@@ -82,6 +85,18 @@ fn reaching_the_host(vm: BuildVm) {
     net.succeeded();
     let tar = net.output("img.tar");
     assert_eq!(tool("tar", &["-xOf", tar.to_str().unwrap(), "./etc/resolv.conf"]), "nameserver 192.0.2.53\n");
+}
+
+/// By default the guest's gateway is not the host: a server on the host's 127.0.0.1 is out of
+/// the build's reach (passt's `--no-map-gw`), while the network is up.
+#[test]
+fn by_default_the_hosts_loopback_is_out_of_reach() {
+    let (build, _) = fetcher(BuildVm::Auto, &[]);
+    let r = build.env("FETCH_MAX_TIME", "10").run();
+    r.succeeded().said("root.d: DIB_OFFLINE=[]");
+    assert!(r.line_after("root.d: fetch failed after ").is_some(), "root.d reached the host's loopback");
+    assert!(!r.stdout.contains("install.d: HTTP/1.0 200"), "the chroot reached the host's loopback");
+    assert_eq!(r.passt_pids().len(), 1, "no passt in the build");
 }
 
 #[test]

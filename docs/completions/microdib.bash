@@ -23,7 +23,7 @@ _microdib() {
 
     case "${cmd}" in
         microdib)
-            opts="-B -p -m -q -u -V -v -x --accel --arch --cache-clear --cache-dir --cache-list --cache-max-age --cache-max-size --checksum --colors --colour --colours --color --debug --debug-gc --docker-target --drive --drive-format --element-path --envvar --exclude-element --exclude-script --extra-packages --formats --fs-type --help --image-cache --install-type --memsize --machine-readable --mkfs-options --name --network --no-cache --no-delete-on-failure --no-network --python --quiet --qemu-img-options --ramdisk --ramdisk-element --root-label --size --skip-base --smp --squashfs-compression --version --verbose --wrap --short-options --long-options"
+            opts="-B -p -m -q -u -V -v -x --accel --arch --cache-clear --cache-dir --cache-list --cache-max-age --cache-max-size --checksum --colors --colour --colours --color --debug --debug-gc --docker-target --drive --drive-format --element-path --envvar --exclude-element --exclude-script --extra-packages --formats --fs-type --help --image-cache --install-type --memsize --machine-readable --mkfs-options --name --network --network-host-loopback --no-cache --no-delete-on-failure --no-network --python --quiet --qemu-img-options --ramdisk --ramdisk-element --root-label --size --skip-base --smp --squashfs-compression --version --verbose --wrap --short-options --long-options"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

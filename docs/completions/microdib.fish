@@ -35,6 +35,7 @@ complete -c microdib -l color -l colors -l colour -l colours -d 'Use ANSI colour
 complete -c microdib -l debug-gc -d ''
 complete -c microdib -l help -d 'Display brief help'
 complete -c microdib -l network -d 'Enable appliance network (default)'
+complete -c microdib -l network-host-loopback -d 'Let the build VM reach this host’s local services'
 complete -c microdib -l no-cache -d 'Build every phase, keep no checkpoint'
 complete -c microdib -l no-delete-on-failure -d 'Don’t delete output file on failure'
 complete -c microdib -l no-network -d 'Disable appliance network'

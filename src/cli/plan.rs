@@ -8,7 +8,7 @@ use super::Cmdline;
 use crate::formats::qcow2::Qcow2Options;
 use crate::formats::Format;
 use crate::host::which;
-use crate::plan::{BuildPlan, CachePlan, ElementsPlan, HelperDrive, ImagePlan, OutputsPlan, VmPlan};
+use crate::plan::{BuildPlan, CachePlan, ElementsPlan, HelperDrive, ImagePlan, NetworkPlan, OutputsPlan, VmPlan};
 
 /// Build VM defaults when -m / --smp are not given.
 const DEFAULT_MEMORY_MIB: u64 = 1024;
@@ -31,6 +31,8 @@ pub enum PlanError {
     Qcow2Options(String),
     #[error("passt is not installed: install the 'passt' package or use --no-network")]
     NoPasst,
+    #[error("--network-host-loopback needs the network, which --no-network turns off")]
+    LoopbackWithoutNetwork,
 }
 
 fn needed(prog: &str) -> Result<PathBuf, PlanError> {
@@ -81,8 +83,14 @@ pub fn plan(c: &Cmdline) -> Result<BuildPlan, PlanError> {
         }
     }
     // The appliance network is on by default, as in virt-dib; passt provides it.
-    let passt = match c.network {
-        true => Some(which("passt").ok_or(PlanError::NoPasst)?),
+    if c.network_host_loopback && !c.network {
+        return Err(PlanError::LoopbackWithoutNetwork);
+    }
+    let network = match c.network {
+        true => Some(NetworkPlan {
+            passt: which("passt").ok_or(PlanError::NoPasst)?,
+            host_loopback: c.network_host_loopback,
+        }),
         false => None,
     };
     Ok(BuildPlan {
@@ -116,7 +124,7 @@ pub fn plan(c: &Cmdline) -> Result<BuildPlan, PlanError> {
             accel: c.accel,
             memory_mib: c.memsize.map(|m| m.max(256) as u64).unwrap_or(DEFAULT_MEMORY_MIB),
             vcpus: c.smp.map(|n| n.clamp(1, 64) as u8).unwrap_or(DEFAULT_VCPUS),
-            passt,
+            network,
             drive: c.drive.as_ref().map(|d| HelperDrive { path: PathBuf::from(d), format: c.drive_format.clone() }),
         },
         lib_dir: PathBuf::from(base),

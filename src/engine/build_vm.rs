@@ -192,7 +192,11 @@ fn spec(
         vcpus: c.vm.vcpus,
         vsock: ws.dir.join("vsock"),
         console: ws.dir.join("console.log"),
-        network: c.vm.passt.clone().map(|passt| vmbackend::NetworkSpec { passt, log: ws.dir.join("passt.log") }),
+        network: c.vm.network.as_ref().map(|n| vmbackend::NetworkSpec {
+            passt: n.passt.clone(),
+            host_loopback: n.host_loopback,
+            log: ws.dir.join("passt.log"),
+        }),
         workdir: ws.dir.clone(),
     })
 }

@@ -83,10 +83,30 @@ pub struct BuildInputs {
     pub lib: PathBuf,
     /// Size, file system, label, mkfs options, block-device configuration, as one digest.
     pub layout: Digest,
-    pub network: bool,
+    pub network: NetworkMode,
     pub extra_packages: Vec<String>,
     /// microdib, the guest kernel, the agent and the appliance, as one digest.
     pub tools: Digest,
+}
+
+/// What the scripts can reach: what they fetch is not in any key, but where they may fetch it
+/// from is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode {
+    Off,
+    On,
+    /// `--network-host-loopback`.
+    WithHostLoopback,
+}
+
+impl NetworkMode {
+    fn digest(self) -> Digest {
+        Digest::of(match self {
+            NetworkMode::Off => b"off".as_slice(),
+            NetworkMode::On => b"on",
+            NetworkMode::WithHostLoopback => b"on, with the host's loopback",
+        })
+    }
 }
 
 /// The disk layout a checkpoint's disk was made with: size, file system, label, mkfs options
@@ -509,7 +529,7 @@ impl<'a> KeyChain<'a> {
         inputs.add("lib", tree_digest(lib, &|_| false).map_err(read_err(lib))?);
         inputs.add("env", self.env);
         inputs.add("layout", self.build.layout);
-        inputs.add("network", Digest::of(if self.build.network { b"on" } else { b"off" }));
+        inputs.add("network", self.build.network.digest());
         inputs.add("tools", self.build.tools);
         if phase >= Phase::PreInstall {
             inputs.add("extra-packages", Digest::of(self.build.extra_packages.join("\n").as_bytes()));
@@ -570,7 +590,7 @@ mod tests {
                 aux,
                 lib,
                 layout: Digest::of(b"256M ext4"),
-                network: true,
+                network: NetworkMode::On,
                 extra_packages: vec![],
                 tools: Digest::of(b"microdib 1"),
             };
@@ -668,7 +688,7 @@ mod tests {
 
     #[test]
     fn what_every_phase_can_read_invalidates_everything() {
-        let changes: [(&str, &Change); 11] = [
+        let changes: [(&str, &Change); 12] = [
             ("a static file of an element", &|f| {
                 std::fs::write(f.aux("hooks/package-installs.yaml"), "emacs:\n").unwrap()
             }),
@@ -680,7 +700,8 @@ mod tests {
             ("the element list", &|f| f.vars.elements.push("vm".into())),
             ("the architecture", &|f| f.vars.arch = "arm64".into()),
             ("a layout option", &|f| f.build.layout = Digest::of(b"512M ext4")),
-            ("the network", &|f| f.build.network = false),
+            ("the network", &|f| f.build.network = NetworkMode::Off),
+            ("the host's loopback", &|f| f.build.network = NetworkMode::WithHostLoopback),
             ("microdib, the kernel, agent or appliance", &|f| f.build.tools = Digest::of(b"microdib 2")),
         ];
         for (what, change) in changes {

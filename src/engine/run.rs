@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use super::build_vm::{self, RealVm, VmRequest, VmStarter};
-use super::checkpoints::{self, BuildInputs};
+use super::checkpoints::{self, BuildInputs, NetworkMode};
 use super::image;
 use super::outputs::OutputPlan;
 use super::phase_cache::{CacheSetup, PhaseCache, Restore, FACT_ROOT_UUID};
@@ -135,7 +135,11 @@ fn cache_inputs(
         aux: ws.aux(),
         lib: c.lib_dir.clone(),
         layout: checkpoints::layout_digest(&c.image),
-        network: c.vm.passt.is_some(),
+        network: match &c.vm.network {
+            None => NetworkMode::Off,
+            Some(n) if n.host_loopback => NetworkMode::WithHostLoopback,
+            Some(_) => NetworkMode::On,
+        },
         extra_packages: c.extra_packages.clone(),
         tools: vms.tools(c, r)?,
     })

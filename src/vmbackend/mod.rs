@@ -138,9 +138,10 @@ impl VmSpec {
     }
 }
 
-/// Where passt is and where its messages go.
+/// Where passt is, where its messages go, and whether the guest reaches the host's loopback.
 pub struct NetworkSpec {
     pub passt: PathBuf,
+    pub host_loopback: bool,
     pub log: PathBuf,
 }
 
@@ -356,6 +357,7 @@ fn start_passt(n: &NetworkSpec, net: &GuestNetwork) -> Result<(Passt, UnixStream
         gateway: net.gateway,
         dns_forward: Some(net.dns),
         mtu: net.mtu,
+        gateway_is_host: n.host_loopback,
         extra_args: Vec::new(),
         log: Some(n.log.clone()),
     };

@@ -474,7 +474,11 @@ mod tests {
             vcpus: 2,
             vsock: "/w/vsock".into(),
             console: "/w/console.log".into(),
-            network: network.then(|| super::super::NetworkSpec { passt: "passt".into(), log: "/w/passt.log".into() }),
+            network: network.then(|| super::super::NetworkSpec {
+                passt: "passt".into(),
+                host_loopback: false,
+                log: "/w/passt.log".into(),
+            }),
             workdir: "/w".into(),
         }
     }

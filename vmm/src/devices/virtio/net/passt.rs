@@ -27,6 +27,9 @@ pub struct PasstOptions {
     pub dns_forward: Option<Ipv4Addr>,
     /// MTU passt assumes for the guest (and offers over DHCP).
     pub mtu: u16,
+    /// Connections to the gateway address reach the host's own loopback (passt's default);
+    /// false keeps the host's local services out of the guest's reach (`--no-map-gw`).
+    pub gateway_is_host: bool,
     /// More arguments, passed after ours.
     pub extra_args: Vec<OsString>,
     /// Where passt's messages go (appended); `None` discards them.
@@ -43,6 +46,7 @@ impl Default for PasstOptions {
             gateway: Ipv4Addr::new(10, 0, 2, 2),
             dns_forward: Some(Ipv4Addr::new(10, 0, 2, 3)),
             mtu: 1500,
+            gateway_is_host: false,
             extra_args: Vec::new(),
             log: None,
         }
@@ -64,6 +68,9 @@ impl PasstOptions {
         opt("--mtu", self.mtu.to_string());
         if let Some(dns) = self.dns_forward {
             opt("--dns-forward", dns.to_string());
+        }
+        if !self.gateway_is_host {
+            a.push("--no-map-gw".into());
         }
         a.extend(self.extra_args.iter().cloned());
         a
@@ -190,6 +197,14 @@ mod tests {
         assert!(line.contains("--tcp-ports none --udp-ports none"), "{line}");
         assert!(line.contains("--address 10.0.2.15 --netmask 24 --gateway 10.0.2.2 --mtu 1500"), "{line}");
         assert!(line.contains("--dns-forward 10.0.2.3") && line.contains("-4"), "{line}");
+    }
+
+    #[test]
+    fn the_gateway_is_the_hosts_loopback_only_when_asked() {
+        let line = |o: PasstOptions| o.args().into_iter().map(|a| a.into_string().unwrap()).collect::<Vec<_>>();
+        assert!(line(PasstOptions::default()).contains(&"--no-map-gw".to_owned()));
+        let opened = PasstOptions { gateway_is_host: true, ..Default::default() };
+        assert!(!line(opened).contains(&"--no-map-gw".to_owned()));
     }
 
     fn arp_request(mac: [u8; 6], from: [u8; 4], target: [u8; 4]) -> Vec<u8> {

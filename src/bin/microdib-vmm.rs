@@ -59,6 +59,10 @@ struct Args {
     /// opened. Configure the guest e.g. with --append 'ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off'.
     #[arg(long)]
     net: bool,
+    /// With --net: the gateway address reaches this host's loopback (local servers); without
+    /// it, the host's own services are out of the guest's reach.
+    #[arg(long, requires = "net")]
+    net_host_loopback: bool,
     /// Only check whether this host's KVM can run a Linux guest, and say why not.
     #[arg(long)]
     check_kvm: bool,
@@ -180,7 +184,7 @@ fn run(args: Args, started: Instant) -> anyhow::Result<u8> {
     // is tied to it. Kept until the VM has ended; dropping it kills passt.
     let _passt = if args.net {
         use vmm::devices::virtio::net::{Net, Passt, PasstOptions, DEFAULT_MAC};
-        let opts = PasstOptions::default();
+        let opts = PasstOptions { gateway_is_host: args.net_host_loopback, ..Default::default() };
         let (passt, sock) = Passt::spawn(&opts)?;
         virtio_devices.push(Box::new(Net::new(sock, DEFAULT_MAC, opts.mtu)?));
         Some(passt)

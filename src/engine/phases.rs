@@ -273,9 +273,23 @@ impl<'a> PhaseRunner<'a> {
                 answer.push('\n');
             }
         }
+        self.stop_leftovers(guest, run.phase)?;
         times.end(self.reporter, &self.summary);
         self.append_log(guest, &profiling_table(&times))?;
         Ok(answer)
+    }
+
+    /// Kills what the phase's scripts left running in the image, one line for each.
+    fn stop_leftovers(&self, guest: &mut dyn Guest, phase: Phase) -> Result<(), EngineError> {
+        let killed = guest.script(&scripts::STOP_LEFTOVERS, &[])?;
+        // The names are the guest's: one short printable word each, at most 100 of them.
+        for line in killed.lines().take(100) {
+            let Some((pid, name)) = line.split_once(' ') else { continue };
+            let Ok(pid) = pid.parse::<u32>() else { continue };
+            let name: String = name.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+            self.reporter.info(&format!("{phase} left {name} (pid {pid}) running: killed"));
+        }
+        Ok(())
     }
 
     /// Runs one script through the wrapper, its output shown as it comes; what it said last,

@@ -133,3 +133,16 @@ fn no_final_image_runs_the_build_and_writes_no_image() {
     assert!(build.vm.elements_run().contains(&"root.d/10-fake-os".to_owned()));
     assert_eq!(build.outputs(), Vec::<String>::new());
 }
+
+#[test]
+fn processes_left_running_are_named_as_plain_words() {
+    let build = FakeBuild::new(&[]);
+    build
+        .vm
+        .answer(&crate::guest::scripts::STOP_LEFTOVERS, |_| Ok("12 sl\u{1b}[2Jeep\nnot a record\n7 daemon\n".into()));
+    let out = build.run();
+    out.succeeded();
+    assert!(out.said.contains("microdib: root.d left sl[2Jeep (pid 12) running: killed"), "{}", out.said);
+    assert!(out.said.contains("microdib: root.d left daemon (pid 7) running: killed"), "{}", out.said);
+    assert!(!out.said.contains('\u{1b}') && !out.said.contains("not a record"), "{}", out.said);
+}

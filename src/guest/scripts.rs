@@ -34,6 +34,7 @@ scripts! {
     NAME_DISKS = "name-disks.sh";
     REMOUNT_ROOT = "remount-root.sh";
     ROOT_D_FINISH = "root-d-finish.sh";
+    STOP_LEFTOVERS = "stop-leftovers.sh";
     SYSROOT_TMPFS = "sysroot-tmpfs.sh";
 }
 

@@ -6,8 +6,10 @@ use common::*;
 
 /// `--accel tcg` (what `auto` picks where KVM cannot run the guest): only the build VM is
 /// emulated, by a qemu child of microdib (microvm, vhost-user vsock served by microdib itself)
-/// next to passt; nothing below microdib is an emulated KVM host. Killed outright, microdib
-/// cannot clean up: its qemu and passt die with it (PR_SET_PDEATHSIG), within 2 s.
+/// next to passt; nothing below microdib is an emulated KVM host. qemu and passt run with an
+/// empty environment, and when microdib is root, as another user (qemu in an empty root).
+/// Killed outright, microdib cannot clean up: its qemu and passt die with it
+/// (PR_SET_PDEATHSIG), within 2 s.
 #[test]
 fn accel_tcg_runs_only_the_build_vm_under_qemu_and_sigkill_takes_it_along() {
     let r = FixtureBuild::new(&["fixture-os", "sleeper"])
@@ -34,6 +36,17 @@ fn accel_tcg_runs_only_the_build_vm_under_qemu_and_sigkill_takes_it_along() {
         "virtio-blk-device,drive=disk0,serial=microdib-target",
     ] {
         assert!(words.iter().any(|w| w.starts_with(device)), "no {device} in {}", qemu.args);
+    }
+    let env = r.children_env_at_signal();
+    for child in ps.children(microdib) {
+        assert_eq!(env.get(&child.pid), Some(&0), "{} has an environment", child.args);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_ne!(qemu.uid, 0, "qemu runs as root");
+        r.said("microdib: the build VM: qemu runs as nobody (uid 65534) with an empty environment, in its seccomp sandbox, holding only the files it was handed");
+        let passt = ps.children(microdib).into_iter().find(|p| program(&p.args).starts_with("passt")).unwrap();
+        assert_ne!(passt.uid, 0, "passt runs as root");
     }
     let nested: Vec<&str> = ps
         .below(microdib)

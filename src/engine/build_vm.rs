@@ -130,6 +130,9 @@ pub fn start(req: &VmRequest<'_>, ready: &Ready) -> Result<GuestOps, EngineError
     let mut vm = BuildVm::start(&ready.backend, spec)?;
     // A signal while it boots stops it too.
     stop.watch_vm(Some(vm.stop_switch()));
+    if let Some(confined) = vm.emulator_user() {
+        r.info(&format!("the build VM: {confined}"));
+    }
     vm.wait_for_agent()?;
     let ready = r.elapsed();
     vm.trace = c.trace;

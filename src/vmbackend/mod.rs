@@ -191,6 +191,10 @@ trait RunningVm: Send {
     fn pid(&self) -> Option<u32>;
     /// What the VMM itself said (qemu's stderr), for error messages.
     fn vmm_messages(&self) -> String;
+    /// Who runs the guest's emulator, when it is a process of its own.
+    fn emulator_user(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A running build VM and its agent.
@@ -298,6 +302,11 @@ impl BuildVm {
     /// The pid of the VMM process (qemu), if the VMM is one.
     pub fn vmm_pid(&self) -> Option<u32> {
         self.vm.pid()
+    }
+
+    /// Who runs the guest's emulator and how it is confined, when it is a process of its own.
+    pub fn emulator_user(&self) -> Option<String> {
+        self.vm.emulator_user()
     }
 
     /// The agent connection (None once shut down). Only `guest::GuestOps` uses it.

@@ -5,6 +5,11 @@
 //! qemu is a child like passt: its own process group (a terminal's Ctrl-C reaches microdib,
 //! which stops it), `PR_SET_PDEATHSIG` (gone with microdib, even after SIGKILL), stopped on
 //! every exit path, its stderr in a log whose tail goes into error messages.
+//!
+//! TCG is no security boundary (qemu's own policy), so qemu holds as little as it can: its files
+//! handed to it open (disks and console through `-add-fd`, the vhost-user socket connected, the
+//! kernel and initrd as memfd copies), so it needs no path of ours; an empty environment; its
+//! seccomp sandbox; and when microdib is root, an unprivileged user, set before exec.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -172,6 +177,7 @@ pub struct TcgVm {
     reaper: Option<JoinHandle<()>>,
     /// Dropped after qemu is gone.
     vsock: Option<VhostUserVsock>,
+    run_as: RunAs,
 }
 
 impl TcgVm {
@@ -186,24 +192,37 @@ impl TcgVm {
         let stderr = File::create(&log).map_err(|e| VmError::Setup(format!("cannot create {}: {e}", log.display())))?;
         let net = net.map(above_stdio).transpose().map_err(|e| VmError::Setup(format!("passt socket: {e}")))?;
         let net_fd = net.as_ref().map(AsRawFd::as_raw_fd);
+        let run_as = RunAs::for_this_process()?;
+        let handed = Handed::open(spec, &frontend)?;
+        let mut keep = handed.raw_fds();
+        keep.extend(net_fd);
         let mut cmd = Command::new(qemu);
-        cmd.args(qemu_args(spec, cmdline.trim_end(), &frontend, net_fd))
+        cmd.args(qemu_args(spec, cmdline.trim_end(), &handed.files, net_fd))
+            .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
         cmd.process_group(0);
         let parent = std::process::id() as libc::pid_t;
+        let ids = run_as.ids();
         // SAFETY: the closure only makes the async-signal-safe calls of `vmm::child`.
         unsafe {
-            // qemu inherits its stdio and the passt socket, nothing else of ours (guest memory
-            // and eventfds from the vhost-user frontend are not close-on-exec).
-            cmd.pre_exec(move || child::prepare_helper(parent, net_fd));
+            // qemu inherits its stdio, the passt socket and the files it is handed, nothing else
+            // of ours (guest memory and eventfds from the vhost-user frontend are not
+            // close-on-exec). Credentials first: changing them clears the parent-death signal.
+            cmd.pre_exec(move || {
+                if let Some((uid, gid)) = ids {
+                    child::drop_to(uid, gid)?;
+                }
+                child::prepare_helper_keeping(parent, &keep)
+            });
         }
         let spawned = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmError::QemuMissing,
             _ => VmError::Setup(format!("cannot start {}: {e}", qemu.display())),
         })?;
         drop(net); // qemu has its copy of the passt socket
+        drop(handed); // and of the files it was handed
         let child = Arc::new(Child {
             pid: spawned.id() as libc::pid_t,
             reaped: Mutex::new(false),
@@ -227,7 +246,7 @@ impl TcgVm {
             }
         };
         tracing::info!("qemu started (pid {}): {}", child.pid, spec.workdir.display());
-        Ok(TcgVm { child, reaper: Some(reaper), vsock: Some(vsock) })
+        Ok(TcgVm { child, reaper: Some(reaper), vsock: Some(vsock), run_as })
     }
 }
 
@@ -279,6 +298,165 @@ impl RunningVm for TcgVm {
     fn vmm_messages(&self) -> String {
         file_tail(&self.child.log, 8 * 1024)
     }
+
+    fn emulator_user(&self) -> Option<String> {
+        Some(self.run_as.describe())
+    }
+}
+
+/// Who qemu runs as: the caller, or when that is root, an unprivileged user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RunAs {
+    Caller,
+    User { name: String, uid: libc::uid_t, gid: libc::gid_t },
+}
+
+/// The user the .deb makes for qemu; elsewhere `nobody`.
+const QEMU_USERS: [&str; 2] = ["microdib-qemu", "nobody"];
+
+impl RunAs {
+    fn for_this_process() -> Result<RunAs, VmError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(RunAs::Caller);
+        }
+        QEMU_USERS
+            .iter()
+            .find_map(|name| user_ids(name).map(|(uid, gid)| RunAs::User { name: (*name).to_owned(), uid, gid }))
+            .ok_or_else(|| {
+                VmError::Setup("no unprivileged user to run qemu as (neither microdib-qemu nor nobody)".into())
+            })
+    }
+
+    fn ids(&self) -> Option<(libc::uid_t, libc::gid_t)> {
+        match self {
+            RunAs::Caller => None,
+            RunAs::User { uid, gid, .. } => Some((*uid, *gid)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let who = match self {
+            RunAs::Caller => "this user".to_owned(),
+            RunAs::User { name, uid, .. } => format!("{name} (uid {uid})"),
+        };
+        format!("qemu runs as {who} with an empty environment, in its seccomp sandbox, holding only the files it was handed")
+    }
+}
+
+/// What qemu's command line names for each file it opens: paths (hack/bench-accel's qemu, the
+/// tests), or the descriptors a build hands it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QemuFiles {
+    kernel: String,
+    initrd: String,
+    /// The console's `path=`.
+    console: String,
+    /// Each disk's `file=`, in `VmSpec::all_disks` order.
+    disks: Vec<String>,
+    /// The vhost-user chardev's `path=...` or `fd=N`.
+    vsock: String,
+    /// `-add-fd` values: the descriptor sets the paths above name.
+    add_fds: Vec<String>,
+}
+
+impl QemuFiles {
+    fn by_path(spec: &VmSpec, vsock_socket: &Path) -> QemuFiles {
+        QemuFiles {
+            kernel: spec.kernel.to_string_lossy().into_owned(),
+            initrd: spec.initrd.to_string_lossy().into_owned(),
+            console: opt_value(&spec.console),
+            disks: spec.all_disks().iter().map(|d| opt_value(&d.path)).collect(),
+            vsock: format!("path={}", opt_value(vsock_socket)),
+            add_fds: Vec::new(),
+        }
+    }
+}
+
+/// The files a build's qemu gets open, and how its command line names them.
+struct Handed {
+    fds: Vec<std::os::fd::OwnedFd>,
+    files: QemuFiles,
+}
+
+impl Handed {
+    /// Opens each disk (read-only, and read-write unless it is read-only: qemu's block layer
+    /// opens read-only first, then reopens), the console, a connection to the vhost-user
+    /// socket, and memfd copies of the kernel and initrd (read through `/proc/self/fd`, which
+    /// checks the memfd's permissions, not the path's).
+    fn open(spec: &VmSpec, vsock_socket: &Path) -> Result<Handed, VmError> {
+        let mut h = Handed { fds: Vec::new(), files: QemuFiles::by_path(spec, vsock_socket) };
+        let setup =
+            |what: &Path, e: std::io::Error| VmError::Setup(format!("cannot open {} for qemu: {e}", what.display()));
+        h.files.disks.clear();
+        for (set, d) in spec.all_disks().iter().enumerate() {
+            let mut modes = vec![false];
+            if !d.read_only {
+                modes.push(true);
+            }
+            for write in modes {
+                let f = File::options().read(true).write(write).open(&d.path).map_err(|e| setup(&d.path, e))?;
+                h.add_to_set(f.into(), set);
+            }
+            h.files.disks.push(format!("/dev/fdset/{set}"));
+        }
+        let console_set = spec.all_disks().len();
+        let console = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spec.console)
+            .map_err(|e| setup(&spec.console, e))?;
+        h.add_to_set(console.into(), console_set);
+        h.files.console = format!("/dev/fdset/{console_set}");
+        let vsock = UnixStream::connect(vsock_socket).map_err(|e| setup(vsock_socket, e))?;
+        h.files.vsock = format!("fd={}", h.keep(vsock.into()));
+        let kernel = memfd_copy(&spec.kernel).map_err(|e| setup(&spec.kernel, e))?;
+        h.files.kernel = format!("/proc/self/fd/{}", h.keep(kernel));
+        let initrd = memfd_copy(&spec.initrd).map_err(|e| setup(&spec.initrd, e))?;
+        h.files.initrd = format!("/proc/self/fd/{}", h.keep(initrd));
+        Ok(h)
+    }
+
+    fn keep(&mut self, fd: std::os::fd::OwnedFd) -> RawFd {
+        let raw = fd.as_raw_fd();
+        self.fds.push(fd);
+        raw
+    }
+
+    fn add_to_set(&mut self, fd: std::os::fd::OwnedFd, set: usize) {
+        let raw = self.keep(fd);
+        self.files.add_fds.push(format!("fd={raw},set={set}"));
+    }
+
+    fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(AsRawFd::as_raw_fd).collect()
+    }
+}
+
+/// A sealed-size memfd holding `path`'s bytes.
+fn memfd_copy(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let name = c"microdib-boot";
+    // SAFETY: memfd_create with a valid name; the descriptor is owned from here on.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor of ours.
+    let mut memfd = unsafe { File::from_raw_fd(fd) };
+    std::io::copy(&mut File::open(path)?, &mut memfd)?;
+    Ok(memfd.into())
+}
+
+/// The uid and gid of the user `name`, if there is one.
+fn user_ids(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam reads the password database; the entry is read at once, before any
+    // other call could reuse it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    // SAFETY: non-null: a valid entry.
+    (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
 impl Drop for TcgVm {
@@ -338,16 +516,14 @@ fn opt_value(p: &Path) -> String {
 
 /// One `-drive` + `-device virtio-blk-device` pair. The format is always named (qemu never
 /// probes); throwaway disks skip flushes; discards punch holes so the files stay sparse.
-fn disk_args(i: usize, d: &VmDisk) -> [String; 4] {
+fn disk_args(i: usize, d: &VmDisk, file: &str) -> [String; 4] {
     let format = match d.format {
         DiskFormat::Raw => "raw",
         DiskFormat::Qcow2 => "qcow2",
     };
     let cache = if d.scratch { "unsafe" } else { "writeback" };
-    let mut drive = format!(
-        "file={},if=none,id=disk{i},format={format},cache={cache},discard=unmap,detect-zeroes=unmap",
-        opt_value(&d.path)
-    );
+    let mut drive =
+        format!("file={file},if=none,id=disk{i},format={format},cache={cache},discard=unmap,detect-zeroes=unmap");
     if d.read_only {
         drive.push_str(",readonly=on");
     }
@@ -355,15 +531,24 @@ fn disk_args(i: usize, d: &VmDisk) -> [String; 4] {
     ["-drive".into(), drive, "-device".into(), device]
 }
 
-/// qemu's command line for `spec`.
-fn qemu_args(spec: &VmSpec, cmdline: &str, vsock_socket: &Path, net_fd: Option<RawFd>) -> Vec<String> {
-    let mut a = machine_args(&spec.kernel, &spec.initrd, cmdline, spec.memory_mib, spec.vcpus, &spec.console);
-    for (i, d) in spec.all_disks().iter().enumerate() {
-        a.extend(disk_args(i, d));
+/// qemu's command line for `spec`, naming its files as `files` says.
+fn qemu_args(spec: &VmSpec, cmdline: &str, files: &QemuFiles, net_fd: Option<RawFd>) -> Vec<String> {
+    let machine = Machine {
+        kernel: &files.kernel,
+        initrd: &files.initrd,
+        cmdline,
+        mib: spec.memory_mib,
+        vcpus: spec.vcpus,
+        console: &files.console,
+    };
+    let mut a: Vec<String> = files.add_fds.iter().flat_map(|f| ["-add-fd".to_owned(), f.clone()]).collect();
+    a.extend(machine.args());
+    for (i, (d, file)) in spec.all_disks().iter().zip(&files.disks).enumerate() {
+        a.extend(disk_args(i, d, file));
     }
     a.extend([
         "-chardev".into(),
-        format!("socket,id=vsock,path={}", opt_value(vsock_socket)),
+        format!("socket,id=vsock,{}", files.vsock),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ]);
@@ -390,49 +575,67 @@ pub fn bench_qemu_args(
     console: &Path,
     disk: &VmDisk,
 ) -> Vec<String> {
-    let mut a = machine_args(kernel, initrd, &kernel_cmdline(), memory_mib, vcpus, console);
-    a.extend(disk_args(0, disk));
+    let cmdline = kernel_cmdline();
+    let (kernel, initrd, console) =
+        (kernel.to_string_lossy().into_owned(), initrd.to_string_lossy().into_owned(), opt_value(console));
+    let machine =
+        Machine { kernel: &kernel, initrd: &initrd, cmdline: &cmdline, mib: memory_mib, vcpus, console: &console };
+    let mut a = machine.args();
+    a.extend(disk_args(0, disk, &opt_value(&disk.path)));
     a.extend(rng_args());
     a
 }
 
 /// The machine: microvm under TCG with its memory, CPUs, kernel and console.
-fn machine_args(kernel: &Path, initrd: &Path, cmdline: &str, mib: u64, vcpus: u8, console: &Path) -> Vec<String> {
-    vec![
-        "-name".into(),
-        "microdib-build".into(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        // The guest is hostile and TCG is a large surface: qemu may not spawn, setuid or use
-        // obsolete system calls.
-        "-sandbox".into(),
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-        "-display".into(),
-        "none".into(),
-        // The guest's reset (reboot=t) ends qemu, as our own VMM ends on its i8042 reset.
-        "-no-reboot".into(),
-        "-accel".into(),
-        "tcg".into(),
-        // vhost-user needs the guest memory in a shareable file; the RTC gives the guest the time.
-        "-M".into(),
-        "microvm,acpi=off,rtc=on,memory-backend=mem".into(),
-        "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
-        "-m".into(),
-        format!("{mib}M"),
-        "-smp".into(),
-        vcpus.max(1).to_string(),
-        "-kernel".into(),
-        kernel.to_string_lossy().into_owned(),
-        "-initrd".into(),
-        initrd.to_string_lossy().into_owned(),
-        "-append".into(),
-        cmdline.to_owned(),
-        "-chardev".into(),
-        format!("file,id=console,path={}", opt_value(console)),
-        "-serial".into(),
-        "chardev:console".into(),
-    ]
+struct Machine<'a> {
+    kernel: &'a str,
+    initrd: &'a str,
+    cmdline: &'a str,
+    mib: u64,
+    vcpus: u8,
+    /// The console file's `path=` value.
+    console: &'a str,
+}
+
+impl Machine<'_> {
+    fn args(&self) -> Vec<String> {
+        let Machine { kernel, initrd, cmdline, mib, vcpus, console } = *self;
+        vec![
+            "-name".into(),
+            "microdib-build".into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            // The guest is hostile and TCG is a large surface: qemu may not spawn, setuid or use
+            // obsolete system calls.
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
+            "-display".into(),
+            "none".into(),
+            // The guest's reset (reboot=t) ends qemu, as our own VMM ends on its i8042 reset.
+            "-no-reboot".into(),
+            "-accel".into(),
+            "tcg".into(),
+            // vhost-user needs the guest memory in a shareable file; the RTC gives the guest the time.
+            "-M".into(),
+            "microvm,acpi=off,rtc=on,memory-backend=mem".into(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
+            "-m".into(),
+            format!("{mib}M"),
+            "-smp".into(),
+            vcpus.max(1).to_string(),
+            "-kernel".into(),
+            kernel.to_owned(),
+            "-initrd".into(),
+            initrd.to_owned(),
+            "-append".into(),
+            cmdline.to_owned(),
+            "-chardev".into(),
+            format!("file,id=console,path={console}"),
+            "-serial".into(),
+            "chardev:console".into(),
+        ]
+    }
 }
 
 /// The entropy device, after the disks.
@@ -483,9 +686,55 @@ mod tests {
         }
     }
 
+    /// What a build hands qemu: every file open, so no path of the build's (its workspace,
+    /// the outputs, the caches) is on qemu's command line, and each descriptor the line names
+    /// is one of those it inherits.
+    #[test]
+    fn a_builds_qemu_is_handed_its_files_and_names_no_path_of_ours() {
+        let dir = crate::testing::TempDir::new("qemu-handed");
+        let at = |name: &str| dir.0.join(name);
+        for (name, bytes) in
+            [("bzImage", 7usize), ("initrd", 3), ("target.raw", 4096), ("helper.qcow2", 4096), ("root.sqfs", 4096)]
+        {
+            std::fs::write(at(name), vec![1u8; bytes]).unwrap();
+        }
+        let mut s = spec(false);
+        s.kernel = at("bzImage");
+        s.initrd = at("initrd");
+        s.root = at("root.sqfs");
+        s.disks[0].path = at("target.raw");
+        s.disks[1].path = at("helper.qcow2");
+        s.console = at("console.log");
+        let listener = std::os::unix::net::UnixListener::bind(at("vu.sock")).unwrap();
+        let handed = Handed::open(&s, &at("vu.sock")).unwrap();
+        let _accepted = listener.accept().unwrap();
+        let args = qemu_args(&s, "c", &handed.files, None);
+        let ours = dir.0.to_string_lossy().into_owned();
+        assert!(!args.iter().any(|a| a.contains(&ours)), "a path of ours: {args:?}");
+        let fds = handed.raw_fds();
+        // Two descriptors per writable disk (read-only and read-write), one for the read-only
+        // appliance root and one for the console, then the socket and the two memfds.
+        assert_eq!(fds.len(), 2 + 2 + 1 + 1 + 3, "{args:?}");
+        let named: Vec<RawFd> = args
+            .iter()
+            .filter_map(|a| {
+                a.strip_prefix("fd=").or_else(|| a.split("/proc/self/fd/").nth(1)).or_else(|| a.split(",fd=").nth(1))
+            })
+            .filter_map(|n| n.split(',').next()?.parse().ok())
+            .collect();
+        assert_eq!(named.len(), fds.len(), "{args:?}");
+        assert!(named.iter().all(|fd| fds.contains(fd)), "{named:?} against {fds:?}");
+        assert!(args.iter().any(|a| a.starts_with("file=/dev/fdset/0,")), "{args:?}");
+        assert!(args.contains(&"file,id=console,path=/dev/fdset/3".to_owned()), "{args:?}");
+        // The kernel as qemu reads it: the memfd holds the file's bytes.
+        let kernel = handed.files.kernel.trim_start_matches("/proc/self/fd/");
+        assert_eq!(std::fs::read(format!("/proc/self/fd/{kernel}")).unwrap(), vec![1u8; 7]);
+    }
+
     #[test]
     fn every_disk_has_its_named_format_and_serial() {
-        let a = qemu_args(&spec(false), "console=ttyS0", Path::new("/w/vu.sock"), None);
+        let a =
+            qemu_args(&spec(false), "console=ttyS0", &QemuFiles::by_path(&spec(false), Path::new("/w/vu.sock")), None);
         let drives: Vec<&String> = a.iter().filter(|s| s.starts_with("file=")).collect();
         assert_eq!(drives.len(), 3);
         assert!(drives[0].starts_with("file=/out/a,,b.raw,if=none,id=disk0,format=raw,"), "{}", drives[0]);
@@ -511,9 +760,9 @@ mod tests {
 
     #[test]
     fn no_network_means_no_net_device() {
-        let a = qemu_args(&spec(false), "c", Path::new("/w/vu.sock"), None);
+        let a = qemu_args(&spec(false), "c", &QemuFiles::by_path(&spec(false), Path::new("/w/vu.sock")), None);
         assert!(!a.iter().any(|s| s.contains("virtio-net") || s == "-netdev"));
-        let a = qemu_args(&spec(true), "c", Path::new("/w/vu.sock"), Some(7));
+        let a = qemu_args(&spec(true), "c", &QemuFiles::by_path(&spec(true), Path::new("/w/vu.sock")), Some(7));
         assert!(a.iter().any(|s| s == "stream,id=net,addr.type=fd,addr.str=7"));
         assert!(a.iter().any(|s| s.starts_with("virtio-net-device,netdev=net,mac=")));
     }
@@ -522,7 +771,7 @@ mod tests {
     fn the_bench_machine_is_the_build_vms_with_one_disk() {
         let s = spec(false);
         let mut bench = bench_qemu_args(&s.kernel, &s.initrd, s.memory_mib, s.vcpus, &s.console, &s.disks[0]);
-        let build = qemu_args(&s, "c", Path::new("/w/vu.sock"), None);
+        let build = qemu_args(&s, "c", &QemuFiles::by_path(&s, Path::new("/w/vu.sock")), None);
         let append = bench.iter().position(|a| a == "-append").unwrap();
         assert!(bench[append + 1].starts_with(QEMU_CMDLINE));
         bench[append + 1] = "c".into();
@@ -534,7 +783,7 @@ mod tests {
 
     #[test]
     fn memory_is_shared_for_vhost_user() {
-        let a = qemu_args(&spec(false), "c", Path::new("/w/vu.sock"), None);
+        let a = qemu_args(&spec(false), "c", &QemuFiles::by_path(&spec(false), Path::new("/w/vu.sock")), None);
         assert!(a.contains(&"memory-backend-memfd,id=mem,size=1024M,share=on".to_owned()));
         assert!(a.iter().any(|s| s.starts_with("microvm,") && s.contains("memory-backend=mem")));
         assert!(a.contains(&"vhost-user-vsock-device,chardev=vsock".to_owned()));

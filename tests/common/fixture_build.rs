@@ -377,6 +377,17 @@ impl BuildResult {
         (Processes::read(&self.path("ps")), pid)
     }
 
+    /// How many environment variables each of microdib's children had when it was signalled.
+    pub fn children_env_at_signal(&self) -> BTreeMap<u32, usize> {
+        let list = std::fs::read_to_string(self.path("children-env")).unwrap_or_default();
+        list.lines()
+            .filter_map(|l| {
+                let (pid, n) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, n.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// The processes still running after the build that belong to it: those naming its
     /// directories (qemu, scripts) and the qemu and passt its `--debug 1` lines name.
     pub fn processes_left(&self) -> Vec<String> {
@@ -406,7 +417,7 @@ impl BuildResult {
     }
 }
 
-/// A process list (`ps -eo pid=,ppid=,stat=,args=`).
+/// A process list (`ps -eo pid=,ppid=,stat=,uid=,args=`).
 pub struct Processes(pub Vec<Process>);
 
 pub struct Process {
@@ -414,6 +425,7 @@ pub struct Process {
     pub ppid: u32,
     /// ps's STAT: `Z` first for a process that has exited and waits to be reaped.
     pub state: String,
+    pub uid: u32,
     pub args: String,
 }
 
@@ -435,7 +447,8 @@ impl Processes {
                     let pid = f.next()?.parse().ok()?;
                     let ppid = f.next()?.parse().ok()?;
                     let state = f.next()?.to_owned();
-                    Some(Process { pid, ppid, state, args: f.collect::<Vec<_>>().join(" ") })
+                    let uid = f.next()?.parse().ok()?;
+                    Some(Process { pid, ppid, state, uid, args: f.collect::<Vec<_>>().join(" ") })
                 })
                 .collect(),
         )

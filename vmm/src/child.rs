@@ -115,13 +115,33 @@ pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
 /// All of the above for a helper process of the VMM (passt, qemu): dies with `parent`'s
 /// thread, hears signals, and inherits only its stdio and `keep`.
 pub fn prepare_helper(parent: libc::pid_t, keep: Option<RawFd>) -> io::Result<()> {
+    prepare_helper_keeping(parent, keep.as_slice())
+}
+
+/// `prepare_helper` with any number of descriptors to inherit.
+pub fn prepare_helper_keeping(parent: libc::pid_t, keep: &[RawFd]) -> io::Result<()> {
     die_with_parent(parent)?;
     unblock_signals();
     cloexec_from_3()?;
-    match keep {
-        Some(fd) => inherit(fd),
-        None => Ok(()),
+    keep.iter().try_for_each(|fd| inherit(*fd))
+}
+
+/// Becomes `uid`:`gid` with no supplementary groups, for good: a child that root starts to
+/// handle guest bytes. Call before `die_with_parent` (a change of credentials clears the
+/// parent-death signal).
+pub fn drop_to(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: setgroups, setgid and setuid change only this (single-threaded, forked) process's
+    // credentials; setgroups gets an empty list.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Root could take its privileges back if any id were left at 0.
+        if libc::setuid(0) == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -115,7 +115,14 @@ impl Passt {
             None => (Stdio::null(), Stdio::null()),
         };
         let mut cmd = Command::new(&program);
-        cmd.arg("--fd").arg(theirs_fd.to_string()).args(opts.args()).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        // Nothing of our environment (tokens, proxies) reaches the process that relays the guest's traffic.
+        cmd.arg("--fd")
+            .arg(theirs_fd.to_string())
+            .args(opts.args())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure only makes the async-signal-safe calls of `crate::child`.
         unsafe {

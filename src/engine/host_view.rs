@@ -182,18 +182,59 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
+/// What each entry costs against the budget besides the stream's bytes: a block (and an inode)
+/// in the image, so a stream of empty entries is bounded too.
+pub const ENTRY_COST: u64 = 4096;
+
+/// The guest's stream, counted: it ends (with an error) once `limit` bytes have been read.
+struct Counted<R> {
+    inner: R,
+    consumed: std::rc::Rc<std::cell::Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.limit.saturating_sub(self.consumed.get());
+        if left == 0 {
+            return Err(std::io::Error::other("the stream is over its budget"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
 impl HostView {
     /// Unpacks the guest's tar stream of the target root into `root` (an empty directory);
     /// sparse files stay sparse, and at most `max_bytes` of file data are taken.
     pub fn unpack(root: &Path, stream: impl Read, max_bytes: u64) -> Result<HostView, HostViewError> {
         let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
+        let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let counted = Counted { inner: stream, consumed: consumed.clone(), limit: max_bytes };
+        let result = Self::unpack_counted(&canon_root, counted, &consumed, max_bytes);
+        // A stream stopped at the budget reads as a broken stream to the tar parser.
+        match result {
+            Err(_) if consumed.get() >= max_bytes => Err(HostViewError::TooBig(max_bytes)),
+            other => other,
+        }
+    }
+
+    fn unpack_counted(
+        canon_root: &Path,
+        stream: impl Read,
+        consumed: &std::cell::Cell<u64>,
+        max_bytes: u64,
+    ) -> Result<HostView, HostViewError> {
+        let canon_root = canon_root.to_owned();
         let mut archive = tar::Archive::new(crate::formats::tar_guard::TarGuard::new(stream));
         archive.set_preserve_permissions(false);
         archive.set_preserve_mtime(true);
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(false);
         let mut seen: HashSet<PathBuf> = HashSet::new();
-        let mut stored = 0u64;
+        let mut entries = 0u64;
         let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
         let mut meta: HashMap<PathBuf, (Kind, u64, u64, u32, u32)> = HashMap::new();
         for entry in archive.entries().map_err(HostViewError::Stream)? {
@@ -209,9 +250,12 @@ impl HostView {
             if rel.starts_with(host_only()) {
                 return Err(HostViewError::HostOnly(rel));
             }
-            // The data stored in the stream (for a sparse file, its chunks only).
-            stored = stored.saturating_add(entry.header().entry_size().unwrap_or(u64::MAX));
-            if stored > max_bytes {
+            // The data stored in the stream (for a sparse file, its chunks only; a PAX size
+            // record decides it), and what the entry itself takes in the image.
+            // What the stream carried so far (headers, PAX records, data: what a PAX `size`
+            // or a sparse map says counts as read), and what each entry takes in the image.
+            entries += 1;
+            if consumed.get().saturating_add(entries.saturating_mul(ENTRY_COST)) > max_bytes {
                 return Err(HostViewError::TooBig(max_bytes));
             }
             let h = entry.header();
@@ -763,6 +807,47 @@ mod tests {
         std::fs::create_dir(&view_dir).unwrap();
         let r = HostView::unpack(&view_dir, &tar.stdout[..], 50_000);
         assert!(matches!(r, Err(HostViewError::TooBig(50_000))), "{:?}", r.err());
+    }
+
+    /// A PAX `size` record larger than the header's size field is what the stream carries: it
+    /// counts against the budget, not the header's number.
+    #[test]
+    fn a_pax_size_counts_against_the_budget() {
+        let t = TempDir::new("pax-size");
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", b"1000000".as_slice())]).unwrap();
+        let mut h = header(tar::EntryType::Regular, 0o644, 0, 0);
+        h.set_path("./big").unwrap();
+        h.set_cksum();
+        let raw = b.get_mut();
+        raw.extend_from_slice(h.as_bytes());
+        raw.extend(std::iter::repeat_n(7u8, 1_000_000));
+        raw.resize(raw.len().div_ceil(512) * 512, 0);
+        let stream = b.into_inner().unwrap();
+        let view_dir = t.0.join("view");
+        std::fs::create_dir(&view_dir).unwrap();
+        let r = HostView::unpack(&view_dir, &stream[..], 50_000);
+        assert!(matches!(r, Err(HostViewError::TooBig(50_000))), "{:?}", r.err());
+    }
+
+    /// Entries without data cost too (an inode and a block in the image): a stream of empty
+    /// files ends at the budget.
+    #[test]
+    fn empty_entries_count_against_the_budget() {
+        let t = TempDir::new("empty-entries");
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..1000 {
+            b.append_data(&mut header(tar::EntryType::Regular, 0o644, 0, 0), format!("./e{i}"), std::io::empty())
+                .unwrap();
+        }
+        let stream = b.into_inner().unwrap();
+        let view_dir = t.0.join("view");
+        std::fs::create_dir(&view_dir).unwrap();
+        let r = HostView::unpack(&view_dir, &stream[..], 100 * ENTRY_COST);
+        assert!(matches!(r, Err(HostViewError::TooBig(_))), "{:?}", r.err());
+        let view_dir = t.0.join("view2");
+        std::fs::create_dir(&view_dir).unwrap();
+        assert!(HostView::unpack(&view_dir, &stream[..], 2000 * ENTRY_COST).is_ok());
     }
 
     /// Links that lead out of the root on the host (absolute ones, `..` past the top, chains of

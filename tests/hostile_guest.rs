@@ -177,3 +177,28 @@ tmp=$(sed -n 's/.*tmpdir: //p' "$d/log"); case $tmp in */microdib.*) rm -rf "$tm
     has("before: 1");
     has("after: 0");
 }
+
+/// A guest that writes 8 MiB (four times the bound) to its serial console: the host's console log keeps its head and
+/// its latest output, never more than 2 MiB (sampled while the build runs).
+#[test]
+fn a_console_flood_is_kept_to_a_bounded_log() {
+    let build = FixtureBuild::new(&["fixture-os", "flooder"]);
+    let sizes = build.path("console-sizes");
+    let watch = format!(
+        "while :; do find '{}' -name console.log -printf '%s\\n' >> '{}' 2>/dev/null; sleep 0.2; done",
+        build.path("tmp").display(),
+        sizes.display()
+    );
+    let r = build
+        .element(
+            "flooder",
+            &[("root.d/20-flood", "#!/bin/bash\nhead -c 8M /dev/zero | tr '\\0' x > /dev/ttyS0\necho flooded\n")],
+        )
+        .options(&["--formats", "tar"])
+        .alongside(&watch)
+        .run();
+    r.succeeded().said("flooded");
+    let largest = std::fs::read_to_string(&sizes).unwrap().lines().filter_map(|l| l.parse::<u64>().ok()).max();
+    let largest = largest.expect("the console log was never seen");
+    assert!(largest <= 2 << 20, "the console log reached {largest} bytes");
+}

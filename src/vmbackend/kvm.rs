@@ -40,7 +40,9 @@ impl KvmVm {
             cmdline: format!("{DEFAULT_CMDLINE} {agent_words}").trim_end().to_owned(),
             memory_mib: spec.memory_mib,
             vcpus: spec.vcpus,
-            console: ConsoleOutput::File(spec.console.clone()),
+            console: ConsoleOutput::Writer(Box::new(
+                super::console::ConsoleLog::create(&spec.console).map_err(|e| setup(&e))?,
+            )),
             virtio_devices: devices,
         };
         let vm = Vm::build(host, config).map_err(|e| setup(&e))?;

@@ -7,6 +7,7 @@
 //! through vhost-user), so the agent is reached through the same protocol. Only the build VM is
 //! emulated under `tcg`: everything else stays native on the host.
 
+mod console;
 mod disk_lock;
 mod kvm;
 mod tcg;

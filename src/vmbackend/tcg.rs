@@ -12,6 +12,7 @@
 //! seccomp sandbox; and when microdib is root, an unprivileged user, set before exec.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -178,6 +179,8 @@ pub struct TcgVm {
     /// Dropped after qemu is gone.
     vsock: Option<VhostUserVsock>,
     run_as: RunAs,
+    /// Copies what qemu's console socket carries into the bounded console file; ends with qemu.
+    console_reader: Option<JoinHandle<()>>,
 }
 
 impl TcgVm {
@@ -222,7 +225,9 @@ impl TcgVm {
             _ => VmError::Setup(format!("cannot start {}: {e}", qemu.display())),
         })?;
         drop(net); // qemu has its copy of the passt socket
-        drop(handed); // and of the files it was handed
+        let mut handed = handed;
+        let console_reader = handed.console.take().map(|ours| keep_console(ours, &spec.console)).transpose()?;
+        drop(handed); // qemu has its copies of the files it was handed
         let child = Arc::new(Child {
             pid: spawned.id() as libc::pid_t,
             reaped: Mutex::new(false),
@@ -246,7 +251,7 @@ impl TcgVm {
             }
         };
         tracing::info!("qemu started (pid {}): {}", child.pid, spec.workdir.display());
-        Ok(TcgVm { child, reaper: Some(reaper), vsock: Some(vsock), run_as })
+        Ok(TcgVm { child, reaper: Some(reaper), vsock: Some(vsock), run_as, console_reader })
     }
 }
 
@@ -289,6 +294,9 @@ impl RunningVm for TcgVm {
         }
         // The frontend is gone: the vsock device's threads end.
         self.vsock.take();
+        if let Some(r) = self.console_reader.take() {
+            let _ = r.join();
+        }
     }
 
     fn pid(&self) -> Option<u32> {
@@ -350,7 +358,7 @@ impl RunAs {
 struct QemuFiles {
     kernel: String,
     initrd: String,
-    /// The console's `path=`.
+    /// The console's chardev: a file, or a socket microdib reads (`console::ConsoleLog`).
     console: String,
     /// Each disk's `file=`, in `VmSpec::all_disks` order.
     disks: Vec<String>,
@@ -365,7 +373,7 @@ impl QemuFiles {
         QemuFiles {
             kernel: spec.kernel.to_string_lossy().into_owned(),
             initrd: spec.initrd.to_string_lossy().into_owned(),
-            console: opt_value(&spec.console),
+            console: format!("file,id=console,path={}", opt_value(&spec.console)),
             disks: spec.all_disks().iter().map(|d| opt_value(&d.path)).collect(),
             vsock: format!("path={}", opt_value(vsock_socket)),
             add_fds: Vec::new(),
@@ -377,6 +385,8 @@ impl QemuFiles {
 struct Handed {
     fds: Vec<std::os::fd::OwnedFd>,
     files: QemuFiles,
+    /// Our end of the console's socket.
+    console: Option<UnixStream>,
 }
 
 impl Handed {
@@ -385,7 +395,7 @@ impl Handed {
     /// socket, and memfd copies of the kernel and initrd (read through `/proc/self/fd`, which
     /// checks the memfd's permissions, not the path's).
     fn open(spec: &VmSpec, vsock_socket: &Path) -> Result<Handed, VmError> {
-        let mut h = Handed { fds: Vec::new(), files: QemuFiles::by_path(spec, vsock_socket) };
+        let mut h = Handed { fds: Vec::new(), files: QemuFiles::by_path(spec, vsock_socket), console: None };
         let setup =
             |what: &Path, e: std::io::Error| VmError::Setup(format!("cannot open {} for qemu: {e}", what.display()));
         h.files.disks.clear();
@@ -400,15 +410,9 @@ impl Handed {
             }
             h.files.disks.push(format!("/dev/fdset/{set}"));
         }
-        let console_set = spec.all_disks().len();
-        let console = File::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&spec.console)
-            .map_err(|e| setup(&spec.console, e))?;
-        h.add_to_set(console.into(), console_set);
-        h.files.console = format!("/dev/fdset/{console_set}");
+        let (ours, qemus) = UnixStream::pair().map_err(|e| setup(&spec.console, e))?;
+        h.files.console = format!("socket,id=console,fd={}", h.keep(qemus.into()));
+        h.console = Some(ours);
         let vsock = UnixStream::connect(vsock_socket).map_err(|e| setup(vsock_socket, e))?;
         h.files.vsock = format!("fd={}", h.keep(vsock.into()));
         let kernel = memfd_copy(&spec.kernel).map_err(|e| setup(&spec.kernel, e))?;
@@ -432,6 +436,31 @@ impl Handed {
     fn raw_fds(&self) -> Vec<RawFd> {
         self.fds.iter().map(AsRawFd::as_raw_fd).collect()
     }
+}
+
+/// A thread copying the console socket's bytes into the bounded console file at `path` until
+/// qemu closes its end.
+fn keep_console(mut from: UnixStream, path: &Path) -> Result<JoinHandle<()>, VmError> {
+    let mut log = super::console::ConsoleLog::create(path)
+        .map_err(|e| VmError::Setup(format!("cannot create {}: {e}", path.display())))?;
+    std::thread::Builder::new()
+        .name("qemu-console".into())
+        .spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if log.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        })
+        .map_err(|e| VmError::Setup(format!("cannot start the console thread: {e}")))
 }
 
 /// A sealed-size memfd holding `path`'s bytes.
@@ -576,8 +605,11 @@ pub fn bench_qemu_args(
     disk: &VmDisk,
 ) -> Vec<String> {
     let cmdline = kernel_cmdline();
-    let (kernel, initrd, console) =
-        (kernel.to_string_lossy().into_owned(), initrd.to_string_lossy().into_owned(), opt_value(console));
+    let (kernel, initrd, console) = (
+        kernel.to_string_lossy().into_owned(),
+        initrd.to_string_lossy().into_owned(),
+        format!("file,id=console,path={}", opt_value(console)),
+    );
     let machine =
         Machine { kernel: &kernel, initrd: &initrd, cmdline: &cmdline, mib: memory_mib, vcpus, console: &console };
     let mut a = machine.args();
@@ -593,7 +625,7 @@ struct Machine<'a> {
     cmdline: &'a str,
     mib: u64,
     vcpus: u8,
-    /// The console file's `path=` value.
+    /// The console's chardev.
     console: &'a str,
 }
 
@@ -631,7 +663,7 @@ impl Machine<'_> {
             "-append".into(),
             cmdline.to_owned(),
             "-chardev".into(),
-            format!("file,id=console,path={console}"),
+            console.to_owned(),
             "-serial".into(),
             "chardev:console".into(),
         ]
@@ -713,7 +745,7 @@ mod tests {
         assert!(!args.iter().any(|a| a.contains(&ours)), "a path of ours: {args:?}");
         let fds = handed.raw_fds();
         // Two descriptors per writable disk (read-only and read-write), one for the read-only
-        // appliance root and one for the console, then the socket and the two memfds.
+        // appliance root, then the console's and vsock's sockets and the two memfds.
         assert_eq!(fds.len(), 2 + 2 + 1 + 1 + 3, "{args:?}");
         let named: Vec<RawFd> = args
             .iter()
@@ -725,7 +757,7 @@ mod tests {
         assert_eq!(named.len(), fds.len(), "{args:?}");
         assert!(named.iter().all(|fd| fds.contains(fd)), "{named:?} against {fds:?}");
         assert!(args.iter().any(|a| a.starts_with("file=/dev/fdset/0,")), "{args:?}");
-        assert!(args.contains(&"file,id=console,path=/dev/fdset/3".to_owned()), "{args:?}");
+        assert!(args.iter().any(|a| a.starts_with("socket,id=console,fd=")), "{args:?}");
         // The kernel as qemu reads it: the memfd holds the file's bytes.
         let kernel = handed.files.kernel.trim_start_matches("/proc/self/fd/");
         assert_eq!(std::fs::read(format!("/proc/self/fd/{kernel}")).unwrap(), vec![1u8; 7]);

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = HostView::unpack(&view, data, 1 << 24) {
         let _ = v.changes();
     }
-    let _ = named_dir::copy_out(data, &out.join("img.d"));
+    let _ = named_dir::copy_out(data, &out.join("img.d"), 64 << 20);
     // Only `view` and `out` (and what is inside them) may exist.
     let mut names: Vec<_> = std::fs::read_dir(&top).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();

@@ -7,6 +7,7 @@
 //! hard links may only point inside it, and special files are left in the image untouched.
 //! Changes are found by inode and ctime (which no unprivileged script can set back).
 
+use crate::formats::tar_guard::Budget;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -182,51 +183,21 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-/// What each entry costs against the budget besides the stream's bytes: a block (and an inode)
-/// in the image, so a stream of empty entries is bounded too.
-pub const ENTRY_COST: u64 = 4096;
-
-/// The guest's stream, counted: it ends (with an error) once `limit` bytes have been read.
-struct Counted<R> {
-    inner: R,
-    consumed: std::rc::Rc<std::cell::Cell<u64>>,
-    limit: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.limit.saturating_sub(self.consumed.get());
-        if left == 0 {
-            return Err(std::io::Error::other("the stream is over its budget"));
-        }
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        self.consumed.set(self.consumed.get() + n as u64);
-        Ok(n)
-    }
-}
-
 impl HostView {
     /// Unpacks the guest's tar stream of the target root into `root` (an empty directory);
     /// sparse files stay sparse, and at most `max_bytes` of file data are taken.
     pub fn unpack(root: &Path, stream: impl Read, max_bytes: u64) -> Result<HostView, HostViewError> {
         let canon_root = root.canonicalize().map_err(|e| HostViewError::Walk { path: root.into(), source: e })?;
-        let consumed = std::rc::Rc::new(std::cell::Cell::new(0u64));
-        let counted = Counted { inner: stream, consumed: consumed.clone(), limit: max_bytes };
-        let result = Self::unpack_counted(&canon_root, counted, &consumed, max_bytes);
+        let budget = Budget::new(max_bytes);
+        let result = Self::unpack_counted(&canon_root, budget.reader(stream), &budget);
         // A stream stopped at the budget reads as a broken stream to the tar parser.
         match result {
-            Err(_) if consumed.get() >= max_bytes => Err(HostViewError::TooBig(max_bytes)),
+            Err(_) if budget.spent() => Err(HostViewError::TooBig(max_bytes)),
             other => other,
         }
     }
 
-    fn unpack_counted(
-        canon_root: &Path,
-        stream: impl Read,
-        consumed: &std::cell::Cell<u64>,
-        max_bytes: u64,
-    ) -> Result<HostView, HostViewError> {
+    fn unpack_counted(canon_root: &Path, stream: impl Read, budget: &Budget) -> Result<HostView, HostViewError> {
         let canon_root = canon_root.to_owned();
         let mut archive = tar::Archive::new(crate::formats::tar_guard::TarGuard::new(stream));
         archive.set_preserve_permissions(false);
@@ -234,7 +205,6 @@ impl HostView {
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(false);
         let mut seen: HashSet<PathBuf> = HashSet::new();
-        let mut entries = 0u64;
         let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
         let mut meta: HashMap<PathBuf, (Kind, u64, u64, u32, u32)> = HashMap::new();
         for entry in archive.entries().map_err(HostViewError::Stream)? {
@@ -252,11 +222,9 @@ impl HostView {
             }
             // The data stored in the stream (for a sparse file, its chunks only; a PAX size
             // record decides it), and what the entry itself takes in the image.
-            // What the stream carried so far (headers, PAX records, data: what a PAX `size`
-            // or a sparse map says counts as read), and what each entry takes in the image.
-            entries += 1;
-            if consumed.get().saturating_add(entries.saturating_mul(ENTRY_COST)) > max_bytes {
-                return Err(HostViewError::TooBig(max_bytes));
+            // The stream's bytes are counted as read; each entry costs a block besides.
+            if !budget.charge_entry() {
+                return Err(HostViewError::TooBig(budget.limit()));
             }
             let h = entry.header();
             let (uid, gid) = (h.uid().unwrap_or(0), h.gid().unwrap_or(0));
@@ -843,11 +811,11 @@ mod tests {
         let stream = b.into_inner().unwrap();
         let view_dir = t.0.join("view");
         std::fs::create_dir(&view_dir).unwrap();
-        let r = HostView::unpack(&view_dir, &stream[..], 100 * ENTRY_COST);
+        let r = HostView::unpack(&view_dir, &stream[..], 100 * crate::formats::tar_guard::ENTRY_COST);
         assert!(matches!(r, Err(HostViewError::TooBig(_))), "{:?}", r.err());
         let view_dir = t.0.join("view2");
         std::fs::create_dir(&view_dir).unwrap();
-        assert!(HostView::unpack(&view_dir, &stream[..], 2000 * ENTRY_COST).is_ok());
+        assert!(HostView::unpack(&view_dir, &stream[..], 2000 * crate::formats::tar_guard::ENTRY_COST).is_ok());
     }
 
     /// Links that lead out of the root on the host (absolute ones, `..` past the top, chains of

@@ -7,12 +7,19 @@
 //! directory descriptors (`openat` with `O_NOFOLLOW`, `renameat`): no existing link, NAME.d
 //! itself included, is ever followed. By hand because no crate merges trees without following
 //! links; the merge is a few system calls per entry.
+//!
+//! What is published is plain: a link whose target is absolute or climbs out of NAME.d is left
+//! out (the next `cp -rL` or artifact upload would follow it to a host file), and modes are
+//! 0755 for directories and executables, 0644 for the rest, owned by the user running the build.
+//! The stream is read against a byte budget.
 
 use std::ffi::{CString, OsStr};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+use crate::formats::tar_guard::Budget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NamedDirError {
@@ -26,6 +33,8 @@ pub enum NamedDirError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the image's {0} is larger than {1} bytes")]
+    TooBig(String, u64),
     #[error("cannot put {path} in place: {source}")]
     Merge {
         path: PathBuf,
@@ -34,9 +43,15 @@ pub enum NamedDirError {
     },
 }
 
-/// Unpacks `stream` (a tar of `./NAME.d/...`, as the appliance sends it) and merges its
-/// `NAME.d` into `dest` (the host's NAME.d, created if missing).
-pub fn copy_out(stream: impl Read, dest: &Path) -> Result<(), NamedDirError> {
+/// What a copy left out: links that lead out of NAME.d (their paths inside it).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CopiedOut {
+    pub links_left_out: Vec<PathBuf>,
+}
+
+/// Unpacks `stream` (a tar of `./NAME.d/...`, as the appliance sends it; at most `max_bytes`)
+/// and merges its `NAME.d` into `dest` (the host's NAME.d, created if missing).
+pub fn copy_out(stream: impl Read, dest: &Path, max_bytes: u64) -> Result<CopiedOut, NamedDirError> {
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().ok_or_else(|| NamedDirError::NotADirectory(dest.to_owned()))?;
     let what = name.to_string_lossy().into_owned();
@@ -45,13 +60,19 @@ pub fn copy_out(stream: impl Read, dest: &Path) -> Result<(), NamedDirError> {
     std::fs::create_dir_all(parent).map_err(|e| NamedDirError::Merge { path: parent.to_owned(), source: e })?;
     let made = std::fs::DirBuilder::new().mode_private().create(&fresh);
     made.map_err(|e| NamedDirError::Merge { path: fresh.clone(), source: e })?;
-    let result = unpack(stream, &fresh, &what).and_then(|()| {
+    let budget = Budget::new(max_bytes);
+    let unpacked = unpack(budget.reader(stream), &budget, &fresh, &what);
+    let unpacked = match unpacked {
+        Err(_) if budget.spent() => Err(NamedDirError::TooBig(what.clone(), max_bytes)),
+        other => other,
+    };
+    let result = unpacked.and_then(|copied| {
         let top = fresh.join(name);
         if std::fs::symlink_metadata(&top).is_ok_and(|m| m.is_dir()) {
-            merge_into(&top, parent, name, dest)
-        } else {
-            Ok(())
+            plain_modes(&top).map_err(|e| NamedDirError::Merge { path: dest.to_owned(), source: e })?;
+            merge_into(&top, parent, name, dest)?;
         }
+        Ok(copied)
     });
     // Modes from the stream may have made directories unreadable to us.
     super::host_view::make_removable(&fresh);
@@ -68,21 +89,36 @@ impl PrivateDir for std::fs::DirBuilder {
     }
 }
 
-/// Unpacks every entry inside `dir`: files, directories, symlinks and hard links to files
-/// unpacked before; devices and FIFOs are left out.
-fn unpack(stream: impl Read, dir: &Path, what: &str) -> Result<(), NamedDirError> {
+/// Unpacks every entry inside `dir`: files, directories, links that stay inside NAME.d and
+/// hard links to files unpacked before; devices and FIFOs are left out, and so are links that
+/// lead out.
+fn unpack(stream: impl Read, budget: &Budget, dir: &Path, what: &str) -> Result<CopiedOut, NamedDirError> {
     let unpack_err = |e: std::io::Error| NamedDirError::Unpack { what: what.to_owned(), source: e };
+    let mut copied = CopiedOut::default();
     let mut archive = tar::Archive::new(crate::formats::tar_guard::TarGuard::new(stream));
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     for entry in archive.entries().map_err(unpack_err)? {
         let mut entry = entry.map_err(unpack_err)?;
+        if !budget.charge_entry() {
+            return Err(NamedDirError::TooBig(what.to_owned(), budget.limit()));
+        }
         let kind = entry.header().entry_type();
         let wanted =
             kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link() || kind.is_gnu_sparse();
         if !wanted {
             continue;
+        }
+        if kind.is_symlink() {
+            let path = entry.path().map_err(unpack_err)?.into_owned();
+            let target = entry.link_name().map_err(unpack_err)?.map(|t| t.into_owned()).unwrap_or_default();
+            if !stays_inside(&path, &target) {
+                copied
+                    .links_left_out
+                    .push(path.components().skip_while(|c| matches!(c, Component::CurDir)).skip(1).collect());
+                continue;
+            }
         }
         // unpack_in refuses `..`, absolute paths and parents that resolve outside `dir`.
         if !entry.unpack_in(dir).map_err(unpack_err)? {
@@ -90,7 +126,53 @@ fn unpack(stream: impl Read, dir: &Path, what: &str) -> Result<(), NamedDirError
             return Err(NamedDirError::BadEntry(what.to_owned(), path));
         }
     }
-    Ok(())
+    Ok(copied)
+}
+
+/// Whether a link at `path` (`./NAME.d/...` in the stream) pointing at `target` leads to a place
+/// inside NAME.d, read as written (the links it may pass through are checked the same way).
+fn stays_inside(path: &Path, target: &Path) -> bool {
+    if target.is_absolute() || target.as_os_str().is_empty() {
+        return false;
+    }
+    // Depth below NAME.d of the directory holding the link.
+    let parts: Vec<Component> = path.components().filter(|c| !matches!(c, Component::CurDir)).collect();
+    let mut depth = parts.len() as i64 - 2;
+    if depth < 0 {
+        return false;
+    }
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir => depth -= 1,
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Directories and executables 0755, other files 0644; links as they are. No set-id bits and
+/// nothing writable by others reach the output directory.
+fn plain_modes(top: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let m = std::fs::symlink_metadata(top)?;
+    if m.file_type().is_symlink() {
+        return Ok(());
+    }
+    if m.is_dir() {
+        // Readable first, so its entries can be walked.
+        std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755))?;
+        for e in std::fs::read_dir(top)? {
+            plain_modes(&e?.path())?;
+        }
+        return Ok(());
+    }
+    let mode = if m.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(mode))
 }
 
 fn cstr(name: &OsStr) -> CString {
@@ -205,6 +287,9 @@ mod tests {
     use super::*;
 
     use crate::testing::TempDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    const MAX: u64 = 64 << 20;
 
     fn stream(entries: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -238,10 +323,10 @@ mod tests {
         let outside = t.0.join("outside");
         std::fs::create_dir(&outside).unwrap();
         let dest = t.0.join("out/img.d");
-        // Build 1: a link to a host directory.
-        let first = stream(&[("./img.d/", None, b""), ("./img.d/k", Some(outside.to_str().unwrap()), b"")]);
-        copy_out(&first[..], &dest).unwrap_or_else(|e| panic!("{e}"));
-        assert!(std::fs::symlink_metadata(dest.join("k")).unwrap().file_type().is_symlink());
+        // An earlier build's NAME.d holds a link to a host directory (today's builds leave such
+        // links out; a NAME.d from before, or made by hand, may still hold one).
+        std::fs::create_dir_all(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("k")).unwrap();
         // Build 2 writes a file under the link's name and a new file in a new directory.
         let second = stream(&[
             ("./img.d/", None, b""),
@@ -249,13 +334,13 @@ mod tests {
             ("./img.d/k/authorized_keys", None, b"pwned"),
             ("./img.d/manifest", None, b"ok"),
         ]);
-        copy_out(&second[..], &dest).unwrap_or_else(|e| panic!("{e}"));
+        copy_out(&second[..], &dest, MAX).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "wrote through the link");
         assert_eq!(std::fs::read(dest.join("k/authorized_keys")).unwrap(), b"pwned");
         assert_eq!(std::fs::read(dest.join("manifest")).unwrap(), b"ok");
         // A file replacing a link replaces the link, never its target.
         std::os::unix::fs::symlink(outside.join("f"), dest.join("f")).unwrap();
-        copy_out(&stream(&[("./img.d/f", None, b"x")])[..], &dest).unwrap();
+        copy_out(&stream(&[("./img.d/f", None, b"x")])[..], &dest, MAX).unwrap();
         assert!(!outside.join("f").exists());
         assert_eq!(std::fs::read(dest.join("f")).unwrap(), b"x");
         // No private directory is left behind.
@@ -270,7 +355,7 @@ mod tests {
         std::fs::create_dir(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, t.0.join("img.d")).unwrap();
         let s = stream(&[("./img.d/", None, b""), ("./img.d/x", None, b"x")]);
-        let r = copy_out(&s[..], &t.0.join("img.d"));
+        let r = copy_out(&s[..], &t.0.join("img.d"), MAX);
         assert!(matches!(r, Err(NamedDirError::NotADirectory(_))), "{:?}", r.err());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
@@ -289,8 +374,59 @@ mod tests {
         h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
         h.set_cksum();
         b.append(&h, &b"x"[..]).unwrap();
-        let r = copy_out(&b.into_inner().unwrap()[..], &t.0.join("img.d"));
+        let r = copy_out(&b.into_inner().unwrap()[..], &t.0.join("img.d"), MAX);
         assert!(r.is_err());
         assert!(!t.0.parent().unwrap().join("pwned-climb").exists());
+    }
+
+    /// Links that point at a host path or climb out of NAME.d are left out and named; links
+    /// that stay inside are kept.
+    #[test]
+    fn links_that_lead_out_are_left_out_and_named() {
+        let t = TempDir::new("out-links");
+        let dest = t.0.join("img.d");
+        let s = stream(&[
+            ("./img.d/", None, b""),
+            ("./img.d/sub/", None, b""),
+            ("./img.d/key", Some("/root/.ssh/id_ed25519"), b""),
+            ("./img.d/sub/up", Some("../../etc"), b""),
+            ("./img.d/sub/ok", Some("../manifest"), b""),
+            ("./img.d/manifest", None, b"m"),
+        ]);
+        let copied = copy_out(&s[..], &dest, MAX).unwrap();
+        assert_eq!(copied.links_left_out, vec![PathBuf::from("key"), PathBuf::from("sub/up")]);
+        assert!(std::fs::symlink_metadata(dest.join("key")).is_err());
+        assert!(std::fs::symlink_metadata(dest.join("sub/up")).is_err());
+        assert_eq!(std::fs::read_link(dest.join("sub/ok")).unwrap(), PathBuf::from("../manifest"));
+    }
+
+    /// What is published has plain modes: no set-id bits, nothing writable by others.
+    #[test]
+    fn modes_are_plain() {
+        let t = TempDir::new("modes");
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, mode, kind) in [
+            ("./img.d/", 0o777, tar::EntryType::Directory),
+            ("./img.d/run", 0o4777, tar::EntryType::Regular),
+            ("./img.d/data", 0o666, tar::EntryType::Regular),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(0);
+            b.append_data(&mut h, path, std::io::empty()).unwrap();
+        }
+        let dest = t.0.join("img.d");
+        copy_out(&b.into_inner().unwrap()[..], &dest, MAX).unwrap();
+        let mode = |p: &str| std::fs::symlink_metadata(dest.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode(""), mode("run"), mode("data")), (0o755, 0o755, 0o644));
+    }
+
+    #[test]
+    fn a_stream_over_its_budget_is_refused() {
+        let t = TempDir::new("budget");
+        let s = stream(&[("./img.d/", None, b""), ("./img.d/big", None, &vec![7u8; 200_000])]);
+        let r = copy_out(&s[..], &t.0.join("img.d"), 100_000);
+        assert!(matches!(r, Err(NamedDirError::TooBig(_, 100_000))), "{:?}", r.err());
     }
 }

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::named_dir::CopiedOut;
 use super::signals::Stop;
 use super::EngineError;
 use crate::formats::checksum::{sum_file, write_sum_file, HashingWriter, Sums};
@@ -119,23 +120,24 @@ impl OutputPlan {
         Ok(())
     }
 
-    /// Copies the appliance's out/NAME.d into NAME.d on the host (merging; `named_dir`).
-    pub fn extract_named_dir(&self, guest: &mut dyn Guest) -> Result<(), EngineError> {
+    /// Copies the appliance's out/NAME.d into NAME.d on the host (merging; `named_dir`); at most
+    /// `max_bytes` (NAME.d is in the appliance's memory). Returns what it left out.
+    pub fn extract_named_dir(&self, guest: &mut dyn Guest, max_bytes: u64) -> Result<CopiedOut, EngineError> {
         let named = PathBuf::from(format!("{}.d", self.name));
         let (reader, mut writer) = std::io::pipe().map_err(EngineError::host("cannot make a pipe"))?;
         let dest = named.clone();
-        let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest));
+        let unpacker = std::thread::spawn(move || super::named_dir::copy_out(reader, &dest, max_bytes));
         let out_dir = paths::aux("out");
         let sent =
             guest.send_tree(&TreeTar { root: &out_dir, excludes: &[], metadata: true }, &mut |d| writer.write_all(d));
         drop(writer);
         let copied = unpacker.join().map_err(|_| EngineError::Invalid("the NAME.d unpacker panicked".into()))?;
         let failed = format!("copying {} out of the image failed", named.display());
-        copied.map_err(|e| EngineError::Invalid(format!("{failed}: {e}")))?;
+        let copied = copied.map_err(|e| EngineError::Invalid(format!("{failed}: {e}")))?;
         match sent {
             // The copy stops reading at the archive's end (tar pads its last record after it):
             // what it copied is whole, and the padding's broken pipe is no failure.
-            Ok(()) | Err(GuestError::Host { .. }) => Ok(()),
+            Ok(()) | Err(GuestError::Host { .. }) => Ok(copied),
             Err(e) => Err(EngineError::step(failed)(e)),
         }
     }

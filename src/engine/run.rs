@@ -234,7 +234,10 @@ fn in_the_vm(
 
     if image::named_dir_has_files(guest, &host.image_name)? {
         r.message("Extracting data out of the image");
-        outputs.extract_named_dir(guest)?;
+        let copied = outputs.extract_named_dir(guest, c.vm.memory_mib << 20)?;
+        for link in copied.links_left_out {
+            r.warning(&format!("{}.d/{}: a link that leads out of it, left out", host.image_name, link.display()));
+        }
     }
     image::clean_image(guest, &root)?;
     // docker, squashfs, tar, tgz: from one tar stream of the image's root.

@@ -5,7 +5,9 @@
 //! bytes pass (headers, sparse extension blocks, data) and fails before a parser sees a header
 //! that breaks a bound. By hand because no tar crate offers such limits.
 
+use std::cell::Cell;
 use std::io::{self, Read};
+use std::rc::Rc;
 
 /// Largest GNU long name/link or PAX record accepted.
 pub const META_MAX: u64 = 1 << 20;
@@ -426,6 +428,7 @@ mod tests {
                 let r = crate::engine::named_dir::copy_out(
                     bombs().into_iter().find(|b| b.0 == name).unwrap().1,
                     &dir.join("x.d"),
+                    u64::MAX,
                 );
                 assert!(r.is_err(), "NAME.d took the {name} bomb");
                 let out = std::fs::File::options()
@@ -506,5 +509,63 @@ mod tests {
         s.extend_from_slice(&bomb(b'K'));
         let e = parse(s).unwrap_err();
         assert!(e.to_string().contains("long link record"), "{e}");
+    }
+}
+
+/// What a guest's stream may cost the host, counted as it is read: its bytes (headers, records,
+/// data: whatever a PAX `size` or a sparse map says, it is what was read) and a fixed cost per
+/// entry, which the parser's caller adds (`charge_entry`).
+#[derive(Clone)]
+pub struct Budget {
+    spent: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+/// What each entry costs besides its bytes: a block and an inode where it lands, so a stream of
+/// empty entries is bounded too.
+pub const ENTRY_COST: u64 = 4096;
+
+impl Budget {
+    pub fn new(limit: u64) -> Budget {
+        Budget { spent: Rc::new(Cell::new(0)), limit }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Whether the stream has used it all (a parser error then means: over budget).
+    pub fn spent(&self) -> bool {
+        self.spent.get() >= self.limit
+    }
+
+    /// One more entry; false once over budget.
+    pub fn charge_entry(&self) -> bool {
+        self.spent.set(self.spent.get().saturating_add(ENTRY_COST));
+        self.spent.get() <= self.limit
+    }
+
+    /// `stream`, ending with an error once the budget is spent.
+    pub fn reader<R: Read>(&self, stream: R) -> Budgeted<R> {
+        Budgeted { inner: stream, budget: self.clone() }
+    }
+}
+
+/// A stream read against a `Budget`.
+pub struct Budgeted<R> {
+    inner: R,
+    budget: Budget,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.budget.limit.saturating_sub(self.budget.spent.get());
+        if left == 0 {
+            return Err(io::Error::other("the stream is over its budget"));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.budget.spent.set(self.budget.spent.get() + n as u64);
+        Ok(n)
     }
 }

@@ -178,7 +178,7 @@ tmp=$(sed -n 's/.*tmpdir: //p' "$d/log"); case $tmp in */microdib.*) rm -rf "$tm
     has("after: 0");
 }
 
-/// A guest that writes 8 MiB (four times the bound) to its serial console: the host's console log keeps its head and
+/// A guest that writes 3 MiB (half again the bound) to its serial console: the host's console log keeps its head and
 /// its latest output, never more than 2 MiB (sampled while the build runs).
 #[test]
 fn a_console_flood_is_kept_to_a_bounded_log() {
@@ -192,7 +192,7 @@ fn a_console_flood_is_kept_to_a_bounded_log() {
     let r = build
         .element(
             "flooder",
-            &[("root.d/20-flood", "#!/bin/bash\nhead -c 8M /dev/zero | tr '\\0' x > /dev/ttyS0\necho flooded\n")],
+            &[("root.d/20-flood", "#!/bin/bash\nhead -c 3M /dev/zero | tr '\\0' x > /dev/ttyS0\necho flooded\n")],
         )
         .options(&["--formats", "tar"])
         .alongside(&watch)

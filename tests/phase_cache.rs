@@ -32,7 +32,7 @@ fn layered(build: FixtureBuild, vm: BuildVm, cache: &Path, finalise: &str) -> Fi
                 ("finalise.d/20-final", finalise),
             ],
         )
-        .options(&["--formats", "raw", "--cache-dir", cache.to_str().unwrap()])
+        .options(&["--formats", "raw", "--no-network", "--cache-dir", cache.to_str().unwrap()])
 }
 
 const FINALISE: &str =

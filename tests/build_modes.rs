@@ -49,21 +49,3 @@ fn a_kept_disk_holds_the_failed_scripts_work() {
          add them with: apt install surely-not-a-package-xyz",
     );
 }
-
-/// A process an element leaves running in the image (a daemon a package's postinst starts, a
-/// backgrounded sleep) is killed before the image is unmounted, as diskimage-builder's
-/// kill_chroot_processes does, and the build says which; the build goes on.
-#[test]
-fn a_process_left_running_is_killed_and_named() {
-    let r = FixtureBuild::new(&["fixture-os", "leaver"])
-        .element(
-            "leaver",
-            &[("install.d/20-leave", "#!/bin/bash\nsleep 600 > /dev/null 2>&1 < /dev/null &\necho left\n")],
-        )
-        .options(&["--formats", "tar"])
-        .run();
-    r.succeeded();
-    let line = r.stdout.lines().chain(r.stderr.lines()).find(|l| l.contains("running: killed"));
-    let line = line.unwrap_or_else(|| panic!("no line names the process:\n{}\n{}", r.stdout, r.stderr));
-    assert!(line.contains("install.d left sleep (pid ") && line.ends_with(") running: killed"), "{line}");
-}

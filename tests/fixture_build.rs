@@ -76,6 +76,9 @@ fn every_phase_build(vm: BuildVm) {
     assert!(r.progress().contains(&"Running: extra-data.d/90-dump"));
     // Output of a script in the chroot comes through the real agent.
     r.said("dumper: install.d ran").said("dumper: extra-data.d ran");
+    // What install.d left running is killed after its phase, and named.
+    let killed = r.stdout.lines().find(|l| l.starts_with("microdib: install.d left sleep (pid "));
+    assert!(killed.is_some_and(|l| l.ends_with(") running: killed")), "{}", r.stdout);
     let mut expected: Vec<String> = vec!["img.d".into()];
     match outputs {
         Outputs::Every => {

@@ -804,6 +804,11 @@ mod tests {
             vm.file(&paths::aux(rel)).map(|f| String::from_utf8(f.data).unwrap())
         }
 
+        /// The checkpoint after root.d, taken with no inputs or facts.
+        fn taken_after_root_d(s: &Setup) -> Entry {
+            take(&mut *s.vm.guest(), &s.store, &take_root_d(s, &s.disk, &Inputs::default(), &[])).unwrap()
+        }
+
         fn take_root_d<'a>(
             s: &'a Setup,
             disk: &'a Path,
@@ -883,8 +888,7 @@ mod tests {
         #[test]
         fn a_restore_brings_back_the_disk_and_the_build_and_takes_the_hosts_later_scripts() {
             let s = setup();
-            let inputs = Inputs::default();
-            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            let entry = taken_after_root_d(&s);
             let taken = std::fs::read(&s.disk).unwrap();
             // The next build: a finalise.d script edited, another gone, a new one; a fresh VM
             // that has the host's aux tree as sent and a new disk.
@@ -915,8 +919,7 @@ mod tests {
         #[test]
         fn a_later_script_the_build_changed_and_the_host_changed_since_restores_nothing() {
             let s = setup();
-            let inputs = Inputs::default();
-            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            let entry = taken_after_root_d(&s);
             host_file(&s.host_aux, "hooks/finalise.d/70-changed-by-root-d", "host's, edited\n");
             let vm = FakeVm::new();
             let refused = restore_aux(&mut *vm.guest(), &entry, &s.host_aux, Phase::Root);
@@ -935,8 +938,7 @@ mod tests {
                 "sums" => Ok(format!("644 {} hooks/finalise.d/50-edit-me\0", "0".repeat(64))),
                 _ => Ok(String::new()),
             });
-            let inputs = Inputs::default();
-            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            let entry = taken_after_root_d(&s);
             host_file(&s.host_aux, "hooks/finalise.d/50-edit-me", "new\n");
             let refused = restore_aux(&mut *FakeVm::new().guest(), &entry, &s.host_aux, Phase::Root);
             assert!(matches!(refused, Err(CheckpointError::ChangedSinceTaken(_))), "{refused:?}");
@@ -981,8 +983,7 @@ mod tests {
         #[test]
         fn a_host_file_where_the_build_had_made_its_own_refuses_the_restore_before_anything_is_touched() {
             let s = setup();
-            let inputs = Inputs::default();
-            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            let entry = taken_after_root_d(&s);
             host_file(&s.host_aux, "hooks/finalise.d/80-added-by-root-d", "the host's own\n");
             let refused = restorable(&entry, &s.host_aux, Phase::Root);
             assert!(
@@ -999,8 +1000,7 @@ mod tests {
         fn a_changed_mode_counts_as_a_change() {
             use std::os::unix::fs::PermissionsExt;
             let s = setup();
-            let inputs = Inputs::default();
-            let entry = take(&mut *s.vm.guest(), &s.store, &take_root_d(&s, &s.disk, &inputs, &[])).unwrap();
+            let entry = taken_after_root_d(&s);
             // Left alone by the build: the host's new mode is restored.
             let edit_me = s.host_aux.join("hooks/finalise.d/50-edit-me");
             std::fs::set_permissions(&edit_me, std::fs::Permissions::from_mode(0o755)).unwrap();

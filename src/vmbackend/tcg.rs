@@ -225,9 +225,10 @@ impl TcgVm {
             _ => VmError::Setup(format!("cannot start {}: {e}", qemu.display())),
         })?;
         drop(net); // qemu has its copy of the passt socket
-        let mut handed = handed;
-        let console_reader = handed.console.take().map(|ours| keep_console(ours, &spec.console)).transpose()?;
-        drop(handed); // qemu has its copies of the files it was handed
+                   // qemu has its copies of the files it was handed.
+        let Handed { fds, console, .. } = handed;
+        drop(fds);
+        let console_reader = Some(keep_console(console, &spec.console)?);
         let child = Arc::new(Child {
             pid: spawned.id() as libc::pid_t,
             reaped: Mutex::new(false),
@@ -352,9 +353,9 @@ impl RunAs {
     }
 }
 
-/// What qemu's command line names for each file it opens: paths (hack/bench-accel's qemu, the
-/// tests), or the descriptors a build hands it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What qemu's command line names for each file it opens: the descriptors a build hands it (or
+/// paths, in the tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct QemuFiles {
     kernel: String,
     initrd: String,
@@ -368,7 +369,9 @@ struct QemuFiles {
     add_fds: Vec<String>,
 }
 
+#[cfg(test)]
 impl QemuFiles {
+    /// Every file by its path, as the command-line tests read them.
     fn by_path(spec: &VmSpec, vsock_socket: &Path) -> QemuFiles {
         QemuFiles {
             kernel: spec.kernel.to_string_lossy().into_owned(),
@@ -386,7 +389,7 @@ struct Handed {
     fds: Vec<std::os::fd::OwnedFd>,
     files: QemuFiles,
     /// Our end of the console's socket.
-    console: Option<UnixStream>,
+    console: UnixStream,
 }
 
 impl Handed {
@@ -395,10 +398,11 @@ impl Handed {
     /// socket, and memfd copies of the kernel and initrd (read through `/proc/self/fd`, which
     /// checks the memfd's permissions, not the path's).
     fn open(spec: &VmSpec, vsock_socket: &Path) -> Result<Handed, VmError> {
-        let mut h = Handed { fds: Vec::new(), files: QemuFiles::by_path(spec, vsock_socket), console: None };
         let setup =
             |what: &Path, e: std::io::Error| VmError::Setup(format!("cannot open {} for qemu: {e}", what.display()));
-        h.files.disks.clear();
+        let (ours, qemus) = UnixStream::pair().map_err(|e| setup(&spec.console, e))?;
+        let mut h = Handed { fds: Vec::new(), files: QemuFiles::default(), console: ours };
+        h.files.console = format!("socket,id=console,fd={}", h.keep(qemus.into()));
         for (set, d) in spec.all_disks().iter().enumerate() {
             let mut modes = vec![false];
             if !d.read_only {
@@ -410,9 +414,6 @@ impl Handed {
             }
             h.files.disks.push(format!("/dev/fdset/{set}"));
         }
-        let (ours, qemus) = UnixStream::pair().map_err(|e| setup(&spec.console, e))?;
-        h.files.console = format!("socket,id=console,fd={}", h.keep(qemus.into()));
-        h.console = Some(ours);
         let vsock = UnixStream::connect(vsock_socket).map_err(|e| setup(vsock_socket, e))?;
         h.files.vsock = format!("fd={}", h.keep(vsock.into()));
         let kernel = memfd_copy(&spec.kernel).map_err(|e| setup(&spec.kernel, e))?;
